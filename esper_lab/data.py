@@ -1,0 +1,283 @@
+"""Data: digits (CNN default), a pydoc character corpus (char LM), CIFAR-10 from the user's copy,
+and the training loop's minibatch iterators. Deterministic given the arguments (design rule 7):
+splits take a seed, iterators a `torch.Generator`."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import pickle
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydoc_data.topics import topics as PYDOC_TOPICS
+from sklearn import datasets
+from sklearn.model_selection import train_test_split
+
+DATA_ENV_VAR = "ESPER_LAB_DATA"  # overrides the data root, e.g. a shared cache or a test folder
+SEED_LIMIT = 2**32  # numpy's RandomState, which drives sklearn's split, takes seeds below 2**32
+DIGITS_MAX_PIXEL = 16.0  # a sklearn digits pixel counts the set bits of a 4x4 block: 0..16
+DIGITS_CLASSES = 10
+CORPUS_FILE = "pydoc_topics.txt"
+# ASCII bytes outside printable 32..126, but newline: the corpus vocabulary is printable ASCII + "\n"
+DROPPED_BYTES = bytes(b for b in range(128) if b != ord("\n") and not 32 <= b <= 126)
+CIFAR10_DIR = "cifar-10-batches-py"  # the folder the official python archive unpacks to
+CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+CIFAR10_CLASSES = 10
+CIFAR10_IMAGE = (3, 32, 32)  # a batch row is 1024 red, 1024 green, then 1024 blue bytes
+PIXEL_MAX = 255.0  # uint8 pixels
+# (top module, name) of every global a pickled numpy array names in numpy 1.x/2.x (protocol 2 wraps
+# bytes in _codecs.encode); a batch file may name nothing else.
+NUMPY_NAMES = ("_reconstruct", "_frombuffer", "ndarray", "dtype", "scalar")
+PICKLE_GLOBALS = frozenset({("numpy", name) for name in NUMPY_NAMES} | {("_codecs", "encode")})
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors have no single truth value
+class Split:
+    """A classification train/validation split, standardised per channel with train statistics."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    num_classes: int
+    name: str
+    mean: tuple[float, ...]  # per channel, of the train images, subtracted from both parts
+    std: tuple[float, ...]  # per channel (population std), divided out of both parts
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, e.g. (1, 8, 8), for building a host."""
+        return tuple(self.train_x.shape[1:])
+
+
+@dataclass(frozen=True, eq=False)
+class CharCorpus:
+    """A character corpus with a fixed vocabulary and a fixed train (first) / val (last) id split."""
+
+    text: str
+    vocab: tuple[str, ...]  # sorted characters; a token id is an index into it
+    train_ids: torch.Tensor
+    val_ids: torch.Tensor
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, s: str) -> torch.Tensor:
+        """Token ids (int64, 1-D) of `s`; a character outside the vocabulary is a ValueError."""
+        return _encode(s, self.vocab)
+
+    def decode(self, ids: torch.Tensor) -> str:
+        """The text of a 1-D tensor of token ids."""
+        if ids.ndim != 1 or (ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < self.vocab_size):
+            shape = tuple(ids.shape)
+            raise ValueError(f"decode: ids must be 1-D in [0, {self.vocab_size}), got shape {shape}")
+        return "".join(self.vocab[i] for i in ids.tolist())
+
+
+def data_root() -> Path:
+    """The data folder: $ESPER_LAB_DATA when set, else `data/` at the repository root."""
+    override = os.environ.get(DATA_ENV_VAR)
+    return Path(override).expanduser() if override else Path(__file__).resolve().parents[1] / "data"
+
+
+def load_digits(seed: int = 0, val_fraction: float = 0.2) -> Split:
+    """The 8x8 sklearn digits (1797 images, shipped with sklearn): a seeded stratified split."""
+    _check_int("seed", seed, 0, SEED_LIMIT)
+    _check_fraction("val_fraction", val_fraction)
+    bunch = datasets.load_digits()
+    x = torch.from_numpy(bunch.images).float().div_(DIGITS_MAX_PIXEL).unsqueeze(1)
+    y = torch.from_numpy(bunch.target).long()
+    train, val = _stratified_split(y, val_fraction, seed)
+    return _standardised(x[train], y[train], x[val], y[val], DIGITS_CLASSES, "digits")
+
+
+def load_pydoc_corpus(val_fraction: float = 0.1, max_chars: int | None = None) -> CharCorpus:
+    """The pydoc topics text of this Python (cached under data/cache), as a character corpus.
+
+    `max_chars` keeps the first characters only (smoke presets); the vocabulary still comes
+    from the whole text, so a model's vocabulary size does not depend on the preset.
+    """
+    _check_fraction("val_fraction", val_fraction)
+    if max_chars is not None:
+        _check_int("max_chars", max_chars, minimum=2)
+    full = _pydoc_text()
+    text, vocab = full[:max_chars], tuple(sorted(set(full)))
+    split_at = int(len(text) * (1 - val_fraction))
+    if not 0 < split_at < len(text):
+        raise ValueError(f"val_fraction={val_fraction} leaves a part of {len(text)} characters empty")
+    ids = _encode(text, vocab)
+    return CharCorpus(text, vocab, ids[:split_at], ids[split_at:])
+
+
+def load_cifar10(folder: str | Path | None = None, val_fraction: float | None = None, seed: int = 0) -> Split:
+    """CIFAR-10 from the official python batches in `folder` (default data/cifar-10-batches-py).
+
+    Validation is `test_batch`; with `val_fraction` it is instead a seeded stratified part of the
+    training batches (for model selection that never looks at the test set).
+    """
+    if val_fraction is not None:
+        _check_fraction("val_fraction", val_fraction)
+    _check_int("seed", seed, 0, SEED_LIMIT)
+    folder = Path(folder) if folder is not None else data_root() / CIFAR10_DIR
+    missing = [name for name in CIFAR10_FILES if not (folder / name).is_file()]
+    if missing:
+        where = f"{folder} lacks {', '.join(missing)}" if folder.is_dir() else f"{folder} does not exist"
+        raise FileNotFoundError(
+            f"CIFAR-10 not found: {where}. Expected files: {', '.join(CIFAR10_FILES)}. Download the "
+            f'"CIFAR-10 python version" from {CIFAR10_URL} and extract it so these files sit directly '
+            f"in {folder} (the archive unpacks to a folder named {CIFAR10_DIR})."
+        )
+    parts = [_read_cifar_batch(folder / name) for name in CIFAR10_FILES]
+    train_x, train_y = map(torch.cat, zip(*parts[:-1]))
+    val_x, val_y = parts[-1]
+    if val_fraction is not None:
+        train, val = _stratified_split(train_y, val_fraction, seed)
+        train_x, train_y, val_x, val_y = train_x[train], train_y[train], train_x[val], train_y[val]
+    # uint8 until here: the split copies bytes, not floats
+    train_x, val_x = train_x.float().div_(PIXEL_MAX), val_x.float().div_(PIXEL_MAX)
+    return _standardised(train_x, train_y, val_x, val_y, CIFAR10_CLASSES, "cifar10")
+
+
+def classification_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
+                           max_batches: int | None = None) -> Iterator[Batch]:
+    """One pass over (x, y) in an order drawn from `generator`; the last batch may be short.
+    Checked and drawn at the call (not lazily), so bad input fails here."""
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
+        shapes = f"{tuple(x.shape)} and {tuple(y.shape)}"
+        raise ValueError(f"x and y must hold the same number >= 1 of samples, got {shapes}")
+    _check_int("batch_size", batch_size, minimum=1)
+    if max_batches is not None:
+        _check_int("max_batches", max_batches, minimum=1)
+    _check_generator(generator)
+    order = torch.randperm(len(x), generator=generator, device=generator.device).to(x.device)
+    return ((x[idx], y[idx]) for idx in order.split(batch_size)[:max_batches])
+
+
+def lm_batches(ids: torch.Tensor, context: int, batch_size: int, generator: torch.Generator,
+               max_batches: int) -> Iterator[Batch]:
+    """`max_batches` batches of (inp [B,T], target [B,T] = inp shifted by one) at offsets drawn from
+    `generator` at the call; both are contiguous gathers, ready for `.view(-1)`."""
+    if ids.ndim != 1:
+        raise ValueError(f"ids must be a 1-D tensor of token ids, got shape {tuple(ids.shape)}")
+    _check_int("context", context, minimum=1)
+    if context >= len(ids):
+        raise ValueError(f"context must be in [1, len(ids) - 1] = [1, {len(ids) - 1}], got {context}")
+    _check_int("batch_size", batch_size, minimum=1)
+    _check_int("max_batches", max_batches, minimum=1)
+    _check_generator(generator)
+    # len(ids) - context offsets: a window and its shifted target both fit
+    shape = (max_batches, batch_size, 1)
+    starts = torch.randint(len(ids) - context, shape, generator=generator, device=generator.device)
+    windows = starts.to(ids.device) + torch.arange(context, device=ids.device)
+    return ((ids[window], ids[window + 1]) for window in windows)
+
+
+def _stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and validation indices with the class proportions of `y` kept in both."""
+    n, classes = len(y), len(torch.unique(y))
+    n_val = math.ceil(n * val_fraction)  # sklearn's own rounding of test_size
+    if not classes <= n_val <= n - classes:
+        raise ValueError(
+            f"val_fraction={val_fraction} must leave each of the {classes} classes in both parts of "
+            f"{n} samples: use a value in [{classes / n:.4f}, {1 - classes / n:.4f}]"
+        )
+    train, val = train_test_split(np.arange(n), test_size=val_fraction, stratify=y.numpy(), random_state=seed)
+    return torch.from_numpy(train), torch.from_numpy(val)
+
+
+def _standardised(train_x, train_y, val_x, val_y, num_classes: int, name: str) -> Split:
+    """Standardise both parts in place per channel with train statistics only (no val leakage)."""
+    dims = (0, *range(2, train_x.ndim))
+    mean = train_x.mean(dim=dims, keepdim=True)
+    std = train_x.std(dim=dims, keepdim=True, correction=0)
+    for x in (train_x, val_x):
+        x.sub_(mean).div_(std)
+    stats = tuple(mean.flatten().tolist()), tuple(std.flatten().tolist())
+    return Split(train_x, train_y, val_x, val_y, num_classes, name, *stats)
+
+
+def _pydoc_text() -> str:
+    """The cleaned pydoc topics text, built once and cached (atomically) under the data root."""
+    path = data_root() / "cache" / CORPUS_FILE
+    if not path.is_file():
+        raw = "\n".join(PYDOC_TOPICS[key] for key in sorted(PYDOC_TOPICS))
+        _write_atomic(path, raw.encode("ascii", errors="ignore").translate(None, DROPPED_BYTES))
+    try:
+        return path.read_bytes().decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError(f"corpus cache {path} is not ASCII text; delete it to rebuild it") from None
+
+
+def _encode(text: str, vocab: tuple[str, ...]) -> torch.Tensor:
+    """Token ids by binary search: a sorted vocabulary of characters is sorted by code point."""
+    unknown = set(text).difference(vocab)
+    if unknown:
+        raise ValueError(f"encode: characters {sorted(unknown)[:5]} are not in the corpus vocabulary")
+    codes = torch.from_numpy(np.frombuffer(bytearray(text.encode("ascii")), dtype=np.uint8)).long()
+    return torch.searchsorted(torch.tensor([ord(c) for c in vocab]), codes)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temp file in the same folder and os.replace: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds numpy arrays and plain containers only, so a batch file cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        if (module.split(".")[0], name) in PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+
+
+def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (uint8 [N,3,32,32]) and labels (int64 [N]) of one python batch file."""
+    with path.open("rb") as f:
+        try:  # any failure inside the pickle means the file is not a batch
+            batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+            data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+        except Exception as exc:
+            raise ValueError(f"{path} is not a CIFAR-10 python batch: {exc!r}") from exc
+    row = math.prod(CIFAR10_IMAGE)
+    if not (
+        data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == row and len(data) >= 1
+        and labels.shape == (len(data),) and np.issubdtype(labels.dtype, np.integer)
+        and 0 <= labels.min() and labels.max() < CIFAR10_CLASSES
+    ):
+        got = f"data {data.dtype} {data.shape}, labels {labels.dtype} {labels.shape}"
+        raise ValueError(f"{path} is not a CIFAR-10 python batch: want uint8 [N, {row}], N labels; got {got}")
+    return torch.from_numpy(data).reshape(-1, *CIFAR10_IMAGE), torch.from_numpy(labels).long()
+
+
+def _check_int(name: str, value, minimum: int, limit: float = math.inf) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not minimum <= value < limit:
+        allowed = f">= {minimum}" if limit == math.inf else f"in [{minimum}, {limit})"
+        raise ValueError(f"{name} must be an int {allowed}, got {value!r}")
+
+
+def _check_fraction(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+
+
+def _check_generator(generator) -> None:
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
