@@ -1,0 +1,60 @@
+"""Host training: one epoch of minibatches and one evaluation, shared by every caller.
+
+The same functions serve classification (logits [B, C]) and language modelling
+(logits [B, T, V]): the loss flattens every leading dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EVAL_BATCH = 512  # evaluation is forward-only; big batches amortise Python overhead
+
+
+def loss_of(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, -2), target.flatten())
+
+
+def train_epoch(
+    host: nn.Module,
+    plane: nn.Module | None,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+) -> torch.Tensor:
+    """Train over `batches`; return the mean training loss as a tensor (no host sync per batch)."""
+    host.train()
+    total = torch.zeros(())
+    count = 0
+    for inputs, target in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_of(host(inputs, plane), target)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+        count += 1
+    return total / max(count, 1)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    accuracy: float  # top-1 over samples (classification) or tokens (language model)
+
+
+@torch.inference_mode()
+def evaluate(host: nn.Module, plane: nn.Module | None, inputs: torch.Tensor, target: torch.Tensor) -> Evaluation:
+    host.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.long)
+    for start in range(0, len(inputs), EVAL_BATCH):
+        logits = host(inputs[start : start + EVAL_BATCH], plane)
+        part = target[start : start + EVAL_BATCH]
+        loss_sum += F.cross_entropy(logits.flatten(0, -2), part.flatten(), reduction="sum").double()
+        correct += (logits.argmax(-1) == part).sum()
+    n = target.numel()
+    return Evaluation(loss=float(loss_sum) / n, accuracy=float(correct) / n)
