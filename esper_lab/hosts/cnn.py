@@ -60,10 +60,12 @@ class CNNConfig:
         object.__setattr__(self, "density", SurfaceDensity(self.density))
 
 
-def _conv_bn(in_width: int, out_width: int, kernel: int, stride: int) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
-    # No conv bias: the BatchNorm that follows has its own shift.
-    conv = nn.Conv2d(in_width, out_width, kernel, stride=stride, padding=kernel // 2, bias=False)
-    return conv, nn.BatchNorm2d(out_width)
+def _conv(in_width: int, out_width: int, kernel: int, stride: int) -> nn.Conv2d:
+    """No normalisation layers, on purpose: BatchNorm's running statistics lag behind a blending
+    seed that shifts the stream every epoch (it cost a seeded host up to 30 accuracy points at
+    eval), and GroupNorm made the tiny host train far slower. Without them train and eval
+    forwards agree and a rollback snapshot is just the parameters."""
+    return nn.Conv2d(in_width, out_width, kernel, stride=stride, padding=kernel // 2)
 
 
 def _conv_flops(conv: nn.Conv2d, out_size: int) -> float:
@@ -73,18 +75,18 @@ def _conv_flops(conv: nn.Conv2d, out_size: int) -> float:
 
 
 class ResidualBlock(nn.Module):
-    """conv-BN-ReLU, conv-BN, add shortcut, ReLU, with a surface call at each of its sites.
+    """conv-ReLU, conv, add shortcut, ReLU, with a surface call at each of its sites.
 
     `surfaces` maps this block's sites to their surface index; sites absent from it are skipped.
     """
 
     def __init__(self, in_width: int, out_width: int, stride: int, out_size: int, surfaces: dict[Site, int]):
         super().__init__()
-        self.conv1, self.bn1 = _conv_bn(in_width, out_width, 3, stride)
-        self.conv2, self.bn2 = _conv_bn(out_width, out_width, 3, 1)
+        self.conv1 = _conv(in_width, out_width, 3, stride)
+        self.conv2 = _conv(out_width, out_width, 3, 1)
         self.shortcut = nn.Identity()
         if in_width != out_width or stride != 1:
-            self.shortcut = nn.Sequential(*_conv_bn(in_width, out_width, 1, stride))
+            self.shortcut = _conv(in_width, out_width, 1, stride)
         self.out_size = out_size
         self.conv1_surface = surfaces.get(Site.POST_CONV1)
         self.conv2_surface = surfaces.get(Site.POST_CONV2)
@@ -92,10 +94,10 @@ class ResidualBlock(nn.Module):
         self.end_surface = surfaces.get(Site.POST_RESID, surfaces.get(Site.BLOCK_END))
 
     def forward(self, x: torch.Tensor, plane=None) -> torch.Tensor:
-        h = F.relu(self.bn1(self.conv1(x)))
+        h = F.relu(self.conv1(x))
         if plane is not None and self.conv1_surface is not None:
             h = plane(self.conv1_surface, h)
-        h = self.bn2(self.conv2(h))
+        h = self.conv2(h)
         if plane is not None and self.conv2_surface is not None:
             h = plane(self.conv2_surface, h)
         h = F.relu(h + self.shortcut(x))
@@ -105,8 +107,8 @@ class ResidualBlock(nn.Module):
 
     def flops(self) -> float:
         total = _conv_flops(self.conv1, self.out_size) + _conv_flops(self.conv2, self.out_size)
-        if isinstance(self.shortcut, nn.Sequential):
-            total += _conv_flops(self.shortcut[0], self.out_size)
+        if isinstance(self.shortcut, nn.Conv2d):
+            total += _conv_flops(self.shortcut, self.out_size)
         return total
 
 
@@ -121,8 +123,7 @@ class CNNHost(nn.Module):
     def __init__(self, config: CNNConfig):
         super().__init__()
         self.config = config
-        stem_conv, stem_bn = _conv_bn(config.in_channels, config.widths[0], 3, 1)
-        self.stem = nn.Sequential(stem_conv, stem_bn, nn.ReLU())
+        self.stem = nn.Sequential(_conv(config.in_channels, config.widths[0], 3, 1), nn.ReLU())
         sites = _SITES[config.density]
         n_blocks = len(config.widths)
         specs: list[InjectionSpec] = []
