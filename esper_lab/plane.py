@@ -240,8 +240,15 @@ class SeedSlot(nn.Module):
 class SeedPlane(nn.Module):
     """Owns every slot of one host; the only place lifecycle rules and legality live."""
 
-    def __init__(self, host: nn.Module, run_seed: int, allowed_blueprints: tuple[Blueprint, ...] | None = None):
+    def __init__(
+        self,
+        host: nn.Module,
+        run_seed: int,
+        allowed_blueprints: tuple[Blueprint, ...] | None = None,
+        max_seeds: int | None = None,
+    ):
         super().__init__()
+        self.max_seeds = max_seeds  # occupied slots at once; None = one per surface
         specs = host.injection_specs()
         self.specs: tuple[InjectionSpec, ...] = tuple(specs)
         self.slots = nn.ModuleList(
@@ -278,6 +285,8 @@ class SeedPlane(nn.Module):
             return "ADVANCE from BLENDING waits for alpha to reach its target"
         if op is Op.GERMINATE and not bool(self._blueprint_fit[slot.index].any()):
             return "no allowed blueprint fits this surface"
+        if op is Op.GERMINATE and self.max_seeds is not None and self.occupied_count() >= self.max_seeds:
+            return f"GERMINATE with max_seeds={self.max_seeds} slots already occupied"
         return None
 
     def action_masks(self) -> ActionMasks:
@@ -289,10 +298,10 @@ class SeedPlane(nn.Module):
         return ActionMasks(op=op, blueprint=self._blueprint_fit.clone())
 
     # --- applying decisions -------------------------------------------------------------------
-    def apply(self, action: Action) -> list[Event]:
-        """Apply one decision; raise `IllegalAction` naming the stage and op when it is illegal."""
+    def check(self, action: Action) -> None:
+        """Raise `IllegalAction` naming the slot, stage and op when `action` is illegal."""
         if action.op is Op.WAIT:
-            return []
+            return
         if not 0 <= action.slot < len(self.slots):
             raise IllegalAction(f"slot {action.slot} outside 0..{len(self.slots) - 1}")
         slot = self.slots[action.slot]
@@ -302,6 +311,12 @@ class SeedPlane(nn.Module):
         if reason is not None:
             raise IllegalAction(f"slot {slot.index} ({slot.stage.name}): {reason}")
 
+    def apply(self, action: Action) -> list[Event]:
+        """Apply one decision (after `check`); return the events it caused."""
+        self.check(action)
+        if action.op is Op.WAIT:
+            return []
+        slot = self.slots[action.slot]
         op, events = action.op, []
         if op is Op.GERMINATE:
             self._germinate(slot, action)
@@ -373,6 +388,9 @@ class SeedPlane(nn.Module):
             if id(p) not in keep:
                 optimizer.state.pop(p, None)
         group["params"] = params
+
+    def occupied_count(self) -> int:
+        return sum(slot.stage in _HAS_SEED for slot in self.slots)
 
     def active_param_count(self) -> int:
         return sum(slot.param_count_active() for slot in self.slots)

@@ -6,7 +6,7 @@ The same functions serve classification (logits [B, C]) and language modelling
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -25,8 +25,12 @@ def train_epoch(
     plane: nn.Module | None,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
+    after_backward: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """Train over `batches`; return the mean training loss as a tensor (no host sync per batch)."""
+    """Train over `batches`; return the mean training loss as a tensor (no host sync per batch).
+
+    `after_backward` runs between backward and the optimizer step (data-parallel gradient
+    averaging hooks in there)."""
     host.train()
     total = torch.zeros(())
     count = 0
@@ -34,6 +38,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss = loss_of(host(inputs, plane), target)
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         optimizer.step()
         total += loss.detach()
         count += 1
