@@ -1,0 +1,180 @@
+"""Run configuration: named task presets and one frozen, validated config.
+
+Everything is checked in `__post_init__`, before any data is loaded or any tensor is made, and
+every error names the field and what it allows. Enum-valued fields also accept their names as
+strings (as they arrive from JSON, TOML or papermill parameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from esper_lab.contracts import Blueprint, HostKind, SurfaceDensity
+from esper_lab.data import check_cifar10_folder
+
+LADDERS = (
+    Blueprint.CONV_CHANNEL_LADDER,
+    Blueprint.CONV_MULTI_LADDER,
+    Blueprint.LORA_RANK_LADDER,
+    Blueprint.LORA_PROJ_LADDER,
+    Blueprint.LORA_MULTI_LADDER,
+)
+CNN_MODULE_SEEDS = (
+    Blueprint.NOOP,
+    Blueprint.NORM,
+    Blueprint.DEPTHWISE,
+    Blueprint.CONV_LIGHT,
+    Blueprint.CONV_HEAVY,
+    Blueprint.ATTENTION,
+)
+TRANSFORMER_MODULE_SEEDS = (
+    Blueprint.NOOP,
+    Blueprint.NORM,
+    Blueprint.LORA,
+    Blueprint.LORA_LARGE,
+    Blueprint.MLP,
+    Blueprint.ATTENTION,
+)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a task name stands for: the host, its data and how its metric is read."""
+
+    host_kind: HostKind
+    data: str  # "digits" | "pydoc" | "cifar10"
+    host: MappingProxyType  # host config defaults (widths, n_layer, ...)
+    metric: str  # "accuracy" (higher is better) or "loss" (validation cross-entropy, lower is better)
+    blueprints: tuple[Blueprint, ...]
+
+
+TASKS: dict[str, Task] = {
+    "digits_cnn": Task(HostKind.CNN, "digits", MappingProxyType({"widths": (8, 16)}), "accuracy", CNN_MODULE_SEEDS + LADDERS[:2]),
+    # seed 000's A0: the same data on a deeper host, so more (coarse) surfaces
+    "digits_cnn_deep": Task(HostKind.CNN, "digits", MappingProxyType({"widths": (8, 8, 16, 16)}), "accuracy", CNN_MODULE_SEEDS + LADDERS[:2]),
+    "pydoc_lm": Task(HostKind.TRANSFORMER, "pydoc", MappingProxyType({"n_layer": 2, "d_model": 32, "n_head": 2, "context": 32}), "loss", TRANSFORMER_MODULE_SEEDS + LADDERS[2:]),
+    "cifar10_cnn": Task(HostKind.CNN, "cifar10", MappingProxyType({"in_channels": 3, "image_size": 32, "widths": (16, 32, 64)}), "accuracy", CNN_MODULE_SEEDS + LADDERS[:2]),
+}  # fmt: skip
+
+
+def _enum(cls: type[enum.Enum], value: Any, name: str) -> enum.Enum:
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls[value.upper()] if isinstance(value, str) else cls(value)
+    except (KeyError, ValueError):
+        allowed = ", ".join(m.name.lower() for m in cls)
+        raise ValueError(f"{name}={value!r} is not one of: {allowed}") from None
+
+
+@dataclass(frozen=True)
+class EconomyConfig:
+    """Reward weights (seed 003 §5.1: R = R_task - W_rent*C_rent - W_churn*C_churn - costs)."""
+
+    task_scale: float = 100.0  # R_task per unit of metric change: accuracy points, or 1/100 nat
+    rent_weight: float = 0.05  # a conv_heavy as big as the host (C_rent ~ log 2) costs ~0.035/step
+    churn_weight: float = 0.5
+    internal_op_cost: float = 0.02  # per GROW/SHRINK (seed 002 S2: small per-op anti-thrash cost)
+    churn_window: int = 10  # steps over which edits and level changes are counted
+
+    def __post_init__(self):
+        for name in ("task_scale", "rent_weight", "churn_weight", "internal_op_cost"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"economy.{name}={getattr(self, name)!r} must be >= 0")
+        if not (isinstance(self.churn_window, int) and self.churn_window >= 1):
+            raise ValueError(f"economy.churn_window={self.churn_window!r} must be an integer >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One environment's run: task, organism, budgets, optimisation and episode shape."""
+
+    task: str = "digits_cnn"
+    density: SurfaceDensity = SurfaceDensity.A0
+    blueprints: tuple[Blueprint, ...] | None = None  # None = every blueprint the task offers
+    host: dict = field(default_factory=dict)  # overrides of the task's host config
+    seed: int = 0
+    episode_length: int = 20  # env steps (= host epochs) per episode; seed 003 uses 150
+    batches_per_step: int | None = None  # None = a full pass over the training split
+    batch_size: int = 64
+    lr: float = 3e-3  # Adam, for host and seeds alike
+    param_budget: float = 1.5  # seeds may hold at most this many x the host's parameters
+    max_seeds: int = 4  # occupied slots at once
+    data_fraction: float = 1.0  # share of the training split used (smoke presets shrink it)
+    cifar_folder: str | None = None
+    economy: EconomyConfig = field(default_factory=EconomyConfig)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} is not one of: {', '.join(TASKS)}")
+        task = TASKS[self.task]
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        set_("density", _enum(SurfaceDensity, self.density.lower() if isinstance(self.density, str) else self.density, "density"))
+        if self.density is SurfaceDensity.A2 and task.host_kind is HostKind.CNN:
+            raise ValueError(f"density='a2' needs a Transformer host; task {self.task!r} has a CNN (allowed: a0, a1)")
+        if isinstance(self.economy, dict):
+            set_("economy", EconomyConfig(**self.economy))
+        if self.blueprints is None:
+            set_("blueprints", task.blueprints)
+        else:
+            set_("blueprints", tuple(_enum(Blueprint, b, "blueprints") for b in self.blueprints))
+            foreign = [b.name.lower() for b in self.blueprints if b not in task.blueprints]
+            if foreign:
+                allowed = ", ".join(b.name.lower() for b in task.blueprints)
+                raise ValueError(f"blueprints {foreign} do not fit task {self.task!r} (allowed: {allowed})")
+            if not self.blueprints:
+                raise ValueError("blueprints=() leaves nothing to germinate; give at least one")
+        # JSON turns tuples (e.g. widths) into lists: store tuples, so from_json(to_json(c)) == c
+        set_("host", {k: tuple(v) if isinstance(v, list) else v for k, v in self.host.items()})
+        unknown = set(self.host) - set(_host_fields(task.host_kind))
+        if unknown:
+            raise ValueError(f"host has unknown keys {sorted(unknown)} (allowed: {', '.join(_host_fields(task.host_kind))})")
+        if task.data == "cifar10":
+            check_cifar10_folder(self.cifar_folder)  # None = the default data/cifar-10-batches-py
+        _positive_int(self, "episode_length", "batch_size", "max_seeds")
+        if self.batches_per_step is not None:
+            _positive_int(self, "batches_per_step")
+        if not (isinstance(self.seed, int) and self.seed >= 0):
+            raise ValueError(f"seed={self.seed!r} must be an integer >= 0")
+        for name in ("lr", "param_budget"):
+            if not (isinstance(getattr(self, name), int | float) and getattr(self, name) > 0):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a number > 0")
+        if not 0 < self.data_fraction <= 1:
+            raise ValueError(f"data_fraction={self.data_fraction!r} must be in (0, 1]")
+
+    @property
+    def spec(self) -> Task:
+        return TASKS[self.task]
+
+    def host_config(self) -> dict:
+        return {**self.spec.host, **self.host, "density": self.density}
+
+    def to_json(self) -> str:
+        """Config as JSON (enums by name): what the `runs` table stores and replay reads back."""
+        return json.dumps(dataclasses.asdict(self), default=lambda v: v.name.lower() if isinstance(v, enum.Enum) else str(v), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls(**json.loads(text))
+
+    def replace(self, **changes) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _host_fields(kind: HostKind) -> tuple[str, ...]:
+    from esper_lab.hosts import CNNConfig, TransformerConfig
+
+    cls = CNNConfig if kind is HostKind.CNN else TransformerConfig
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("density", "vocab_size"))
+
+
+def _positive_int(config: RunConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"{name}={value!r} must be an integer >= 1")

@@ -1,0 +1,92 @@
+"""The economy (Simic pricing): rent for active parameters, churn for structural change.
+
+    R_total = R_task - W_rent * C_rent - W_churn * C_churn - intervention costs      (seed 003 §5.1)
+    C_rent  = min(MAX_RENT, log(1 + sum_occupied(BaseSlotRent + alpha_i * P_seed_i) / P_host))
+    BaseSlotRent = 0.0039 * P_host per occupied slot
+
+R_task is the step's change in the task metric (accuracy up, or validation loss down) times
+`task_scale`. Churn counts the structural edits and internal level changes of the last
+`churn_window` steps, plus alpha direction flips; the first edit in a window is free, so steady
+work costs nothing and thrash costs more the denser it gets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from esper_lab.config import EconomyConfig
+from esper_lab.contracts import Op, Stage
+
+BASE_SLOT_RENT = 0.0039  # x P_host per occupied slot (seed 003 §5.1: about a small residual block)
+MAX_RENT = 1.0  # C_rent cap (seed 003 §5.1 "max_rent"): seeds worth ~1.7x the host pay no more
+EDIT_OPS = frozenset({Op.GERMINATE, Op.PRUNE, Op.FOSSILIZE, Op.SET_ALPHA_TARGET, Op.FOCUS_NEXT, Op.FOCUS_PREV})
+LEVEL_OPS = frozenset({Op.GROW_INTERNAL, Op.SHRINK_INTERNAL})
+OCCUPIED = frozenset({Stage.GERMINATED, Stage.TRAINING, Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED})
+
+
+def rent_cost(alpha: torch.Tensor, seed_params: torch.Tensor, occupied: torch.Tensor, host_params: int) -> float:
+    """C_rent for one step from per-slot alpha, active seed params and occupancy ([S] tensors)."""
+    paid = (occupied.double() * (BASE_SLOT_RENT * host_params + alpha.double() * seed_params.double())).sum()
+    return min(MAX_RENT, math.log1p(float(paid) / host_params))
+
+
+@dataclass(frozen=True)
+class RewardParts:
+    task: float
+    rent: float  # C_rent (unweighted)
+    churn: float  # C_churn (unweighted)
+    intervention: float  # already in reward units
+    total: float
+
+
+class Ledger:
+    """Per-episode bookkeeping of edits, level changes and alpha moves over a sliding window."""
+
+    def __init__(self, config: EconomyConfig):
+        self.config = config
+        self.edits: deque[int] = deque(maxlen=config.churn_window)
+        self.level_changes: deque[int] = deque(maxlen=config.churn_window)
+        self.flips: deque[int] = deque(maxlen=config.churn_window)
+        self.last_move: torch.Tensor | None = None  # per-slot sign of alpha's last non-zero move
+        self.last_alpha: torch.Tensor | None = None
+
+    def record(self, op: Op, vetoed: bool, alpha: torch.Tensor) -> None:
+        """Note this step's executed op and the plane's alpha vector after it."""
+        executed = not vetoed
+        self.edits.append(int(executed and op in EDIT_OPS))
+        self.level_changes.append(
+            (1 if op is Op.GROW_INTERNAL else -1) if executed and op in LEVEL_OPS else 0
+        )
+        zeros = torch.zeros_like(alpha)
+        move = zeros if self.last_alpha is None else torch.sign(alpha - self.last_alpha)
+        previous = zeros if self.last_move is None else self.last_move
+        flips = int((move * previous < 0).sum())  # alpha turned around since its last move
+        self.last_move = torch.where(move != 0, move, previous)
+        self.last_alpha = alpha.clone()
+        self.flips.append(flips)
+
+    def churn_cost(self) -> float:
+        changes = sum(self.edits) + sum(abs(c) for c in self.level_changes) + sum(self.flips)
+        return max(0, changes - 1) / self.config.churn_window
+
+    def level_change_rate(self) -> float:
+        """Internal level changes per step over the window (seed 002 anti-thrash metric)."""
+        return sum(abs(c) for c in self.level_changes) / max(len(self.level_changes), 1)
+
+    def net_level_change(self) -> int:
+        """Signed sum of level changes over the window: near zero with a high rate = oscillation."""
+        return sum(self.level_changes)
+
+
+def reward(
+    config: EconomyConfig, metric_gain: float, rent: float, churn: float, op: Op, vetoed: bool
+) -> RewardParts:
+    """Combine the parts with the weights; `metric_gain` is already signed so up is good."""
+    task = config.task_scale * metric_gain
+    intervention = config.internal_op_cost if (op in LEVEL_OPS and not vetoed) else 0.0
+    total = task - config.rent_weight * rent - config.churn_weight * churn - intervention
+    return RewardParts(task=task, rent=rent, churn=churn, intervention=intervention, total=total)
