@@ -118,15 +118,10 @@ def load_pydoc_corpus(val_fraction: float = 0.1, max_chars: int | None = None) -
     return CharCorpus(text, vocab, ids[:split_at], ids[split_at:])
 
 
-def load_cifar10(folder: str | Path | None = None, val_fraction: float | None = None, seed: int = 0) -> Split:
-    """CIFAR-10 from the official python batches in `folder` (default data/cifar-10-batches-py).
-
-    Validation is `test_batch`; with `val_fraction` it is instead a seeded stratified part of the
-    training batches (for model selection that never looks at the test set).
-    """
-    if val_fraction is not None:
-        _check_fraction("val_fraction", val_fraction)
-    _check_int("seed", seed, 0, SEED_LIMIT)
+def check_cifar10_folder(folder: str | Path | None = None) -> Path:
+    """The CIFAR-10 folder (default data/cifar-10-batches-py) if every batch file is there;
+    otherwise a FileNotFoundError naming the folder, the missing files and where to get them.
+    Cheap, so configs call it before any compute."""
     folder = Path(folder) if folder is not None else data_root() / CIFAR10_DIR
     missing = [name for name in CIFAR10_FILES if not (folder / name).is_file()]
     if missing:
@@ -136,6 +131,19 @@ def load_cifar10(folder: str | Path | None = None, val_fraction: float | None = 
             f'"CIFAR-10 python version" from {CIFAR10_URL} and extract it so these files sit directly '
             f"in {folder} (the archive unpacks to a folder named {CIFAR10_DIR})."
         )
+    return folder
+
+
+def load_cifar10(folder: str | Path | None = None, val_fraction: float | None = None, seed: int = 0) -> Split:
+    """CIFAR-10 from the official python batches in `folder` (default data/cifar-10-batches-py).
+
+    Validation is `test_batch`; with `val_fraction` it is instead a seeded stratified part of the
+    training batches (for model selection that never looks at the test set).
+    """
+    if val_fraction is not None:
+        _check_fraction("val_fraction", val_fraction)
+    _check_int("seed", seed, 0, SEED_LIMIT)
+    folder = check_cifar10_folder(folder)
     parts = [_read_cifar_batch(folder / name) for name in CIFAR10_FILES]
     train_x, train_y = map(torch.cat, zip(*parts[:-1]))
     val_x, val_y = parts[-1]
