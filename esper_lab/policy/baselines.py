@@ -1,0 +1,124 @@
+"""Baseline policies every cohort is compared with: masked uniform random and a rule-based one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from esper_lab.contracts import Action, AlphaCurve, AlphaTarget, BlendAlgorithm, Blueprint, Op, Stage, Tempo
+from esper_lab.env import StepResult, stream_seed
+
+_POLICY_STREAM = 4  # the env module's stream ids stop at 3
+
+
+class RandomPolicy:
+    """Uniform over legal choices: op among legal ops, then slot, blueprint and style."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.generators: list[torch.Generator] = []
+
+    def act(self, results: list[StepResult]) -> list[Action]:
+        while len(self.generators) < len(results):
+            self.generators.append(torch.Generator().manual_seed(stream_seed(self.seed, len(self.generators), _POLICY_STREAM)))
+        return [self._one(r, g) for r, g in zip(results, self.generators)]
+
+    @staticmethod
+    def _pick(mask: torch.Tensor, generator: torch.Generator) -> int:
+        legal = mask.nonzero().flatten()
+        return int(legal[torch.randint(len(legal), (), generator=generator)])
+
+    def _one(self, result: StepResult, generator: torch.Generator) -> Action:
+        op_mask = result.masks.op
+        op = Op(self._pick(op_mask.any(0), generator))
+        if op is Op.WAIT:
+            return Action(Op.WAIT)
+        slot = self._pick(op_mask[:, op], generator)
+        return Action(
+            op,
+            slot,
+            Blueprint(self._pick(result.masks.blueprint[slot], generator)),
+            BlendAlgorithm(int(torch.randint(len(BlendAlgorithm), (), generator=generator))),
+            AlphaCurve(int(torch.randint(len(AlphaCurve), (), generator=generator))),
+            Tempo(int(torch.randint(len(Tempo), (), generator=generator))),
+            AlphaTarget(int(torch.randint(len(AlphaTarget), (), generator=generator))),
+        )
+
+
+# Rule thresholds. Metric gains are in the task metric's own units, signed so up is good.
+PLATEAU_GAIN = 0.01  # a step that gains less than this is a plateau: time for another seed
+_OCCUPIED = frozenset({Stage.GERMINATED, Stage.TRAINING, Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED})
+TRAINING_STEPS = 1  # incubate a seed one step: in short episodes, blending early is what pays
+HOLDING_STEPS = 2  # watch a blended seed this long before fossilising or pruning it
+HARM_TOLERANCE = 0.02  # prune a seed whose blending lost more metric than this since germination
+# Preference when germinating: cheap dials first, then the heavy module seeds.
+PREFERENCE = (
+    Blueprint.CONV_CHANNEL_LADDER, Blueprint.LORA_PROJ_LADDER, Blueprint.LORA_RANK_LADDER,
+    Blueprint.CONV_MULTI_LADDER, Blueprint.LORA_MULTI_LADDER, Blueprint.CONV_HEAVY,
+    Blueprint.MLP, Blueprint.LORA_LARGE, Blueprint.CONV_LIGHT, Blueprint.LORA, Blueprint.ATTENTION,
+)  # fmt: skip
+
+
+@dataclass
+class _Memory:
+    """What the heuristic remembers about one environment's slots."""
+
+    entered: dict[int, int] = field(default_factory=dict)  # slot -> step it entered its stage
+    stage: dict[int, int] = field(default_factory=dict)
+    metric_at_germination: dict[int, float] = field(default_factory=dict)
+    last_delta: dict[int, float] = field(default_factory=dict)
+
+
+class HeuristicPolicy:
+    """Keep one seed growing (germinate when nothing is, and again on a plateau), advance when
+    healthy, prune when harmful, and turn ladder dials: grow while the seed's delta norm and the
+    metric both improve, shrink when they stop."""
+
+    def __init__(self):
+        self.memory: list[_Memory] = []
+
+    def act(self, results: list[StepResult]) -> list[Action]:
+        if any(r.step == 0 for r in results) or len(self.memory) != len(results):
+            self.memory = [_Memory() for _ in results]
+        return [self._one(r, m) for r, m in zip(results, self.memory)]
+
+    def _one(self, result: StepResult, memory: _Memory) -> Action:
+        report, op_mask, step = result.report, result.masks.op, result.step
+        stages = report.column("stage").long().tolist()
+        deltas = report.column("delta_l2_norm").tolist()
+        metric, gain = result.metrics["metric_since_start"], result.metrics["metric_gain"]
+        for slot, stage in enumerate(stages):
+            if memory.stage.get(slot) != stage:
+                memory.stage[slot], memory.entered[slot] = stage, step
+        legal = lambda op, slot: bool(op_mask[slot, op])  # noqa: E731
+
+        for slot, stage in enumerate(map(Stage, stages)):
+            age = step - memory.entered[slot]
+            since = metric - memory.metric_at_germination.get(slot, metric)
+            if stage in (Stage.BLENDING, Stage.HOLDING) and since < -HARM_TOLERANCE and legal(Op.PRUNE, slot):
+                return Action(Op.PRUNE, slot)
+            if stage is Stage.GERMINATED or (stage is Stage.TRAINING and age >= TRAINING_STEPS):
+                return Action(Op.ADVANCE, slot)
+            if stage is Stage.BLENDING and legal(Op.ADVANCE, slot):
+                return Action(Op.ADVANCE, slot)
+            if stage is Stage.HOLDING and age >= HOLDING_STEPS:
+                return Action(Op.FOSSILIZE if since >= 0 else Op.PRUNE, slot)
+            if stage in (Stage.TRAINING, Stage.BLENDING, Stage.HOLDING):
+                rising = deltas[slot] > memory.last_delta.get(slot, 0.0)
+                memory.last_delta[slot] = deltas[slot]
+                if rising and gain > 0 and legal(Op.GROW_INTERNAL, slot):
+                    return Action(Op.GROW_INTERNAL, slot)
+                if gain <= 0 and not rising and legal(Op.SHRINK_INTERNAL, slot) and report.column("internal_level")[slot] > 1:
+                    return Action(Op.SHRINK_INTERNAL, slot)
+
+        nothing_growing = not any(Stage(s) in _OCCUPIED for s in stages)
+        if nothing_growing or gain < PLATEAU_GAIN:
+            for slot in reversed(range(len(stages))):  # deepest surface first: closest to the task
+                if legal(Op.GERMINATE, slot):
+                    fitting = result.masks.blueprint[slot]
+                    blueprint = next((b for b in PREFERENCE if fitting[b]), None)
+                    if blueprint is not None:
+                        memory.metric_at_germination[slot] = metric
+                        return Action(Op.GERMINATE, slot, blueprint, tempo=Tempo.FAST)
+        return Action(Op.WAIT)
