@@ -4,10 +4,17 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# One intra-op thread: the models are tiny, and on a shared 2-core machine two threads per
+# process (pytest, notebook kernels, papermill runs) contend badly.
+export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup main test
+.PHONY: setup browser main test
 
 setup: $(STAMP)
+
+# Debian's Chromium for the dashboard's browser test (Playwright drives it; never a downloaded browser).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,5 +25,5 @@ $(STAMP): pyproject.toml
 main: $(STAMP)
 	$(VENV)/bin/esper-lab tour
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env tests notebooks
