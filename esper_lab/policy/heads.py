@@ -1,0 +1,140 @@
+"""Factored, masked action heads (seed 001 §4, seed 003 §6), sampled autoregressively.
+
+Causal order: op -> slot -> blueprint -> (blend, curve, tempo, target). Each head's mask comes
+from the plane's masks given the choices before it (op: legal anywhere; slot: legal for that op;
+blueprint: fits that slot), so an illegal combination is never sampled. A head the op does not
+use is still computed, but its choice is replaced by `Action`'s default and it adds nothing to
+the log-probability or the entropy: PPO credits only the decisions that changed the world.
+
+One code path serves sampling (choices drawn from Gumbel noise, or argmax when greedy) and the
+PPO update (choices given), so both see exactly the same distributions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from esper_lab.contracts import Action, AlphaCurve, AlphaTarget, BlendAlgorithm, Blueprint, Op, Tempo
+from esper_lab.policy.features import Observation
+
+HEADS = ("op", "slot", "blueprint", "blend", "curve", "tempo", "target")
+STYLE_HEADS = ("blend", "curve", "tempo", "target")
+CHOICES = {"op": Op, "blueprint": Blueprint, "blend": BlendAlgorithm, "curve": AlphaCurve, "tempo": Tempo, "target": AlphaTarget}
+_DEFAULT_ACTION = Action(Op.WAIT)  # what an unused head's field holds: Action's own defaults
+DEFAULTS = {h: int(getattr(_DEFAULT_ACTION, h)) for h in HEADS}
+MASKED_LOGIT = torch.finfo(torch.float32).min  # finite, so p = 0 exactly and 0 * logp = 0, never NaN
+GUMBEL_EPS = 1e-10  # keeps the Gumbel transform of a uniform draw finite at 0 and 1
+HEAD_INIT_GAIN = 0.01  # last layers start near zero: near-uniform first policy (Andrychowicz et al. 2021)
+
+
+def heads_used(op: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Which heads op [B] actually uses: slot unless WAIT; germination config only for GERMINATE;
+    the alpha target also for SET_ALPHA_TARGET."""
+    germinate = op == Op.GERMINATE
+    return {
+        "op": torch.ones_like(germinate),
+        "slot": op != Op.WAIT,
+        **{h: germinate for h in ("blueprint", "blend", "curve", "tempo")},
+        "target": germinate | (op == Op.SET_ALPHA_TARGET),
+    }
+
+
+def noise_sizes(n_slots: int) -> dict[str, int]:
+    """Uniform draws each head needs per environment (one per choice, for Gumbel-max)."""
+    return {h: n_slots if h == "slot" else len(CHOICES[h]) for h in HEADS}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Per-head choices, log-probs and entropies ([B] each, zero where unused) and masks ([B, n])."""
+
+    choice: dict[str, torch.Tensor]
+    logp: dict[str, torch.Tensor]
+    entropy: dict[str, torch.Tensor]
+    used: dict[str, torch.Tensor]
+    mask: dict[str, torch.Tensor]
+
+    @property
+    def total_logp(self) -> torch.Tensor:
+        return torch.stack([self.logp[h] for h in HEADS]).sum(0)
+
+    def actions(self) -> list[Action]:
+        columns = {h: self.choice[h].tolist() for h in HEADS}
+        return [
+            Action(Op(op), slot, Blueprint(bp), BlendAlgorithm(blend), AlphaCurve(curve), Tempo(tempo), AlphaTarget(target))
+            for op, slot, bp, blend, curve, tempo, target in zip(*(columns[h] for h in HEADS))
+        ]
+
+
+def _mlp(hidden: int, out: int) -> nn.Sequential:
+    last = nn.Linear(hidden, out)
+    with torch.no_grad():
+        last.weight.mul_(HEAD_INIT_GAIN)
+        last.bias.zero_()
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), last)
+
+
+class FactoredHeads(nn.Module):
+    """The seven heads over a pooled vector [B, H] and slot embeddings [B, S, H].
+
+    The slot head is one shared MLP applied to every slot embedding (plus the op's embedding),
+    so it works for any S without a loop over slots. Later heads read the chosen slot's
+    embedding and embeddings of the earlier choices: that is the autoregressive conditioning.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.op = _mlp(hidden, len(Op))
+        self.op_embed = nn.Embedding(len(Op), hidden)
+        self.slot = _mlp(hidden, 1)
+        self.blueprint = _mlp(hidden, len(Blueprint))
+        self.blueprint_embed = nn.Embedding(len(Blueprint), hidden)
+        self.style = nn.ModuleDict({h: _mlp(hidden, len(CHOICES[h])) for h in STYLE_HEADS})
+
+    def forward(
+        self,
+        pooled: torch.Tensor,
+        slot_emb: torch.Tensor,
+        obs: Observation,
+        given: dict[str, torch.Tensor] | None = None,
+        noise: dict[str, torch.Tensor] | None = None,
+    ) -> Decision:
+        """Choose (or score the `given` choices); `noise` holds uniforms per head, None = argmax."""
+        rows = torch.arange(pooled.shape[0])
+        out = Decision({}, {}, {}, {}, {})
+        op = self._choose(out, "op", self.op(pooled), obs.op_mask.any(1), None, given, noise)
+        used = heads_used(op)
+        out.used.update(used)
+        op_e = self.op_embed(op)
+        slot_logits = self.slot(slot_emb + op_e[:, None]).squeeze(-1)
+        slot_mask = obs.op_mask[rows, :, op]  # [B, S]: slots where this op is legal
+        slot = self._choose(out, "slot", slot_logits, slot_mask, used["slot"], given, noise)
+        context = pooled + slot_emb[rows, slot] + op_e
+        bp_mask = obs.blueprint_mask[rows, slot]
+        blueprint = self._choose(out, "blueprint", self.blueprint(context), bp_mask, used["blueprint"], given, noise)
+        context = context + self.blueprint_embed(blueprint) * used["blueprint"][:, None]
+        for h in STYLE_HEADS:
+            logits = self.style[h](context)
+            self._choose(out, h, logits, torch.ones_like(logits, dtype=torch.bool), used[h], given, noise)
+        return out
+
+    @staticmethod
+    def _choose(out: Decision, head: str, logits, mask, used, given, noise) -> torch.Tensor:
+        if used is None:
+            used = torch.ones(logits.shape[0], dtype=torch.bool)
+        mask = mask | ~used[:, None]  # an unused head is scored under no mask and then ignored
+        logp_all = torch.log_softmax(logits.masked_fill(~mask, MASKED_LOGIT), dim=-1)
+        if given is not None:
+            choice = given[head]
+        else:
+            score = logp_all if noise is None else logp_all - torch.log(-torch.log(noise[head].clamp(GUMBEL_EPS, 1 - GUMBEL_EPS)))
+            choice = torch.where(used, score.argmax(-1), DEFAULTS[head])
+        weight = used.to(logp_all.dtype)
+        out.choice[head] = choice
+        out.logp[head] = logp_all.gather(-1, choice[:, None]).squeeze(-1) * weight
+        out.entropy[head] = -(logp_all.exp() * logp_all).sum(-1) * weight
+        out.mask[head] = mask
+        return choice

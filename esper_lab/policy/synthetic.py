@@ -1,0 +1,106 @@
+"""A synthetic environment with the plane's real action space and a known best return.
+
+A real `SeedPlane` over a real small CNN host supplies the real masks, lifecycle and `apply`
+(an illegal action raises, as in `MorphEnv`); no host is trained, so a step costs well under a
+millisecond. The reward is potential-based shaping (Ng et al. 1999), r_t = P(s_t) - P(s_t-1),
+so an episode's undiscounted return is P of its final state and the best return is max P:
+
+    P = STAGE_CREDIT[stage] + alpha * level_value(level)   for the one paying seed: blueprint
+                                                           PAYING_BLUEPRINT on the paying slot
+        - WRONG_RENT per other occupied slot
+    level_value(level) = 1 - |level - BEST_LEVEL| / BEST_LEVEL   (GROW pays until BEST_LEVEL)
+
+so `OPTIMAL_RETURN` = max STAGE_CREDIT + 1, reached by germinating the paying seed with a full
+alpha target, advancing it into BLENDING, growing it to BEST_LEVEL and letting alpha reach 1
+(`optimal_actions` spells that out; it fits in `MIN_EPISODE_LENGTH` steps).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from esper_lab.contracts import Action, AlphaTarget, Blueprint, Op, Stage, SurfaceDensity, Tempo
+from esper_lab.economy import OCCUPIED, RewardParts
+from esper_lab.env import StepResult
+from esper_lab.hosts import CNNConfig, CNNHost
+from esper_lab.plane import SeedPlane
+
+PAYING_BLUEPRINT = Blueprint.CONV_CHANNEL_LADDER  # a ladder, so GROW/SHRINK are live choices
+BEST_LEVEL = 3  # of the ladder's 4: growing past it costs
+STAGE_CREDIT = {Stage.GERMINATED: 0.1, Stage.TRAINING: 0.2, Stage.BLENDING: 0.2, Stage.HOLDING: 0.2, Stage.FOSSILIZED: 0.2}
+WRONG_RENT = 0.01  # per other occupied slot: exploring costs a little, and a prune refunds it
+OPTIMAL_RETURN = max(STAGE_CREDIT.values()) + 1.0
+# germinate, advance, advance (alpha ramps over Tempo.FAST's 3 ticks), grow, grow: alpha is 1 at step 5
+MIN_EPISODE_LENGTH = 5
+
+
+def level_value(level: torch.Tensor) -> torch.Tensor:
+    return 1 - (level - BEST_LEVEL).abs() / BEST_LEVEL
+
+
+class KnownAnswerEnv:
+    """N planes stepped in lockstep; `reset`/`step` return `StepResult`s like `VecEnv`."""
+
+    def __init__(self, n_envs: int, episode_length: int = 8, density: SurfaceDensity = SurfaceDensity.A1,
+                 widths: tuple[int, ...] = (8, 16), max_seeds: int = 3):  # fmt: skip
+        if episode_length < MIN_EPISODE_LENGTH:
+            raise ValueError(f"episode_length={episode_length} < {MIN_EPISODE_LENGTH}: the optimum would not fit")
+        with torch.random.fork_rng():  # host weights are never used; keep the global RNG untouched
+            torch.manual_seed(0)
+            self.host = CNNHost(CNNConfig(widths=widths, density=density))
+        self.n_envs, self.episode_length, self.max_seeds = n_envs, episode_length, max_seeds
+        self.paying_slot = len(self.host.injection_specs()) - 1  # the deepest surface
+        self.host_params, self.host_flops = self.host.param_count(), self.host.flops()
+
+    def __len__(self) -> int:
+        return self.n_envs
+
+    def reset(self) -> list[StepResult]:
+        self.planes = [SeedPlane(self.host, run_seed=i, max_seeds=self.max_seeds) for i in range(self.n_envs)]
+        self.steps, self.previous = 0, [0.0] * self.n_envs
+        return [self._result(i, plane.report(), 0.0, []) for i, plane in enumerate(self.planes)]
+
+    def step(self, actions: list[Action]) -> list[StepResult]:
+        if self.steps >= self.episode_length:
+            raise RuntimeError(f"episode is over after {self.episode_length} steps; call reset()")
+        self.steps += 1
+        results = []
+        for i, (plane, action) in enumerate(zip(self.planes, actions)):
+            events = plane.apply(action) + plane.tick()
+            report = plane.report()
+            value = self.potential(report)
+            results.append(self._result(i, report, value - self.previous[i], events))
+            self.previous[i] = value
+        return results
+
+    def potential(self, report) -> float:
+        stage = [Stage(s) for s in report.column("stage").long().tolist()]
+        occupied = sum(s in OCCUPIED for s in stage)
+        k = self.paying_slot
+        if int(report.column("blueprint")[k]) != PAYING_BLUEPRINT:
+            return -WRONG_RENT * occupied
+        blended = float(report.column("alpha")[k] * level_value(report.column("internal_level")[k]))
+        return STAGE_CREDIT[stage[k]] + blended - WRONG_RENT * (occupied - 1)
+
+    def optimal_actions(self) -> list[Action]:
+        """A best episode's opening moves (then WAIT): it earns `OPTIMAL_RETURN`."""
+        slot = self.paying_slot
+        germinate = Action(Op.GERMINATE, slot, PAYING_BLUEPRINT, tempo=Tempo.FAST, target=AlphaTarget.FULL)
+        return [germinate, Action(Op.ADVANCE, slot), Action(Op.ADVANCE, slot)] + [Action(Op.GROW_INTERNAL, slot)] * (BEST_LEVEL - 1)
+
+    def _result(self, i: int, report, reward: float, events) -> StepResult:
+        plane = self.planes[i]
+        stage = report.column("stage").long().tolist()
+        active_params = plane.active_param_count()
+        active_flops = float(report.column("seed_flops_active_est").sum())
+        value = self.previous[i] + reward
+        metrics = {
+            "progress": self.steps / self.episode_length, "train_loss": 0.0, "val_loss": 0.0, "val_accuracy": 0.0,
+            "metric": value, "metric_gain": reward, "metric_since_start": value, "host_params": self.host_params,
+            "active_params": active_params, "active_flops": active_flops,
+            "active_param_budget_util": active_params / self.host_params, "active_flops_budget_util": active_flops / self.host_flops,
+            "occupied_slots": sum(Stage(s) in OCCUPIED for s in stage), "n_slots": len(plane), "veto": 0.0,
+            "rollback": 0.0, "roi_params": 0.0, "roi_flops": 0.0, "level_change_rate": 0.0, "net_level_change": 0.0,
+        }  # fmt: skip
+        parts = RewardParts(task=reward, rent=0.0, churn=0.0, intervention=0.0, total=reward)
+        return StepResult(self.steps, report, plane.action_masks(), metrics, parts, events, self.steps >= self.episode_length)
