@@ -1,0 +1,73 @@
+"""Where telemetry lives on disk and how parts get there without ever being seen half-written.
+
+Layout: `<root>/cohort=<c>/run=<id>/<table>/part-<n>.parquet`. Readers glob `*.parquet`, so a
+part is written under a hidden `.part-<n>.parquet.tmp` name and renamed into place.
+
+A run writes many small parts (one per flush, so a crash loses little); DuckDB pays per file, so
+a closed run's parts are compacted into one part per table. Compaction writes the merged part
+into a hidden sibling folder and swaps folders with two renames: a reader sees the old parts or
+the merged one, never both; only a crash between the two renames can hide (never corrupt or
+duplicate) that table of that run, and its rows are then still in `.<table>.old/`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+COMPRESSION = "zstd"  # about as fast to write as snappy here, and smaller files
+ROW_GROUP_ROWS = 256 * 1024  # compacted row groups: large enough that per-group overhead is noise
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")  # cohort and run ids become folder names
+
+
+def run_folder(root: str | Path, cohort: str, run_id: str) -> Path:
+    for field, value in (("cohort", cohort), ("run_id", run_id)):
+        if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+            raise ValueError(f"{field}={value!r} must match {NAME_PATTERN.pattern} (it becomes a folder name)")
+    return Path(root) / f"cohort={cohort}" / f"run={run_id}"
+
+
+def part_number(path: Path) -> int:
+    return int(path.stem.removeprefix("part-"))
+
+
+def write_part(path: Path, table: pa.Table) -> None:
+    """Write under a hidden temporary name, then rename: the part appears whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, temporary, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS)
+    os.replace(temporary, path)
+
+
+def compact_table(folder: Path) -> None:
+    """Merge one table folder's parts, in part order, into a single `part-0.parquet`."""
+    parts = sorted(folder.glob("part-*.parquet"), key=part_number)
+    if len(parts) < 2:
+        return
+    staging = folder.with_name(f".{folder.name}.compacting")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    pending, rows = [], 0
+    with pq.ParquetWriter(staging / "part-0.parquet", pq.read_schema(parts[0]), compression=COMPRESSION) as writer:
+        for part in parts:
+            table = pq.ParquetFile(part).read()
+            pending.append(table)
+            rows += table.num_rows
+            if rows >= ROW_GROUP_ROWS or part is parts[-1]:
+                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+                pending, rows = [], 0
+    old = folder.with_name(f".{folder.name}.old")
+    os.rename(folder, old)
+    os.rename(staging, folder)
+    shutil.rmtree(old)
+
+
+def compact_run(folder: Path, tables: tuple[str, ...]) -> None:
+    for table in tables:
+        if (folder / table).is_dir():
+            compact_table(folder / table)

@@ -1,0 +1,158 @@
+"""Forensic replay (seed 003 §8.2): re-run a recorded run from its manifest, or branch it.
+
+Every episode starts from `MorphEnv.reset()`, which rebuilds host, plane, optimizer and data
+order from (run seed, env index), and every step after that is a function of the actions taken.
+So re-applying the recorded chosen actions (the `decisions` table) to fresh envs reproduces the
+run on the same machine with the recorded torch thread count, each (env, episode) on its own.
+`branch` replays one (env, episode) to a step, injects a different action there, lets a policy
+continue, and records the result as a new run whose manifest names its parent and branch step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from esper_lab.config import RunConfig
+from esper_lab.contracts import Action, AlphaCurve, AlphaTarget, BlendAlgorithm, Blueprint, Op, Tempo
+from esper_lab.env import MorphEnv, StepResult
+from esper_lab.telemetry.recorder import FLUSH_EVERY, Recorder
+from esper_lab.telemetry.schema import POLICY_COLUMNS
+from esper_lab.telemetry.store import Store
+
+# What a replay must reproduce exactly: every recorded column except the policy's internals
+# (log-probs, entropies, masks, value), which a replay without the policy cannot know.
+COMPARED: dict[str, tuple[str, ...]] = {"steps": (), "slots": (), "events": (), "decisions": POLICY_COLUMNS}
+_SORT = {"steps": ["env", "episode", "step"], "slots": ["env", "episode", "step", "slot"],
+         "events": ["env", "episode", "step", "seq"], "decisions": ["env", "episode", "step"]}  # fmt: skip
+
+
+class ReplayError(RuntimeError):
+    """The recording cannot be replayed as asked (unknown run, gap in its steps, bad branch step)."""
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    run_id: str
+    replay_run_id: str
+    mismatches: list[str]  # one line per differing table/column; empty when the replay is exact
+    steps: pl.DataFrame  # the replay's `steps` rows
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+def recorded_run(store: Store, run_id: str) -> tuple[dict, RunConfig]:
+    """The run's manifest row and the `RunConfig` rebuilt from it."""
+    manifest = store.runs(run=run_id)
+    if manifest.is_empty():
+        raise ReplayError(f"no run {run_id!r} under {store.root}")
+    row = manifest.row(0, named=True)
+    return row, RunConfig.from_json(row["config_json"])
+
+
+def action_from_row(row: dict) -> Action:
+    """The action the policy chose, from a `decisions` row."""
+    return Action(Op(row["op"]), row["slot"], Blueprint(row["blueprint"]), BlendAlgorithm(row["blend"]),
+                  AlphaCurve(row["curve"]), Tempo(row["tempo"]), AlphaTarget(row["target"]))  # fmt: skip
+
+
+def _play(config: RunConfig, env_index: int, episode: int, decisions: pl.DataFrame, recorder: Recorder) -> tuple[MorphEnv, StepResult]:
+    """Reset env `env_index` and re-apply one episode's recorded actions, recording each step."""
+    env = MorphEnv(config, env_index)
+    result = env.reset()
+    for row in decisions.iter_rows(named=True):
+        if row["step"] != result.step + 1:
+            raise ReplayError(f"env {env_index} episode {episode}: recording jumps from step {result.step} to {row['step']}")
+        action = action_from_row(row)
+        result = env.step(action)
+        recorder.record_step(env_index, episode, action, result)
+    return env, result
+
+
+@contextlib.contextmanager
+def _threads(count: int | None):
+    """Run with the recorded torch thread count (it changes float reductions), then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def replay(store_or_root: Store | str | Path, run_id: str, recorder_root: str | Path | None = None) -> ReplayResult:
+    """Re-run `run_id` from its recorded config and actions and compare every step with the
+    recording. The replay is recorded as run `<run_id>-replay-<hex>` under `recorder_root`
+    (a temporary folder, deleted afterwards, when None)."""
+    store = store_or_root if isinstance(store_or_root, Store) else Store(store_or_root)
+    manifest, config = recorded_run(store, run_id)
+    decisions = store.rows("decisions", run=run_id)
+    replay_id = f"{run_id}-replay-{secrets.token_hex(3)}"
+    with tempfile.TemporaryDirectory() as scratch, _threads(manifest["torch_threads"]):
+        root = Path(recorder_root or scratch)
+        with Recorder(root, manifest["cohort"], config, run_id=replay_id, parent_run=run_id, kind="replay") as recorder:
+            for (env_index, episode), rows in decisions.group_by(["env", "episode"], maintain_order=True):
+                _play(config, env_index, episode, rows, recorder)
+        replayed = Store(root)
+        mismatches = [line for table in COMPARED for line in _compare(table, store, run_id, replayed, replay_id)]
+        return ReplayResult(run_id, replay_id, mismatches, replayed.rows("steps", run=replay_id))
+
+
+def _compare(table: str, store: Store, run_id: str, replayed: Store, replay_id: str) -> list[str]:
+    ignored = ["cohort", "run_id", *COMPARED[table]]
+    recorded = store.rows(table, run=run_id).drop(ignored).sort(_SORT[table])
+    again = replayed.rows(table, run=replay_id).drop(ignored).sort(_SORT[table])
+    if recorded.height != again.height:
+        return [f"{table}: {recorded.height} rows recorded, {again.height} replayed"]
+    lines = []
+    for column in recorded.columns:
+        differs = recorded[column].ne_missing(again[column])
+        if differs.any():
+            i = int(differs.arg_max())
+            where = ", ".join(f"{k}={recorded[k][i]}" for k in _SORT[table])
+            lines.append(f"{table}.{column}: {int(differs.sum())} rows differ, first at {where} "
+                         f"(recorded {recorded[column][i]!r}, replayed {again[column][i]!r})")  # fmt: skip
+    return lines
+
+
+def branch(
+    root: str | Path,
+    run_id: str,
+    step: int,
+    action: Action,
+    policy,
+    cohort: str | None = None,
+    env: int = 0,
+    episode: int = 0,
+    flush_every: int = FLUSH_EVERY,
+) -> str:
+    """Replay env `env`, episode `episode` of `run_id` up to `step - 1`, take `action` at `step`,
+    continue with `policy` to the episode's end, and record it as a new run (returned id) in
+    `cohort` (default: the parent's) with `parent_run` and `branch_step` in its manifest."""
+    store = Store(root)
+    manifest, config = recorded_run(store, run_id)
+    if not (isinstance(step, int) and 1 <= step <= config.episode_length):
+        raise ReplayError(f"step={step!r} must be an integer in 1..{config.episode_length} (the episode length)")
+    decisions = store.rows("decisions", run=run_id).filter(
+        (pl.col("env") == env) & (pl.col("episode") == episode) & (pl.col("step") < step)
+    )
+    if decisions.height != step - 1:
+        raise ReplayError(f"run {run_id!r} env {env} episode {episode} has {decisions.height} recorded steps before step {step}")
+    branch_id = f"{run_id}-b{step}-{secrets.token_hex(3)}"
+    with _threads(manifest["torch_threads"]):
+        with Recorder(root, cohort or manifest["cohort"], config, run_id=branch_id, parent_run=run_id,
+                      branch_step=step, flush_every=flush_every, kind="branch") as recorder:  # fmt: skip
+            morph, result = _play(config, env, episode, decisions, recorder)
+            while not result.done:
+                result = morph.step(action)
+                recorder.record_step(env, episode, action, result)
+                action = None if result.done else policy.act([result])[0]
+    return branch_id

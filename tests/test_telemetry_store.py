@@ -1,0 +1,223 @@
+"""Each named store query against answers worked out by hand on a small synthetic telemetry set.
+
+The set is written through the real `Recorder` from hand-made step results (3 runs, 2 cohorts,
+2 slots, 3 steps per episode), so what is checked is exactly what dashboards will read.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from esper_lab.config import RunConfig
+from esper_lab.contracts import Action, Blueprint, Event, EventKind, Op, Stage
+from esper_lab.economy import RewardParts
+from esper_lab.env import StepResult
+from esper_lab.governor import VETO_GERMINATE, VETO_INTERNAL_GROW
+from esper_lab.plane import SLOT_COLUMNS, ActionMasks, PlaneReport
+from esper_lab.telemetry import HEADS, Recorder
+from esper_lab.telemetry.store import Store
+
+CONFIG = RunConfig(episode_length=3)
+LADDER, HEAVY = Blueprint.CONV_CHANNEL_LADDER, Blueprint.CONV_HEAVY
+DORMANT = (Stage.DORMANT, -1, 0, 0, 0, 0.0)  # slot: stage, blueprint, active params, level, max level, delta
+
+
+def result(step, metric, gain, total, rent, churn, active, slots, events=(), veto=0, rollback=0, lcr=0.0, nlc=0.0):
+    values = torch.zeros(len(slots), len(SLOT_COLUMNS))
+    for i, (stage, blueprint, params, level, max_level, delta) in enumerate(slots):
+        for name, value in zip(("stage", "blueprint", "seed_param_count_active", "internal_level", "max_level", "delta_l2_norm"),
+                               (stage, blueprint, params, level, max_level, delta)):  # fmt: skip
+            values[i, SLOT_COLUMNS.index(name)] = value
+    metrics = {"metric": metric, "metric_gain": gain, "active_params": active, "veto": float(veto),
+               "rollback": float(rollback), "level_change_rate": lcr, "net_level_change": nlc}  # fmt: skip
+    return StepResult(
+        step, PlaneReport(SLOT_COLUMNS, values, torch.ones(len(slots), dtype=torch.bool)),
+        ActionMasks(torch.ones(len(slots), len(Op), dtype=torch.bool), torch.ones(len(slots), len(Blueprint), dtype=torch.bool)),
+        metrics, RewardParts(task=total, rent=rent, churn=churn, intervention=0.0, total=total), list(events), step == 3,
+    )  # fmt: skip
+
+
+def transition(slot, old, new):
+    return Event(EventKind.TRANSITION, slot, slot, f"{old.name}->{new.name}", float(new))
+
+
+# (env, episode, action, result, decision entropies or None)
+A1 = [
+    (0, 0, Action(Op.GERMINATE, 1, HEAVY), result(1, 0.50, 0.10, 1.0, 0.10, 0.0, 100, [DORMANT, (Stage.GERMINATED, HEAVY, 100, 0, 0, 0.0)],
+                                                  [transition(1, Stage.DORMANT, Stage.GERMINATED)])),
+    (0, 0, Action(Op.GROW_INTERNAL, 0), result(2, 0.60, 0.10, 2.0, 0.20, 0.1, 150, [(Stage.TRAINING, LADDER, 50, 1, 4, 0.2), (Stage.TRAINING, HEAVY, 100, 0, 0, 0.3)],
+                                               [Event(EventKind.LEVEL_CHANGED, 0, 0, "GROW_INTERNAL", 1.0)], lcr=0.5, nlc=1.0)),
+    (0, 0, Action(Op.GROW_INTERNAL, 0), result(3, 0.55, -0.05, -1.0, 0.20, 0.1, 150, [(Stage.TRAINING, LADDER, 50, 1, 4, 0.4), (Stage.TRAINING, HEAVY, 100, 0, 0, 0.3)],
+                                               [Event(EventKind.VETO, 0, 0, VETO_INTERNAL_GROW, 6.0)], veto=1, lcr=0.3, nlc=1.0)),
+    (1, 0, Action(Op.WAIT), result(1, 0.40, 0.0, 0.0, 0.0, 0.0, 0, [DORMANT, DORMANT])),
+    (1, 0, Action(Op.GERMINATE, 0, LADDER), result(2, 0.45, 0.05, 0.5, 0.05, 0.0, 50, [(Stage.GERMINATED, LADDER, 50, 1, 4, 0.0), DORMANT],
+                                                    [transition(0, Stage.DORMANT, Stage.GERMINATED)])),
+    (1, 0, Action(Op.SHRINK_INTERNAL, 0), result(3, 0.50, 0.05, 0.4, 0.04, 0.1, 40, [(Stage.TRAINING, LADDER, 40, 0, 4, 0.1), DORMANT],
+                                                 [Event(EventKind.LEVEL_CHANGED, 0, 0, "SHRINK_INTERNAL", 0.0),
+                                                  Event(EventKind.ROLLBACK, -1, -1, "governor_rollback", 9.0)], rollback=1, lcr=0.5, nlc=-1.0)),
+]  # fmt: skip
+A2 = [
+    *((0, 0, Action(Op.WAIT), result(s, 0.30, 0.0, 0.0, 0.0, 0.0, 0, [DORMANT, DORMANT])) for s in (1, 2, 3)),
+    (0, 1, Action(Op.GERMINATE, 0, LADDER), result(1, 0.35, 0.05, 0.5, 0.01, 0.0, 10, [(Stage.GERMINATED, LADDER, 10, 1, 4, 0.0), DORMANT],
+                                                    [transition(0, Stage.DORMANT, Stage.GERMINATED)])),
+    (0, 1, Action(Op.FOSSILIZE, 0), result(2, 0.38, 0.03, 0.2, 0.01, 0.0, 10, [(Stage.FOSSILIZED, LADDER, 10, 1, 4, 0.3), DORMANT],
+                                            [transition(0, Stage.HOLDING, Stage.FOSSILIZED)])),
+    (0, 1, Action(Op.WAIT), result(3, 0.40, 0.02, 0.1, 0.01, 0.0, 10, [(Stage.FOSSILIZED, LADDER, 10, 1, 4, 0.5), DORMANT])),
+]  # fmt: skip
+HEAVY_TRAINING = (Stage.TRAINING, HEAVY, 400, 0, 0, 0.5)
+B1 = [
+    (0, 0, Action(Op.GERMINATE, 1, HEAVY), result(1, 0.20, 0.0, 0.0, 0.3, 0.0, 400, [DORMANT, (Stage.GERMINATED, HEAVY, 400, 0, 0, 0.0)],
+                                                  [transition(1, Stage.DORMANT, Stage.GERMINATED)])),
+    (0, 0, Action(Op.GERMINATE, 0, HEAVY), result(2, 0.25, 0.05, 0.4, 0.3, 0.0, 400, [DORMANT, HEAVY_TRAINING],
+                                                  [Event(EventKind.VETO, 0, 0, VETO_GERMINATE, 1.0)], veto=1)),
+    (0, 0, Action(Op.ADVANCE, 1), result(3, 0.30, 0.05, 0.45, 0.3, 0.0, 400, [DORMANT, HEAVY_TRAINING])),
+]  # fmt: skip
+B1_ENTROPY = [  # per step: op, slot, blueprint, blend, curve, tempo, target
+    (0.9, 0.6, 1.2, 0.3, 0.2, 0.1, 0.4),
+    (0.6, 0.3, 0.9, 0.3, 0.2, 0.1, 0.4),
+    (0.3, 0.0, 0.6, 0.3, 0.2, 0.1, 0.4),
+]
+
+
+def decision(action: Action, entropies, legal_op: bool) -> dict:
+    sizes = {"op": len(Op), "slot": 2, "blueprint": len(Blueprint), "blend": 3, "curve": 3, "tempo": 3, "target": 3}
+    masks = {h: [True] * n for h, n in sizes.items()}
+    masks["op"][int(action.op)] = legal_op
+    row = {h: int(getattr(action, h)) for h in HEADS} | {"value": 0.0, "logp": -1.0}
+    row |= {f"{h}_logp": -0.1 for h in HEADS} | {f"{h}_mask": masks[h] for h in HEADS}
+    return row | {f"{h}_entropy": e for h, e in zip(HEADS, entropies)}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    for cohort, run_id, rows in (("a", "a1", A1), ("a", "a2", A2), ("b", "b1", B1)):
+        with Recorder(root, cohort, CONFIG, run_id=run_id, flush_every=2) as recorder:
+            for i, (env, episode, action, step_result) in enumerate(rows):
+                chosen = decision(action, B1_ENTROPY[i], legal_op=i != 2) if run_id == "b1" else None
+                recorder.record_step(env, episode, action, step_result, chosen)
+    return Store(root)
+
+
+def by_run(frame, *columns):
+    return {row["run_id"]: tuple(row[c] for c in columns) for row in frame.iter_rows(named=True)}
+
+
+def test_runs_and_filters(store):
+    assert store.runs()["run_id"].to_list() == ["a1", "a2", "b1"]
+    assert store.runs(cohort="a")["run_id"].to_list() == ["a1", "a2"]
+    assert store.conv_heavy_share(run="b1")["run_id"].unique().to_list() == ["b1"]
+
+
+def test_rent_churn_averages_envs_per_step(store):
+    a1 = store.rent_churn(run="a1")
+    assert a1["step"].to_list() == [1, 2, 3] and a1["envs"].to_list() == [2, 2, 2]
+    assert a1["rent"].to_list() == pytest.approx([0.05, 0.125, 0.12])
+    assert a1["churn"].to_list() == pytest.approx([0.0, 0.05, 0.1])
+    assert a1["reward"].to_list() == pytest.approx([0.5, 1.25, -0.3])
+    assert a1["active_params"].to_list() == pytest.approx([50, 100, 95])
+
+
+def test_conv_heavy_share(store):
+    assert store.conv_heavy_share(run="a1")["conv_heavy_active_param_share"].to_list() == pytest.approx([1.0, 0.5, 100 / 190])
+    assert store.conv_heavy_share(run="b1")["conv_heavy_active_param_share"].to_list() == [1.0, 1.0, 1.0]
+    a2 = store.conv_heavy_share(run="a2")  # nothing active (episode 0), then only a ladder
+    assert a2["conv_heavy_active_param_share"].to_list() == [0.0] * 6 and a2["active_seed_params"].to_list() == [0, 0, 0, 10, 10, 10]
+
+
+def test_lifecycle_op_counts_include_zeros(store):
+    counts = store.lifecycle_op_counts()
+    assert counts.height == 3 * len(Op)
+    got = {(r["run_id"], r["op_name"]): (r["chosen"], r["executed"]) for r in counts.iter_rows(named=True) if r["chosen"]}
+    assert got == {
+        ("a1", "WAIT"): (1, 1), ("a1", "GERMINATE"): (2, 2), ("a1", "GROW_INTERNAL"): (2, 1), ("a1", "SHRINK_INTERNAL"): (1, 1),
+        ("a2", "WAIT"): (4, 4), ("a2", "GERMINATE"): (1, 1), ("a2", "FOSSILIZE"): (1, 1),
+        ("b1", "GERMINATE"): (2, 1), ("b1", "ADVANCE"): (1, 1),
+    }  # fmt: skip
+    per_episode = store.lifecycle_op_counts(run="a2", by_episode=True).filter(op_name="WAIT")
+    assert per_episode["chosen"].to_list() == [3, 1]
+
+
+def test_grow_shrink_share(store):
+    assert by_run(store.grow_shrink_share(), "grow", "shrink", "non_wait", "grow_shrink_share") == {
+        "a1": (2, 1, 5, 0.6), "a2": (0, 0, 2, 0.0), "b1": (0, 0, 3, 0.0)}  # fmt: skip
+
+
+def test_policy_entropy_per_head(store):
+    entropy = store.policy_entropy()
+    assert entropy["run_id"].unique().to_list() == ["b1"]  # baselines record no entropies
+    means = dict(zip(entropy["head"], entropy["entropy"]))
+    assert means == pytest.approx({"op": 0.6, "slot": 0.3, "blueprint": 0.9, "blend": 0.3, "curve": 0.2, "tempo": 0.1, "target": 0.4})
+    assert set(entropy["decisions"]) == {3}
+
+
+def test_invalid_action_rate(store):
+    rates = by_run(store.invalid_action_rate(), "masked_decisions", "invalid", "invalid_action_rate")
+    assert rates == {"a1": (0, 0, None), "a2": (0, 0, None), "b1": (3, 1, pytest.approx(1 / 3))}
+
+
+def test_governor_counts(store):
+    assert by_run(store.governor_counts(), "steps", "vetoes", "rollbacks", "grow_vetoes", "germinate_vetoes", "veto_rate") == {
+        "a1": (6, 1, 1, 1, 0, pytest.approx(1 / 6)), "a2": (6, 0, 0, 0, 0, 0.0), "b1": (3, 1, 0, 0, 1, pytest.approx(1 / 3))}  # fmt: skip
+
+
+def test_level_change(store):
+    a1 = store.level_change(run="a1")
+    assert a1["level_change_rate"].to_list() == pytest.approx([0.0, 0.25, 0.4])
+    assert a1["net_level_change"].to_list() == pytest.approx([0.0, 0.5, 0.0])
+
+
+def test_grow_lagged_correlation(store):
+    corr = store.grow_lagged_correlation(cohort="a", lags=(1, 2, 3))
+    a1 = corr.filter(run_id="a1")
+    # a1 (env 0, env 1) gains per step and the one executed grow (env 0, step 2; the step-3 grow was vetoed)
+    gains = {0: [0.10, 0.10, -0.05], 1: [0.0, 0.05, 0.05]}
+    grew = {0: [0, 1, 0], 1: [0, 0, 0]}
+    for lag, n, grows in ((1, 6, 1), (2, 4, 1), (3, 2, 0)):
+        row = a1.filter(lag=lag).row(0, named=True)
+        x = [grew[e][t] for e in (0, 1) for t in range(4 - lag)]
+        y = [sum(gains[e][t : t + lag]) for e in (0, 1) for t in range(4 - lag)]
+        assert (row["n"], row["grows"]) == (n, grows)
+        if grows:
+            assert row["correlation"] == pytest.approx(np.corrcoef(x, y)[0, 1])
+        else:
+            assert row["correlation"] is None
+    assert corr.filter(run_id="a2")["correlation"].null_count() == 3  # no grows: no correlation
+
+
+def test_delta_norm_by_level(store):
+    frame = store.delta_norm_by_level()
+    assert frame["cohort"].to_list() == ["a", "a"] and set(frame["blueprint_name"]) == {"CONV_CHANNEL_LADDER"}
+    level0, level1 = frame.row(0, named=True), frame.row(1, named=True)
+    assert (level0["internal_level"], level0["n"], level0["median"]) == (0, 1, pytest.approx(0.1))
+    deltas = [0.2, 0.4, 0.3, 0.5]  # live ladder slots at level 1 (a1 env 0 steps 2-3, a2 fossilised steps 2-3)
+    assert level1["n"] == 4 and level1["mean"] == pytest.approx(np.mean(deltas))
+    for q, column in ((0.25, "q25"), (0.5, "median"), (0.75, "q75")):
+        assert level1[column] == pytest.approx(np.quantile(deltas, q))
+
+
+def test_fossilisation_ratio(store):
+    assert by_run(store.fossilisation_ratio(), "germinated", "fossilized", "pruned", "fossilisation_ratio") == {
+        "a1": (2, 0, 0, 0.0), "a2": (1, 1, 0, 1.0), "b1": (1, 0, 0, 0.0)}  # fmt: skip
+
+
+def test_run_outcomes_and_cohort_summary(store):
+    outcomes = by_run(store.run_outcomes(), "envs", "final_metric", "episode_return", "roi")
+    a1_roi = (2.0 / (400 / 3) + 0.9 / 30) / 2  # per env: return / mean active params, then averaged
+    assert outcomes == {
+        "a1": (2, pytest.approx(0.525), pytest.approx(1.45), pytest.approx(a1_roi)),
+        "a2": (1, pytest.approx(0.40), pytest.approx(0.8), pytest.approx(0.08)),  # the last episode (1) only
+        "b1": (1, pytest.approx(0.30), pytest.approx(0.85), pytest.approx(0.85 / 400)),
+    }
+    summary = store.cohort_summary().rows_by_key("cohort", named=True, unique=True)
+    a, b = summary["a"], summary["b"]
+    assert a["runs"] == 2 and b["runs"] == 1
+    assert a["final_metric_median"] == pytest.approx(0.4625) and a["final_metric_q25"] == pytest.approx(0.43125)
+    assert a["episode_return_median"] == pytest.approx(1.125) and a["episode_return_q25"] == pytest.approx(0.9625)
+    assert a["roi_median"] == pytest.approx((a1_roi + 0.08) / 2) and a["roi_q25"] == pytest.approx(a1_roi + 0.25 * (0.08 - a1_roi))
+    assert (b["final_metric_median"], b["episode_return_q25"]) == (pytest.approx(0.3), pytest.approx(0.85))
+    assert not math.isnan(b["roi_median"])
