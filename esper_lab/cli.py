@@ -31,13 +31,15 @@ def _run(args: argparse.Namespace) -> int:
     from esper_lab.env import VecEnv
     from esper_lab.episodes import run_episodes
     from esper_lab.policy import HeuristicPolicy, RandomPolicy
+    from esper_lab.telemetry import Recorder
 
     overrides = {k: v for k, v in (("episode_length", args.episode_length), ("cifar_folder", args.cifar_folder)) if v is not None}
     config = RunConfig(task=args.task, density=args.density, seed=args.seed, **overrides)
     policy = HeuristicPolicy() if args.policy == "heuristic" else RandomPolicy(seed=args.seed)
     vec = VecEnv(config, args.envs)
-    with tqdm(total=args.episodes * config.episode_length, desc=f"{args.task} {args.policy}", unit="step") as bar:
-        summaries = run_episodes(vec, policy, args.episodes, on_step=lambda *_: bar.update(1))
+    with Recorder(args.telemetry, args.cohort, config, kind=args.policy) as recorder:
+        with tqdm(total=args.episodes * config.episode_length, desc=f"{args.task} {args.policy}", unit="step") as bar:
+            summaries = run_episodes(vec, policy, args.episodes, on_step=lambda *_: bar.update(1), recorder=recorder)
     metric = config.spec.metric
     for s in summaries:
         parts = " ".join(f"{k}={v:.3f}" for k, v in s.reward_parts.items())
@@ -45,8 +47,79 @@ def _run(args: argparse.Namespace) -> int:
         print(f"episode {s.episode} env {s.env}: {metric}={s.final_metric:.4f} return={s.episode_return:.2f} "
               f"active_params={s.active_params} vetoes={s.vetoes} rollbacks={s.rollbacks}")  # fmt: skip
         print(f"  reward parts: {parts}\n  ops: {ops}\n  germinated: {s.germinated or '-'}")
+    print(f"telemetry written to {recorder.folder}")
     return 0
 
+
+def _train(args: argparse.Namespace) -> int:
+    """Train the PPO policy on a task: a progress bar per round, one summary line per update."""
+    from tqdm import tqdm
+
+    from esper_lab.config import RunConfig
+    from esper_lab.env import VecEnv
+    from esper_lab.policy import Agent, PolicyConfig
+    from esper_lab.ppo import PPOConfig, PPOTrainer
+    from esper_lab.telemetry import Recorder
+
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint PATH")
+    overrides = {k: v for k, v in (("episode_length", args.episode_length), ("cifar_folder", args.cifar_folder)) if v is not None}
+    config = RunConfig(task=args.task, density=args.density, seed=args.seed, **overrides)
+    vec = VecEnv(config, args.envs)
+    with Recorder(args.telemetry, args.cohort, config, kind="ppo") as recorder:
+        if args.resume:
+            trainer = PPOTrainer.resume(args.checkpoint, vec, recorder)
+        else:
+            n_slots = len(vec.envs[0].reset().report.values)
+            agent = Agent(PolicyConfig(encoder=args.encoder, max_slots=n_slots, recurrent=args.recurrent), seed=args.seed)
+            trainer = PPOTrainer(vec, agent, PPOConfig(seed=args.seed), recorder)
+        steps = config.episode_length * trainer.config.episodes_per_round
+        while trainer.round < args.rounds:
+            with tqdm(total=steps, desc=f"round {trainer.round + 1}/{args.rounds}", unit="step", leave=False) as bar:
+                s = trainer.train_round(on_step=lambda: bar.update(1))
+            print(f"update {trainer.round}/{args.rounds}: return {s['return_mean']:.2f} [{s['return_min']:.2f}, {s['return_max']:.2f}] "
+                  f"policy_loss {s['policy_loss']:.4f} value_loss {s['value_loss']:.4f} entropy op {s['entropy_op']:.2f} "
+                  f"slot {s['entropy_slot']:.2f} blueprint {s['entropy_blueprint']:.2f} kl {s['approx_kl']:.4f} "
+                  f"clip {s['clip_fraction']:.3f} ev {s['explained_variance']:.2f} "
+                  f"rollout {s['rollout_seconds']:.1f}s update {s['update_seconds']:.1f}s", flush=True)  # fmt: skip
+            if args.checkpoint:
+                trainer.save(args.checkpoint)
+    print(f"telemetry written to {recorder.folder}" + (f"; checkpoint {args.checkpoint}" if args.checkpoint else ""))
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    """`pack run`: every (cohort, seed) of a pack through papermill; `pack report`: its HTML page."""
+    from esper_lab.experiments.packs import load_pack
+    from esper_lab.experiments.report import write_report
+    from esper_lab.experiments.runner import REPORTS_DIR, run_pack
+    from esper_lab.telemetry import Store
+
+    pack = load_pack(args.pack)
+    telemetry = Path(args.telemetry or REPORTS_DIR.parent / "telemetry" / pack.name).resolve()
+    if args.action == "run":
+        malformed = [item for item in args.param if "=" not in item]
+        if malformed:
+            raise ValueError(f"--param {malformed[0]!r} must look like NAME=VALUE")
+        overrides = dict(item.split("=", 1) for item in args.param)
+        statuses = run_pack(pack, args.preset, args.jobs, telemetry, overrides=overrides)
+        failed = [f"{c} seed={s}" for (c, s), st in statuses.items() if st["status"] != "completed"]
+        print(f"{len(statuses) - len(failed)}/{len(statuses)} runs completed" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if args.action == "report" or (args.action == "run" and args.report):
+        path = write_report(pack, Store(telemetry), REPORTS_DIR / pack.name / "index.html")
+        print(f"report: {path}\ndashboard: esper-lab dashboard --root {telemetry}")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    """Serve the Panel dashboards over a telemetry root until Ctrl-C (loopback by default)."""
+    from esper_lab.dashboards import serve
+
+    try:
+        serve(args.root, args.port, args.address)
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esper-lab", description=__doc__)
@@ -65,7 +138,41 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--episode-length", type=int, default=None)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--cifar-folder", default=None)
+    run.add_argument("--telemetry", default="telemetry", help="telemetry root folder (Parquet parts)")
+    run.add_argument("--cohort", default="default", help="cohort name the run is filed under")
     run.set_defaults(handler=_run)
+
+    pack = commands.add_parser("pack", help="run an experiment pack as papermill cohorts, or write its report")
+    pack.add_argument("action", choices=("run", "report"))
+    pack.add_argument("pack", help="pack name (pack0, pack1, pack2) or a path to a pack TOML file")
+    pack.add_argument("--preset", default="smoke", help="a preset of the pack (smoke, full)")
+    pack.add_argument("--jobs", type=int, default=1, help="papermill runs in parallel")
+    pack.add_argument("--telemetry", default=None, help="telemetry root (default telemetry/<pack>)")
+    pack.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extra notebook parameter")
+    pack.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write the report after a run")
+    pack.set_defaults(handler=_pack)
+
+    train = commands.add_parser("train", help="train the PPO policy (flat or slot transformer encoder)")
+    train.add_argument("--task", default="digits_cnn")
+    train.add_argument("--density", default="a0")
+    train.add_argument("--encoder", choices=("flat", "slot_transformer"), default="flat")
+    train.add_argument("--recurrent", action="store_true", help="add an LSTM over the encoder's pooled vector")
+    train.add_argument("--envs", type=int, default=8)
+    train.add_argument("--rounds", type=int, default=10, help="total PPO updates (a resumed run continues to this)")
+    train.add_argument("--episode-length", type=int, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--cifar-folder", default=None)
+    train.add_argument("--checkpoint", default=None, help="write policy+optimizer+normaliser here after every update")
+    train.add_argument("--resume", action="store_true", help="continue from --checkpoint exactly where it stopped")
+    train.add_argument("--telemetry", default="telemetry", help="telemetry root folder (Parquet parts)")
+    train.add_argument("--cohort", default="default", help="cohort name the run is filed under")
+    train.set_defaults(handler=_train)
+
+    dashboard = commands.add_parser("dashboard", help="serve the Panel dashboards over a telemetry root")
+    dashboard.add_argument("--root", default="telemetry", help="telemetry root folder")
+    dashboard.add_argument("--port", type=int, default=5006)
+    dashboard.add_argument("--address", default="127.0.0.1", help="interface to listen on (loopback by default)")
+    dashboard.set_defaults(handler=_dashboard)
     return parser
 
 
