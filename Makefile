@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[notebooks,dev]"
 	touch $@
 
+# The main job: Pack 0 at the smoke preset, end to end (papermill -> Parquet -> DuckDB -> report).
 main: $(STAMP)
-	$(VENV)/bin/esper-lab tour
+	$(VENV)/bin/esper-lab pack run pack0 --preset smoke --jobs 2
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env tests notebooks

@@ -251,6 +251,12 @@ class Store:
 
 
     # --- dashboards (esper_lab.dashboards) ----------------------------------------------------
+    def close(self) -> None:
+        """Close and drop the connection: a store still referenced at interpreter exit (a served
+        dashboard session's) otherwise makes DuckDB's bindings report leaked objects."""
+        self.con.close()
+        self.con = None
+
     def conv_heavy_share_bands(self, cohort: str | None = None) -> pl.DataFrame:
         """Per cohort and `run_step`, across its runs (seeds): median, q25 and q75 of
         `conv_heavy_active_param_share`: reliability across seeds, not the lucky run (seed 003)."""

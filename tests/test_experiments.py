@@ -1,0 +1,134 @@
+"""Packs: validated specs, the papermill runner (skip, retry, failures recorded), exit gates."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import polars as pl
+import pytest
+
+from esper_lab.experiments.packs import load_pack, pack_names
+from esper_lab.experiments.report import ENTROPY_KEPT, GROW_SHRINK_GATE, exit_gates
+from esper_lab.experiments.runner import members, notebook_parameters, run_pack
+
+PACK_TOML = """
+name = "tiny"
+title = "Tiny pack"
+notebook = "{notebook}"
+seeds = [0, 1]
+control = "base"
+
+[presets.smoke]
+rounds = 1
+envs = 1
+episode_length = 2
+batches_per_step = 1
+data_fraction = 0.1
+
+[cohorts.base]
+task = "digits_cnn"
+blueprints = ["conv_heavy"]
+
+[cohorts.ladder]
+task = "digits_cnn"
+blueprints = ["conv_heavy", "conv_channel_ladder"]
+"""
+
+
+def write_pack(tmp_path, body: str = PACK_TOML, notebook: str = "member.ipynb"):
+    path = tmp_path / "tiny.toml"
+    path.write_text(body.format(notebook=tmp_path / notebook))
+    return path
+
+
+def write_notebook(tmp_path, code: str) -> None:
+    """A stand-in pack notebook: the same parameters cell as the real ones, then `code`."""
+    params = nbformat.v4.new_code_cell(
+        'pack = "tiny"\npreset = "smoke"\ncohort = "base"\nseed = 0\ntelemetry_root = ""\nencoder = "flat"'
+    )
+    params.metadata["tags"] = ["parameters"]
+    notebook = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(code)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "member.ipynb")
+
+
+def test_shipped_packs_load_and_validate_every_member():
+    assert {"pack0", "pack1", "pack2"} <= set(pack_names())
+    pack0 = load_pack("pack0")
+    assert set(pack0.cohorts) == {"baseline", "a0_only", "c0_only", "a0_c0"}
+    assert len(pack0.seeds) >= 3
+    budgets = {p: pack0.presets[p].env_steps for p in pack0.presets}
+    assert budgets["full"] > budgets["smoke"] > 0
+    assert pack0.run_config("a0_c0", 2, "full").task == "digits_cnn_deep"
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda t: t.replace('blueprints = ["conv_heavy"]', 'blueprints = ["lora"]'), "cohort 'base'"),
+        (lambda t: t.replace("rounds = 1", "rounds = 1\nrunds = 2"), "runds"),
+        (lambda t: t.replace('control = "base"', 'control = "nope"'), "control 'nope'"),
+        (lambda t: t.replace('task = "digits_cnn"\nblueprints = ["conv_heavy"]', 'task = "digits_cnn"\nwidth = 3'), "width"),
+    ],
+)
+def test_a_bad_pack_fails_on_load_naming_what_is_wrong(tmp_path, edit, message):
+    with pytest.raises(ValueError, match=message):
+        load_pack(write_pack(tmp_path, edit(PACK_TOML)))
+
+
+def test_a_misspelt_parameter_is_refused_before_any_kernel_starts(tmp_path):
+    write_notebook(tmp_path, "pass")
+    pack = load_pack(write_pack(tmp_path))
+    with pytest.raises(ValueError, match="sed"):
+        notebook_parameters(pack, "smoke", tmp_path / "telemetry", {"sed": "1"})
+    with pytest.raises(ValueError, match="preset='huge'"):
+        notebook_parameters(pack, "huge", tmp_path / "telemetry", {})
+
+
+def test_runner_records_failures_keeps_going_skips_completed_and_retries_failed(tmp_path):
+    # seed 1 fails until a marker file exists; everything else succeeds
+    marker = tmp_path / "fixed"
+    write_notebook(tmp_path, f"import pathlib\nassert seed == 0 or pathlib.Path({str(marker)!r}).exists(), 'seed 1 breaks'")
+    pack = load_pack(write_pack(tmp_path))
+    reports = tmp_path / "reports"
+    statuses = run_pack(pack, "smoke", jobs=2, telemetry_root=tmp_path / "telemetry", reports_dir=reports)
+    assert {k: v["status"] for k, v in statuses.items()} == {
+        ("base", 0): "completed", ("base", 1): "failed", ("ladder", 0): "completed", ("ladder", 1): "failed",
+    }  # fmt: skip
+    assert "seed 1 breaks" in statuses[("base", 1)]["error"]
+    assert (reports / "tiny" / "base" / "seed=0.ipynb").is_file()
+
+    done = {m.output: m.output.stat().st_mtime_ns for m in members(pack, reports) if m.seed == 0}
+    marker.touch()
+    statuses = run_pack(pack, "smoke", jobs=1, telemetry_root=tmp_path / "telemetry", reports_dir=reports)
+    assert all(v["status"] == "completed" for v in statuses.values())
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in done.items())  # not re-run
+    status = json.loads((reports / "tiny" / "ladder" / "seed=1.status.json").read_text())
+    assert status["preset"] == "smoke" and status["error"] is None
+
+
+def cohort_row(cohort: str, **values) -> dict:
+    row = dict(cohort=cohort, non_wait=40, grow_shrink_share=0.0, conv_heavy_share=0.5, roi_median=1.0,
+               op_entropy_first=1.0, op_entropy_last=0.9, rollbacks=0, level_change_rate=0.1, net_level_change=1.0)  # fmt: skip
+    return {**row, **values}
+
+
+def test_exit_gates_judge_each_cohort_against_the_control(tmp_path):
+    write_notebook(tmp_path, "pass")
+    pack = load_pack(write_pack(tmp_path))
+    table = pl.DataFrame([
+        cohort_row("base"),
+        cohort_row("ladder", grow_shrink_share=GROW_SHRINK_GATE + 0.05, conv_heavy_share=0.2, roi_median=1.5,
+                   op_entropy_last=ENTROPY_KEPT * 0.5, level_change_rate=0.9),
+    ])  # fmt: skip
+    verdicts = {(g.name, g.cohort): g.passed for g in exit_gates(pack, table)}
+    assert verdicts == {
+        ("3 stability", "base"): True,
+        ("1 usage", "ladder"): True,
+        ("2 dominance", "ladder"): True,
+        ("3 stability", "ladder"): False,  # op entropy collapsed below half its first value
+        ("4 anti-thrash", "ladder"): False,  # 0.9 level changes per step
+    }
+    worse = table.with_columns(pl.when(pl.col("cohort") == "ladder").then(0.5).otherwise(pl.col("roi_median")).alias("roi_median"))
+    assert {g.cohort: g.passed for g in exit_gates(pack, worse) if g.name == "2 dominance"} == {"ladder": False}
