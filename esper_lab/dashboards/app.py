@@ -1,0 +1,99 @@
+"""The dashboard app: the five pages as tabs beside the shared selectors, served on loopback or
+saved as one self-contained HTML file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import weakref
+from pathlib import Path
+
+import panel as pn
+from bokeh.resources import INLINE
+
+from esper_lab.dashboards.pages import conv_heavy_page, economy_page, policy_health_page, slot_inspector_page, swimlane_page
+from esper_lab.dashboards.selection import Selection
+from esper_lab.telemetry.store import Store
+
+TITLE = "esper_lab dashboards"
+# A Panel component stylesheet saved as a CDN link: `"id"` and the file's path under panel/dist.
+PANEL_CSS_LINK = re.compile(r'"name":"ImportedStyleSheet","id":"(\w+)","attributes":\{"url":"https://cdn\.holoviz\.org/panel/[^/]+/dist/([^"?]+)[^"]*"\}')
+PAGES = {
+    "Rent & churn economy": economy_page,
+    "conv_heavy share": conv_heavy_page,
+    "Lifecycle swimlane": swimlane_page,
+    "Policy health": policy_health_page,
+    "Slot inspector": slot_inspector_page,
+}
+
+
+def build_app(root: str | Path, cohort: str | None = None, run: str | None = None) -> pn.Row:
+    """Sidebar selectors beside one tab per page over the telemetry under `root`."""
+    return _app(Store(root), cohort, run)
+
+
+def _app(store: Store, cohort: str | None = None, run: str | None = None) -> pn.Row:
+    selection = Selection(store, cohort, run)
+    sidebar = pn.Column(f"## {TITLE}", f"telemetry: `{store.root}`", selection.run_widgets(), width=280)
+    return pn.Row(sidebar, _tabs(store, selection, dynamic=True))
+
+
+def serve(root: str | Path, port: int = 5006, address: str = "127.0.0.1", show: bool = False) -> None:
+    """Print the URL and serve the app until interrupted; loopback by default, as the dashboards
+    have no login. Each browser session opens its own store, so a reload shows new runs."""
+    Selection(Store(root))  # a missing or empty root fails here, once, not in every session
+    stores = weakref.WeakSet()  # the open sessions' stores
+
+    def session() -> pn.Row:
+        store = Store(root)
+        stores.add(store)
+        return _app(store)
+
+    try:
+        server = pn.serve(
+            {"/": session}, port=port, address=address, show=show, start=False, title=TITLE,
+            websocket_origin=[f"{address}:{port}", f"localhost:{port}"], admin=False,
+        )  # fmt: skip
+    except OSError as error:  # the port is taken: one clear line instead of tornado's traceback
+        raise ValueError(f"cannot listen on {address}:{port}: {error.strerror}") from error
+    print(f"esper_lab dashboards: http://{address}:{port}/ (telemetry {Path(root)}; Ctrl-C stops)", flush=True)
+    server.start()
+    try:
+        server.io_loop.start()
+    finally:  # sessions outlive the loop: close their stores, or DuckDB reports leaks at exit
+        for store in list(stores):
+            store.close()
+
+
+def save_html(root: str | Path, path: str | Path, cohort: str | None = None, run: str | None = None) -> Path:
+    """One selection as a single HTML file that renders offline (JS inlined, STACK pitfall 5):
+    tabs switch and plots zoom and hover, but the selection is fixed. Embedding every selector
+    state instead re-renders all pages per state: minutes even for a smoke root."""
+    store = Store(root)
+    selection = Selection(store, cohort, run)
+    cohort, run, env, episode = selection.view
+    shown = f"## {TITLE}\n\ntelemetry: `{store.root}`\n\ncohort **{cohort}**, run **{run}**, env {env}, episode {episode}"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pn.Row(pn.pane.Markdown(shown, width=280), _tabs(store, selection, dynamic=False)).save(path, resources=INLINE, title=TITLE)
+    path.write_text(_inline_panel_css(path.read_text(encoding="utf-8")), encoding="utf-8")
+    return path
+
+
+def _inline_panel_css(html: str) -> str:
+    """Panel 1.9 saves its components' stylesheets as CDN links even with INLINE resources
+    (holoviz/panel#6759), so offline the tables and selectors lose their style: swap each link
+    for the same file's text from the installed package."""
+    dist = Path(pn.__file__).parent / "dist"
+
+    def inline(link: re.Match) -> str:
+        css = json.dumps((dist / link[2]).read_text(encoding="utf-8")).replace("</", "<\\/")  # stay inside <script>
+        return f'"name":"InlineStyleSheet","id":"{link[1]}","attributes":{{"css":{css}}}'
+
+    return PANEL_CSS_LINK.sub(inline, html)
+
+
+def _tabs(store: Store, selection: Selection, dynamic: bool) -> pn.Tabs:
+    """One tab per page; `dynamic` renders only the open one (served), a static file needs all."""
+    return pn.Tabs(*((title, page(store, selection)) for title, page in PAGES.items()), dynamic=dynamic)

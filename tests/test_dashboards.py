@@ -1,0 +1,188 @@
+"""Dashboards over real smoke telemetry (PPO members of pack0): the store queries the pages add,
+every page building, clear errors for a bad root, the offline HTML export, and the served app in
+Debian's Chromium driven by Playwright (cohort switch, every tab, a screenshot in reports/)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import panel as pn
+import polars as pl
+import pytest
+
+from esper_lab.cli import main
+from esper_lab.contracts import Stage
+from esper_lab.dashboards import PAGES, Selection, build_app, save_html
+from esper_lab.dashboards.pages import STAGE_COLORS
+from esper_lab.experiments.member import run_member
+from esper_lab.telemetry.store import Store
+
+COHORTS = ("baseline", "c0_only")
+SEEDS = (1, 2)  # seed 2 buys conv_heavy in the smoke preset, so the screenshot shows a share above 0
+SCREENSHOT = Path(__file__).resolve().parents[1] / "reports" / "dashboard_conv_heavy.png"
+# Debian's chromium in a container (STACK §6): no sandbox, no GPU, nothing phoning home.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+# Each Bokeh plot with its title and legend labels, read from the live document in the browser.
+PLOTS_JS = """() => [...Bokeh.documents[0].all_models].filter(m => m.title && m.renderers).map(m => ({
+    title: m.title.text,
+    legend: [...m.center, ...m.right].filter(c => c.items).flatMap(c => c.items.map(i => i.label && i.label.value))}))"""
+
+
+@pytest.fixture(scope="session")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("telemetry")
+    for cohort in COHORTS:
+        for seed in SEEDS:
+            run_member("pack0", cohort, seed, "smoke", root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def store(root, server) -> Store:
+    return Store(root)  # `server` only to start it early
+
+
+@pytest.fixture(autouse=True)
+def panel_state():
+    """Panel keeps every rendered document in `pn.state`: drop them, or their stores' DuckDB
+    connections outlive the interpreter's shutdown and nanobind reports them as leaks."""
+    yield
+    pn.state.reset()
+
+
+def test_conv_heavy_share_bands_summarise_the_runs(store):
+    per_run = store.conv_heavy_share()
+    expected = per_run.group_by("cohort", "run_step").agg(
+        runs=pl.len(), median=pl.col("conv_heavy_active_param_share").median(),
+        q25=pl.col("conv_heavy_active_param_share").quantile(0.25, interpolation="linear"),
+    ).sort("cohort", "run_step")  # fmt: skip
+    bands = store.conv_heavy_share_bands()
+    assert bands.select(expected.columns).equals(expected.cast(bands.select(expected.columns).schema))
+    assert set(bands["runs"]) == {len(SEEDS)}
+    assert store.conv_heavy_share_bands("c0_only")["cohort"].unique().to_list() == ["c0_only"]
+
+
+def test_slot_series_and_event_log_name_what_the_tables_hold(store):
+    run = f"c0_only-seed{SEEDS[0]}-smoke"
+    slots, series = store.rows("slots", run=run), store.slot_series(run=run)
+    assert series.select("env", "episode", "step", "slot", "stage", "alpha").equals(slots.select("env", "episode", "step", "slot", "stage", "alpha"))
+    assert series["stage_name"].to_list() == [Stage(s).name for s in slots["stage"]]
+    assert series.filter(pl.col("blueprint") < 0)["blueprint_name"].is_null().all()  # no seed: no name
+    assert set(store.slot_series(run=run, env=1, episode=0)["env"]) == {1}
+    events = store.event_log(run=run)
+    assert len(events) == len(store.rows("events", run=run)) and set(events["kind_name"]) <= {"TRANSITION", "LEVEL_CHANGED",
+        "FOCUS_CHANGED", "ALPHA_TARGET_SET", "VETO", "ROLLBACK", "ERROR"}  # fmt: skip
+    assert store.episodes(run=run).select("env", "steps").rows() == [(0, 4), (1, 4)]
+
+
+def test_every_page_builds_and_follows_the_selection(store):
+    selection = Selection(store)
+    views = []
+    selection.param.watch(lambda event: views.append(event.new), "view")
+    pages = {title: page(store, selection) for title, page in PAGES.items()}
+    selection.cohort.value = "c0_only"
+    assert views == [("c0_only", f"c0_only-seed{SEEDS[0]}-smoke", 0, 0)]  # one redraw per user action, not per widget
+    for page in pages.values():
+        page.get_root()  # renders the page's Bokeh models, running every query it makes
+    caption = pages["conv_heavy share"].select(pn.pane.Markdown)[0].object
+    assert caption == "### conv_heavy share — cohort c0_only"
+    assert set(STAGE_COLORS) == {s.name for s in Stage}
+
+
+def test_a_page_alone_brings_its_selectors_for_jupyterlab(store):
+    page = PAGES["Policy health"](store)
+    assert [w.label for w in page.select(pn.widgets.Select)] == ["Cohort", "Run", "Env", "Episode"]
+
+
+def test_bad_roots_fail_with_one_clear_line(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="missing"):
+        build_app(tmp_path / "missing")
+    with pytest.raises(ValueError, match="holds no runs"):
+        build_app(tmp_path)
+    assert main(["dashboard", "--root", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err == f"esper-lab: error: telemetry root {tmp_path / 'missing'} is not a folder\n"
+
+
+def test_save_html_renders_offline(root, tmp_path):
+    html = save_html(root, tmp_path / "dash.html", cohort="c0_only").read_text()
+    assert f"c0_only-seed{SEEDS[0]}-smoke" in html and "Slot inspector" in html
+    assert "\"name\":\"ImportedStyleSheet\"" not in html and "\"name\":\"InlineStyleSheet\"" in html  # no CDN stylesheet left
+
+
+@pytest.fixture(scope="session")
+def server(root, tmp_path_factory):
+    """`esper-lab dashboard` on a free loopback port; not waited for here, so its start-up
+    (imports, ~10 s) overlaps the tests that need no browser."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "esper_lab.cli", "dashboard", "--root", str(root), "--port", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    yield process, f"http://127.0.0.1:{port}/", log
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def url(server) -> str:
+    """The server's URL once it answers."""
+    process, url, log = server
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5).close()
+            return url
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dashboard server did not answer at {url}:\n{log.read_text()}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def dashboard(url):
+    """The served app open in Debian's Chromium (Playwright's sync API, no downloaded browser)."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it; never `playwright install`)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        page.goto(url)
+        page.wait_for_selector("canvas", state="attached", timeout=60_000)
+        yield page
+        browser.close()
+
+
+def test_choosing_a_cohort_shows_it_in_the_conv_heavy_share(dashboard):
+    dashboard.get_by_text("conv_heavy share", exact=True).click()
+    dashboard.get_by_text("conv_heavy share — cohort baseline").wait_for()
+    dashboard.locator(".cohort-select select").select_option("c0_only")
+    dashboard.get_by_text("conv_heavy share — cohort c0_only").wait_for()
+    dashboard.wait_for_function("() => [...Bokeh.documents[0].all_models].some(m => m.title && m.title.text === 'conv_heavy share — c0_only')")
+    plots = {plot["title"]: plot["legend"] for plot in dashboard.evaluate(PLOTS_JS)}
+    assert {"c0_only median", "c0_only q25–median", "baseline median"} <= set(plots["conv_heavy share — c0_only"])
+    dashboard.wait_for_timeout(500)  # let the canvas paint before the screenshot
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    dashboard.screenshot(path=SCREENSHOT, full_page=True)
+
+
+@pytest.mark.parametrize("tab, header", [
+    ("Rent & churn economy", "Rent & churn economy — "), ("Lifecycle swimlane", "Lifecycle swimlane — "),
+    ("Policy health", "Policy health — "), ("Slot inspector", "Slot inspector — "),
+])  # fmt: skip
+def test_every_tab_renders(dashboard, tab, header):
+    dashboard.get_by_text(tab, exact=True).click()
+    dashboard.get_by_text(header).first.wait_for()
+    dashboard.locator("canvas").first.wait_for(state="attached")  # a plot, not only the header
