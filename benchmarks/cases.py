@@ -1,0 +1,142 @@
+"""The benchmarks: each measures two things side by side and returns one result row."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks.timing import Pairing, pair, seconds
+from esper_lab.config import RunConfig
+from esper_lab.contracts import Action, Blueprint, Op, SurfaceDensity
+from esper_lab.data import load_pydoc_corpus
+from esper_lab.env import MorphEnv, VecEnv
+from esper_lab.hosts import TransformerConfig, TransformerHost
+from esper_lab.plane import SeedPlane
+from esper_lab.telemetry import Store
+from esper_lab.telemetry.bench import recorder_rate, synthetic_root, time_queries
+from esper_lab.training import loss_of
+
+LM_BATCH = 32  # a training step of the default char LM: batch 32 x context 32
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    measured: str  # what was divided by what
+    pairing: Pairing
+    goal: str  # e.g. "<= 1.02"
+    met: bool
+
+
+def _at_most(name: str, measured: str, pairing: Pairing, goal: float) -> Row:
+    return Row(name, measured, pairing, f"<= {goal:g}", pairing.ratio <= goal)
+
+
+def _at_least(name: str, measured: str, pairing: Pairing, goal: float) -> Row:
+    return Row(name, measured, pairing, f">= {goal:g}", pairing.ratio >= goal)
+
+
+def _lm_step(host, plane, optimizer, batch) -> callable:
+    inputs, target = batch
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_of(host(inputs, plane), target).backward()
+        optimizer.step()
+
+    return step
+
+
+def _a2_lm(seed: int = 0):
+    corpus = load_pydoc_corpus(max_chars=20_000)
+    torch.manual_seed(seed)
+    host = TransformerHost(TransformerConfig(vocab_size=corpus.vocab_size, density=SurfaceDensity.A2))
+    ids = corpus.train_ids[: LM_BATCH * 33].view(LM_BATCH, 33)
+    return host, (ids[:, :32].contiguous(), ids[:, 1:].contiguous())
+
+
+def dormant_plane() -> Row:
+    """A plane with every A2 surface dormant should cost nothing over the bare host."""
+    host, batch = _a2_lm()
+    plane = SeedPlane(host, run_seed=0)
+    optimizer = torch.optim.Adam(host.parameters(), lr=1e-3)
+    pairing = pair(_lm_step(host, plane, optimizer, batch), _lm_step(host, None, optimizer, batch), pairs=40)
+    return _at_most("dormant plane", "train step, Transformer + plane with 8 dormant A2 surfaces / bare host", pairing, 1.02)
+
+
+def sensors() -> Row:
+    """On-device sensors with a ladder on every surface: sensors on / off."""
+    host, batch = _a2_lm()
+    plane = SeedPlane(host, run_seed=0)
+    for slot in range(len(plane)):
+        for op in (Op.GERMINATE, Op.ADVANCE, Op.ADVANCE):
+            plane.apply(Action(op, slot, Blueprint.LORA_PROJ_LADDER))
+    plane.tick()
+    optimizer = torch.optim.Adam([*host.parameters(), *plane.trainable_parameters()], lr=1e-3)
+    step = _lm_step(host, plane, optimizer, batch)
+
+    def on():
+        plane.set_sensors(True)
+        step()
+
+    def off():
+        plane.set_sensors(False)
+        step()
+
+    pairing = pair(on, off, pairs=40)
+    return _at_most("sensors", "train step, sensors on / off, lora_proj_ladder blending on all 8 A2 surfaces", pairing, 1.05)
+
+
+def lockstep_envs(n_envs: int = 8) -> Row:
+    """Env-epochs per second: N envs in a VecEnv versus the same N envs stepped one by one."""
+    config = RunConfig(task="digits_cnn", episode_length=10_000, batches_per_step=8)
+    vec = VecEnv(config, n_envs)
+    vec.reset()
+    singles = [MorphEnv(config, i) for i in range(n_envs)]
+    for env in singles:
+        env.reset()
+    waits = [Action(Op.WAIT)] * n_envs
+
+    def one_by_one():
+        for env in singles:
+            env.step(Action(Op.WAIT))
+
+    # throughput ratio = (sequential time) / (lockstep time)
+    pairing = pair(one_by_one, lambda: vec.step(waits), pairs=8)
+    return _at_least("lockstep envs", f"env-epochs/s, {n_envs} envs in VecEnv / {n_envs} envs one after another", pairing, 2.0)
+
+
+def recorder() -> Row:
+    """Per-step recorder time (flushes and compaction included) / per-step env time, digits_cnn."""
+    rate = recorder_rate()
+    config = RunConfig(task="digits_cnn", episode_length=10_000)
+    env = MorphEnv(config)
+    env.reset()
+    steps = [seconds(lambda: env.step(Action(Op.WAIT))) for _ in range(8)]
+    step = statistics.median(steps)
+    record = rate["us_per_step"] / 1e6
+    ratios = sorted(record / t for t in steps)
+    pairing = Pairing(record, step, record / step, ratios[0], ratios[-1], len(steps))
+    measured = (f"record_step / env step ({rate['rows_per_s']:,.0f} rows/s, {rate['slots_per_step']:.0f} slots a step; "
+                "env step = one full digits_cnn epoch + evaluation)")  # fmt: skip
+    return _at_most("recorder", measured, pairing, 0.02)
+
+
+def store(rows: int = 10_000_000) -> Row:
+    """The slowest dashboard query (filtered to one cohort, as the dashboard asks) on 10M slots rows."""
+    with tempfile.TemporaryDirectory() as folder:
+        synthetic_root(Path(folder), rows)
+        timings = time_queries(Store(folder), "cohort0", "run0-0")
+    cohort = [t for t in timings if t[1] == "cohort"]
+    name, _, slowest, _ = max(cohort, key=lambda t: t[2])
+    whole = max(t[2] for t in timings if t[1] == "all")
+    pairing = Pairing(slowest, 1.0, slowest, min(t[2] for t in cohort), whole, len(cohort))
+    measured = f"seconds, slowest of {len(cohort)} queries per cohort ({name}); p90 column = slowest over the whole root"
+    return _at_most("store", measured, pairing, 0.5)
+
+
+CASES = (dormant_plane, sensors, lockstep_envs, recorder, store)
