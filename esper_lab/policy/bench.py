@@ -3,8 +3,9 @@
     python -m esper_lab.policy.bench forward             # flat vs slot transformer at S = 8..256
     python -m esper_lab.policy.bench compare CKPT --task digits_cnn --envs 8
 
-`forward` times one batched decision (B environments) and measures its peak memory in a fresh
-process per (encoder, S), so one configuration's allocations cannot hide another's.
+`forward` times one batched decision (B environments) and measures its peak memory as the growth
+of the process's peak RSS over a one-slot warm-up forward, in a fresh process per (encoder, S) so
+one configuration's allocations cannot hide another's (page-granular: small values read as ~0).
 `compare` plays one episode per environment with a trained checkpoint (greedy and sampled) and
 with the heuristic and random baselines, on the same environment seeds.
 """
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import torch
 
@@ -49,11 +51,16 @@ def forward_one(encoder: str, n_slots: int) -> dict:
 
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
-    agent = Agent(PolicyConfig(encoder=encoder, max_slots=n_slots))
-    obs = _observation(n_slots, generator)
-    noise = {h: torch.rand(BATCH, size, generator=generator) for h, size in noise_sizes(n_slots).items()}
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def build(slots: int):
+        noise = {h: torch.rand(BATCH, size, generator=generator) for h, size in noise_sizes(slots).items()}
+        return Agent(PolicyConfig(encoder=encoder, max_slots=slots)), _observation(slots, generator), noise
+
     with torch.no_grad():
+        warm, warm_obs, warm_noise = build(1)  # one-slot forward first: library and allocator start-up
+        warm(warm_obs, noise=warm_noise)
+        agent, obs, noise = build(n_slots)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         agent(obs, noise=noise)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         times = []
@@ -68,11 +75,11 @@ def forward_one(encoder: str, n_slots: int) -> dict:
 
 
 def forward_table() -> None:
-    print(f"| encoder | S | parameters | forward, B={BATCH} (ms, median of {REPEATS}) | forward peak memory (MiB) |")
+    print(f"| encoder | S | parameters | forward, B={BATCH} (ms, median of {REPEATS}) | forward peak RSS growth (MiB) |")
     print("|---|---|---|---|---|")
     for encoder in ("flat", "slot_transformer"):
         for n_slots in SLOT_COUNTS:
-            out = subprocess.run([sys.executable, "-m", __name__, "forward-one", encoder, str(n_slots)],
+            out = subprocess.run([sys.executable, "-m", "esper_lab.policy.bench", "forward-one", encoder, str(n_slots)],
                                  capture_output=True, text=True, check=True)  # fmt: skip
             row = json.loads(out.stdout)
             print(f"| {encoder} | {n_slots} | {row['params']:,} | {row['forward_ms']:.2f} | {row['peak_mib']:.1f} |")
@@ -97,8 +104,9 @@ def compare(checkpoint: str, task: str, envs: int, seed: int, episode_length: in
         "heuristic": HeuristicPolicy(),
         "random": RandomPolicy(seed=seed),
     }
-    print(f"| policy ({task}, {envs} envs, seed {seed}) | mean return | min | max | mean final metric | mean active params | wall (s) |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| policy ({task}, {envs} envs, seed {seed}) | mean return | min | max | mean final metric | mean active params | "
+          "ops executed, all envs | wall (s) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for name, policy in policies.items():
         start = time.perf_counter()
         runs = run_episodes(vec, policy)
@@ -106,8 +114,10 @@ def compare(checkpoint: str, task: str, envs: int, seed: int, episode_length: in
         returns = [r.episode_return for r in runs]
         metric = statistics.mean(r.final_metric for r in runs)
         params = statistics.mean(r.active_params for r in runs)
+        ops = sum((Counter(r.ops) for r in runs), Counter())
+        ops_text = " ".join(f"{op.lower()}={n}" for op, n in sorted(ops.items()))
         print(f"| {name} | {statistics.mean(returns):.2f} | {min(returns):.2f} | {max(returns):.2f} | {metric:.4f} | "
-              f"{params:.0f} | {wall:.0f} |", flush=True)  # fmt: skip
+              f"{params:.0f} | {ops_text} | {wall:.0f} |", flush=True)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

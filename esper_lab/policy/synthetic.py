@@ -1,8 +1,8 @@
 """A synthetic environment with the plane's real action space and a known best return.
 
 A real `SeedPlane` over a real small CNN host supplies the real masks, lifecycle and `apply`
-(an illegal action raises, as in `MorphEnv`); no host is trained, so a step costs well under a
-millisecond. The reward is potential-based shaping (Ng et al. 1999), r_t = P(s_t) - P(s_t-1),
+(an illegal action raises, as in `MorphEnv`); no host is trained, so an env step costs about a
+millisecond (mostly the plane's own mask computation). The reward is potential-based shaping (Ng et al. 1999), r_t = P(s_t) - P(s_t-1),
 so an episode's undiscounted return is P of its final state and the best return is max P:
 
     P = STAGE_CREDIT[stage] + alpha * level_value(level)   for the one paying seed: blueprint
@@ -32,6 +32,8 @@ WRONG_RENT = 0.01  # per other occupied slot: exploring costs a little, and a pr
 OPTIMAL_RETURN = max(STAGE_CREDIT.values()) + 1.0
 # germinate, advance, advance (alpha ramps over Tempo.FAST's 3 ticks), grow, grow: alpha is 1 at step 5
 MIN_EPISODE_LENGTH = 5
+EPISODE_LENGTH = 8  # the optimum plus 3 steps of slack: a near-optimal policy can still reach it
+MAX_SEEDS = 3  # room for a couple of exploratory wrong seeds next to the paying one
 
 
 def level_value(level: torch.Tensor) -> torch.Tensor:
@@ -39,10 +41,11 @@ def level_value(level: torch.Tensor) -> torch.Tensor:
 
 
 class KnownAnswerEnv:
-    """N planes stepped in lockstep; `reset`/`step` return `StepResult`s like `VecEnv`."""
+    """N planes stepped in lockstep; `reset`/`step` return `StepResult`s like `VecEnv`. The
+    default host is digits_cnn's (widths 8, 16) at density a1: 6 surfaces, 8 fitting blueprints."""
 
-    def __init__(self, n_envs: int, episode_length: int = 8, density: SurfaceDensity = SurfaceDensity.A1,
-                 widths: tuple[int, ...] = (8, 16), max_seeds: int = 3):  # fmt: skip
+    def __init__(self, n_envs: int, episode_length: int = EPISODE_LENGTH, density: SurfaceDensity = SurfaceDensity.A1,
+                 widths: tuple[int, ...] = (8, 16), max_seeds: int = MAX_SEEDS):  # fmt: skip
         if episode_length < MIN_EPISODE_LENGTH:
             raise ValueError(f"episode_length={episode_length} < {MIN_EPISODE_LENGTH}: the optimum would not fit")
         with torch.random.fork_rng():  # host weights are never used; keep the global RNG untouched
