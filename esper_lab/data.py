@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydoc_data.topics import topics as PYDOC_TOPICS
-from sklearn import datasets
-from sklearn.model_selection import train_test_split
 
 DATA_ENV_VAR = "ESPER_LAB_DATA"  # overrides the data root, e.g. a shared cache or a test folder
 SEED_LIMIT = 2**32  # numpy's RandomState, which drives sklearn's split, takes seeds below 2**32
@@ -93,6 +91,8 @@ def load_digits(seed: int = 0, val_fraction: float = 0.2) -> Split:
     """The 8x8 sklearn digits (1797 images, shipped with sklearn): a seeded stratified split."""
     _check_int("seed", seed, 0, SEED_LIMIT)
     _check_fraction("val_fraction", val_fraction)
+    from sklearn import datasets  # imported here: sklearn costs ~1.4 s, and only digits needs it
+
     bunch = datasets.load_digits()
     x = torch.from_numpy(bunch.images).float().div_(DIGITS_MAX_PIXEL).unsqueeze(1)
     y = torch.from_numpy(bunch.target).long()
@@ -198,6 +198,8 @@ def _stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[
             f"val_fraction={val_fraction} must leave each of the {classes} classes in both parts of "
             f"{n} samples: use a value in [{classes / n:.4f}, {1 - classes / n:.4f}]"
         )
+    from sklearn.model_selection import train_test_split
+
     train, val = train_test_split(np.arange(n), test_size=val_fraction, stratify=y.numpy(), random_state=seed)
     return torch.from_numpy(train), torch.from_numpy(val)
 

@@ -19,9 +19,10 @@ from esper_lab.telemetry import Recorder
 from esper_lab.telemetry.parts import run_folder
 
 
-def member_run_id(cohort: str, seed: int, preset: str) -> str:
-    """Stable per (cohort, seed, preset): a retried member replaces its failed telemetry."""
-    return f"{cohort}-seed{seed}-{preset}"
+def member_run_id(cohort: str, seed: int, preset: str, encoder: str) -> str:
+    """Stable per (cohort, seed, preset, encoder): a retried member replaces its failed telemetry,
+    and a flat vs slot_transformer A/B in one root keeps both runs."""
+    return f"{cohort}-seed{seed}-{preset}-{encoder}"
 
 
 def run_member(
@@ -31,7 +32,7 @@ def run_member(
     spec = load_pack(pack)
     config = spec.run_config(cohort, seed, preset)
     budget = spec.presets[preset]
-    run_id = member_run_id(cohort, seed, preset)
+    run_id = member_run_id(cohort, seed, preset, encoder)
     folder = run_folder(telemetry_root, cohort, run_id)
     if folder.exists():  # a failed or killed earlier attempt: the runner only retries those
         shutil.rmtree(folder)
