@@ -18,7 +18,9 @@ from esper_lab.telemetry.store import Store
 
 TITLE = "esper_lab dashboards"
 # A Panel component stylesheet saved as a CDN link: `"id"` and the file's path under panel/dist.
-PANEL_CSS_LINK = re.compile(r'"name":"ImportedStyleSheet","id":"(\w+)","attributes":\{"url":"https://cdn\.holoviz\.org/panel/[^/]+/dist/([^"?]+)[^"]*"\}')
+PANEL_CSS_LINK = re.compile(
+    r'"name":"ImportedStyleSheet","id":"(\w+)","attributes":\{"url":"https://cdn\.holoviz\.org/panel/[^/]+/dist/([^"?]+)[^"]*"\}'
+)
 PAGES = {
     "Rent & churn economy": economy_page,
     "conv_heavy share": conv_heavy_page,

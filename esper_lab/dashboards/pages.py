@@ -41,11 +41,13 @@ def economy_page(store: Store, selection: Selection | None = None) -> pn.Column:
     def body(view):
         cohort, run, _, episode = view
         costs = store.rent_churn(cohort, run).filter(pl.col("episode") == episode)
-        ops = store.lifecycle_op_counts(cohort, run).unpivot(["chosen", "executed"], index="op_name", variable_name="count", value_name="decisions")
+        ops = store.lifecycle_op_counts(cohort, run).unpivot(
+            ["chosen", "executed"], index="op_name", variable_name="count", value_name="decisions"
+        )
         return pn.Column(
             f"### Rent & churn economy — {run} (episode {episode}, mean over envs)",
             pn.Row(
-                _lines(costs, "step", {"rent": "C_rent", "churn": "C_churn"}, "rent and churn costs (unweighted)", "cost"),
+                _lines(costs, "step", {"rent": "C_rent", "churn": "C_churn"}, "rent and churn (unweighted costs)", "cost"),
                 _lines(costs, "step", {"reward": "total reward"}, "reward", "reward"),
             ),
             pn.Row(
@@ -54,7 +56,9 @@ def economy_page(store: Store, selection: Selection | None = None) -> pn.Column:
             ),
             pn.Row(
                 hv.Bars(ops.to_pandas(), ["op_name", "count"], "decisions").opts(
-                    title="lifecycle ops over the run", multi_level=False, xrotation=45, xlabel="", tools=["hover"], width=520, height=320),
+                    title="lifecycle ops over the run", multi_level=False, xrotation=45, xlabel="", tools=["hover"],
+                    width=520, height=320,
+                ),
                 pn.Column("**governor (this run)**", _table(store.governor_counts(cohort, run)),
                           "**outcomes (this cohort, last episode)**", _table(store.run_outcomes(cohort))),
             ),
@@ -74,18 +78,20 @@ def conv_heavy_page(store: Store, selection: Selection | None = None) -> pn.Colu
         mine = bands.filter(pl.col("cohort") == cohort).to_pandas()
         share = "conv_heavy_active_param_share"
         paths = [part.select("run_step", share).to_numpy() for part in runs.partition_by("run_id")]
-        others = [
-            hv.Curve(part.to_pandas(), "run_step", ("median", "share"), label=f"{other} median").opts(color=color, line_dash="dashed")
-            for ((other,), part), color in zip(bands.filter(pl.col("cohort") != cohort).partition_by("cohort", as_dict=True).items(), PALETTE)
-        ]  # fmt: skip
+        others = bands.filter(pl.col("cohort") != cohort).partition_by("cohort", as_dict=True)
         plot = hv.Overlay([
             hv.Area(mine, "run_step", [("q25", "share"), "median"], label=f"{cohort} q25–median").opts(color=HIGHLIGHT, alpha=0.25),
-            hv.Path(paths, ["run_step", share], label=f"{cohort} runs (seeds)").opts(color=HIGHLIGHT, alpha=0.35, line_width=1, show_legend=True),
+            hv.Path(paths, ["run_step", share], label=f"{cohort} runs (seeds)").opts(
+                color=HIGHLIGHT, alpha=0.35, line_width=1, show_legend=True),
             hv.Curve(mine, "run_step", ("median", "share"), label=f"{cohort} median").opts(color=HIGHLIGHT, line_width=3),
-            hv.Scatter(mine, "run_step", [("median", "share"), "q25", "q75", "runs", "episode", "step"]).opts(color=HIGHLIGHT, size=6, tools=["hover"]),
-            *others,
-        ]).opts(title=f"conv_heavy share — {cohort}", xlabel="env step of the run", ylabel="conv_heavy share of active seed params",
-                xticks=_integers(), legend_position="right", width=900, height=360)  # fmt: skip
+            hv.Scatter(mine, "run_step", [("median", "share"), "q25", "q75", "runs", "episode", "step"]).opts(
+                color=HIGHLIGHT, size=6, tools=["hover"]),
+            *(hv.Curve(part.to_pandas(), "run_step", ("median", "share"), label=f"{other} median").opts(color=color, line_dash="dashed")
+              for ((other,), part), color in zip(others.items(), PALETTE)),
+        ]).opts(
+            title=f"conv_heavy share — {cohort}", xlabel="env step of the run", ylabel="conv_heavy share of active seed params",
+            xticks=_integers(), legend_position="right", width=900, height=360,
+        )  # fmt: skip
         return pn.Column(
             pn.pane.Markdown(f"### conv_heavy share — cohort {cohort}", css_classes=["conv-heavy-caption"]),
             "Median across the cohort's runs (seeds) per env step, shaded down to the 25th percentile; "
@@ -107,11 +113,14 @@ def swimlane_page(store: Store, selection: Selection | None = None) -> pn.Column
         cohort, run, env, episode = view
         slots = store.slot_series(cohort, run, env, episode)
         events = store.event_log(cohort, run, env, episode).with_columns(pl.col("slot").fill_null(RUN_WIDE_SLOT))
-        cells = slots.with_columns(x0=pl.col("step") - 0.5, x1=pl.col("step") + 0.5, y0=pl.col("slot") - 0.4, y1=pl.col("slot") + 0.4)
+        cells = slots.with_columns(  # one box per (step, slot), drawn around its integer position
+            x0=pl.col("step") - 0.5, x1=pl.col("step") + 0.5, y0=pl.col("slot") - 0.4, y1=pl.col("slot") + 0.4
+        )
         by_stage = cells.partition_by("stage_name", as_dict=True)
         hover = ["surface", "stage_name", "blueprint_name", "step", "alpha", "internal_level"]
         lanes = [
-            hv.Rectangles(by_stage[(s.name,)].to_pandas(), ["x0", "y0", "x1", "y1"], hover, label=s.name).opts(color=STAGE_COLORS[s.name], tools=["hover"])
+            hv.Rectangles(by_stage[(s.name,)].to_pandas(), ["x0", "y0", "x1", "y1"], hover, label=s.name).opts(
+                color=STAGE_COLORS[s.name], tools=["hover"])
             for s in Stage if (s.name,) in by_stage
         ]  # fmt: skip
         marks = hv.Scatter(events.to_pandas(), "step", ["slot", "kind_name", "name", "value"], label="events")
@@ -139,16 +148,18 @@ def policy_health_page(store: Store, selection: Selection | None = None) -> pn.C
         invalid = store.invalid_action_rate(cohort, run, by_episode=True)
         total = store.invalid_action_rate(cohort, run).row(0, named=True)
         if entropy.is_empty() and updates.is_empty():
-            return pn.pane.Markdown(f"### Policy health — {run}\n\nNo policy internals recorded: a baseline policy (no entropy, no PPO updates).")
-        heads = hv.Overlay([_line(entropy.filter(pl.col("head") == h), "episode", "entropy", h, c) for h, c in zip(HEADS, (HIGHLIGHT, *PALETTE))])
+            return pn.pane.Markdown(f"### Policy health — {run}\n\nA baseline policy: no entropy, no PPO updates recorded.")
+        heads = hv.Overlay([
+            _line(entropy.filter(pl.col("head") == head), "episode", "entropy", head, color)
+            for head, color in zip(HEADS, (HIGHLIGHT, *PALETTE))
+        ]).opts(title="entropy per head (mean per episode)", ylabel="entropy (nats)", xticks=_integers(), legend_position="right", **SMALL)
         rate = total["invalid_action_rate"]
         summary = (f"invalid-action rate over the run: **{rate:.3f}** ({total['invalid']} of {total['masked_decisions']} masked decisions)"
                    if rate is not None else "no action masks recorded")  # fmt: skip
         return pn.Column(
             f"### Policy health — {run}",
             summary,
-            pn.Row(heads.opts(title="entropy per head (mean per episode)", ylabel="entropy (nats)", xticks=_integers(), legend_position="right", **SMALL),
-                   _lines(invalid, "episode", {"invalid_action_rate": "invalid-action rate"}, "invalid-action rate", "rate")),
+            pn.Row(heads, _lines(invalid, "episode", {"invalid_action_rate": "invalid-action rate"}, "invalid-action rate", "rate")),
             pn.Row(_lines(updates, "update", {"approx_kl": "approx KL"}, "PPO approx KL per update", "KL"),
                    _lines(updates, "update", {"clip_fraction": "clip fraction"}, "PPO clip fraction per update", "fraction")),
         )  # fmt: skip
@@ -169,10 +180,11 @@ def slot_inspector_page(store: Store, selection: Selection | None = None) -> pn.
             f"### Slot inspector — {series['surface'][0]} (uid {series['surface_uid'][0]}), env {env}, episode {episode}",
             pn.Row(_lines(series, "step", {"internal_level": "level", "max_level": "max level"}, "ladder level", "level"),
                    _lines(series, "step", {"alpha": "alpha", "alpha_target": "alpha target"}, "alpha", "alpha")),
-            pn.Row(_lines(series, "step", {"delta_l2_norm": "delta L2", "output_l2_norm": "output L2"}, "delta and output norms", "L2 norm"),
-                   _lines(series, "step", {"seed_param_count_active": "active params"}, "active seed params (rent charges alpha x params)", "params")),
+            pn.Row(_lines(series, "step", {"delta_l2_norm": "delta", "output_l2_norm": "output"}, "L2 norms", "L2 norm"),
+                   _lines(series, "step", {"seed_param_count_active": "params"}, "active seed params (rent: alpha x params)", "params")),
             "**per step**",
-            _table(series.select("step", "stage_name", "blueprint_name", "alpha", "internal_level", "seed_param_count_active", "seed_flops_active_est")),
+            _table(series.select("step", "stage_name", "blueprint_name", "alpha", "internal_level", "seed_param_count_active",
+                                 "seed_flops_active_est")),
             "**events**",
             _table(events.select("step", "seq", "kind_name", "name", "value")),
         )  # fmt: skip
@@ -191,13 +203,16 @@ def _own(store: Store, selection: Selection | None) -> tuple[Selection, list]:
 def _lines(frame: pl.DataFrame, x: str, columns: dict[str, str], title: str, ylabel: str) -> hv.Overlay:
     """One line per column in a small plot; a legend (outside, never over the data) only for several."""
     lines = [_line(frame, x, column, label, color) for (column, label), color in zip(columns.items(), (HIGHLIGHT, *PALETTE))]
-    return hv.Overlay(lines).opts(title=title, ylabel=ylabel, xticks=_integers(), show_legend=len(lines) > 1, legend_position="right", **SMALL)
+    return hv.Overlay(lines).opts(
+        title=title, ylabel=ylabel, xticks=_integers(), show_legend=len(lines) > 1, legend_position="right", **SMALL
+    )
 
 
 def _line(frame: pl.DataFrame, x: str, y: str, label: str, color: str) -> hv.Overlay:
     """A curve with point markers, so a run with a single step or update still shows its value."""
     data = frame.select(x, y).to_pandas()  # HoloViews' polars (narwhals) path fails on some elements
-    return hv.Curve(data, x, y, label=label).opts(color=color) * hv.Scatter(data, x, y, label=label).opts(color=color, size=6, tools=["hover"])
+    points = hv.Scatter(data, x, y, label=label).opts(color=color, size=6, tools=["hover"])
+    return hv.Curve(data, x, y, label=label).opts(color=color) * points
 
 
 def _integers() -> BasicTicker:

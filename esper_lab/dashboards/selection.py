@@ -39,7 +39,9 @@ class Selection(param.Parameterized):
         if cohort is not None and cohort not in self.runs_by_cohort:
             raise ValueError(f"cohort={cohort!r} is not one of: {', '.join(cohorts)}")
         self._quiet = False
-        self.cohort = pn.widgets.Select(label="Cohort", options=cohorts, value=cohort or cohorts[0], css_classes=["cohort-select"], width=WIDGET_WIDTH)
+        self.cohort = pn.widgets.Select(
+            label="Cohort", options=cohorts, value=cohort or cohorts[0], css_classes=["cohort-select"], width=WIDGET_WIDTH
+        )
         self.run = pn.widgets.Select(label="Run", css_classes=["run-select"], width=WIDGET_WIDTH)
         self.env = pn.widgets.Select(label="Env", css_classes=["env-select"], width=WIDGET_WIDTH)
         self.episode = pn.widgets.Select(label="Episode", css_classes=["episode-select"], width=WIDGET_WIDTH)
