@@ -139,4 +139,27 @@ def store(rows: int = 10_000_000) -> Row:
     return _at_most("store", measured, pairing, 0.5)
 
 
-CASES = (dormant_plane, sensors, lockstep_envs, recorder, store)
+def policy_scaling() -> Row:
+    """Slot Transformer decision for 8 environments: 256 slots / 8 slots (attention is S^2)."""
+    from esper_lab.policy import Agent, PolicyConfig
+    from esper_lab.policy.bench import BATCH, observation
+    from esper_lab.policy.heads import noise_sizes
+
+    generator = torch.Generator().manual_seed(0)
+    agent = Agent(PolicyConfig(encoder="slot_transformer"))
+
+    def forward(n_slots: int):
+        obs = observation(n_slots, generator)
+        noise = {h: torch.rand(BATCH, size, generator=generator) for h, size in noise_sizes(n_slots).items()}
+
+        def run():
+            with torch.no_grad():
+                agent(obs, noise=noise)
+
+        return run
+
+    pairing = pair(forward(256), forward(8), pairs=30)
+    return _at_most("policy scaling", f"Slot Transformer forward, batch {BATCH}: 256 slots / 8 slots", pairing, 8.0)
+
+
+CASES = (dormant_plane, sensors, lockstep_envs, recorder, store, policy_scaling)

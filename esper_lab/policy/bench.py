@@ -28,7 +28,7 @@ BATCH = 8  # environments per decision, as in `esper-lab train --envs 8`
 REPEATS = 50  # timed forwards per configuration; the median is reported
 
 
-def _observation(n_slots: int, generator: torch.Generator):
+def observation(n_slots: int, generator: torch.Generator):
     from esper_lab.contracts import Blueprint, Op
     from esper_lab.policy.features import GLOBAL_FIELDS, SLOT_FIELDS, SLOT_ID_FIELDS, Observation
 
@@ -54,7 +54,7 @@ def forward_one(encoder: str, n_slots: int) -> dict:
 
     def build(slots: int):
         noise = {h: torch.rand(BATCH, size, generator=generator) for h, size in noise_sizes(slots).items()}
-        return Agent(PolicyConfig(encoder=encoder, max_slots=slots)), _observation(slots, generator), noise
+        return Agent(PolicyConfig(encoder=encoder, max_slots=slots)), observation(slots, generator), noise
 
     with torch.no_grad():
         warm, warm_obs, warm_noise = build(1)  # one-slot forward first: library and allocator start-up
