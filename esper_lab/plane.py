@@ -42,8 +42,8 @@ from esper_lab.seeds.base import LadderSeed
 
 EMBARGO_STEPS = 3  # cooldown after a prune before the surface may germinate again (anti-thrash)
 SENSOR_EPS = 1e-12  # guards the ratio sensors against an all-zero stream
-SENSE_EVERY = 4  # sensors sample one training batch in four: a step still averages several, at a
-# quarter of the cost (norms and gradient hooks on every batch cost ~17% of an A2 train step)
+SENSE_EVERY = 4  # sensors sample a step's first training batch and one in four after it: a step
+# still averages several, at a quarter of the cost (norms and gradient hooks on every batch cost ~17% of an A2 train step)
 SIGMOID_SHARPNESS = 12.0  # the sigmoid alpha curve goes from ~0.0025 to ~0.9975 over the ramp
 
 # (stage, op) -> next stage. Internal ops keep the stage; their extra guards live in `_guard`.
@@ -415,6 +415,7 @@ class SeedPlane(nn.Module):
         if reset:
             for slot in self.slots:
                 slot.acc.zero_()
+                slot.training_forwards = 0  # every step senses its first batch, then one in SENSE_EVERY
         return PlaneReport(SLOT_COLUMNS, values.float(), torch.ones(len(self.slots), dtype=torch.bool))
 
     def set_sensors(self, enabled: bool) -> None:
