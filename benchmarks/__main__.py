@@ -36,8 +36,11 @@ def table(rows: list[Row]) -> str:
 def main() -> int:
     names = [case.__name__ for case in CASES]
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("cases", nargs="*", choices=names, help="run only these (default: all)")
+    parser.add_argument("cases", nargs="*", help=f"run only these (default: all): {', '.join(names)}")
     args = parser.parse_args()
+    unknown = sorted(set(args.cases) - set(names))
+    if unknown:
+        parser.error(f"unknown benchmarks {unknown} (choose from {', '.join(names)})")
     torch.set_num_threads(int(os.environ.get("ESPER_LAB_THREADS", "1")))
     started = time.time()
     rows = []
