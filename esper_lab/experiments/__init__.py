@@ -1,0 +1,1 @@
+"""Experiment packs (TOML cohorts x seeds), their papermill runner, members and reports."""
