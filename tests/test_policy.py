@@ -111,7 +111,7 @@ def test_no_illegal_action_is_ever_sampled_on_random_plane_states(encoder, make_
         for plane, action in zip(planes, policy.act([result_of(p) for p in planes])):
             plane.check(action)  # raises IllegalAction naming slot, stage and op
             sampled += action.op is not Op.WAIT
-    assert sampled > 0
+    assert sampled >= 60  # a quarter of the draws at least are real edits, not WAIT
 
 
 @settings(max_examples=25, deadline=None)
