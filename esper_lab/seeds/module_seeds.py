@@ -51,43 +51,38 @@ class NoopSeed(Seed):
         return 0.0
 
 
-class ChannelNormSeed(Seed):
+class _AffineNormSeed(Seed):
+    """A parameter-free normalisation followed by a zero-initialised affine: subclasses say how
+    they normalise (per channel map on images, per token on sequences)."""
+
+    blueprint = Blueprint.NORM
+
+    def __init__(self, width: int, generator: torch.Generator):
+        super().__init__()
+        self.gamma = zero_parameter((width,))
+        self.beta = zero_parameter((width,))
+
+    def flops(self, sample_shape: tuple[int, ...]) -> float:
+        return float(NORM_FLOPS_PER_ELEMENT * torch.Size(sample_shape).numel())
+
+
+class ChannelNormSeed(_AffineNormSeed):
     """s = gamma * GroupNorm_1(x) + beta with per-channel gamma, beta zero-initialised.
 
     The normalisation is parameter-free (one group per sample over C, H, W); only the affine
     part learns, so the seed is the cheapest way to re-scale and re-centre a CNN surface.
     """
 
-    blueprint = Blueprint.NORM
-
-    def __init__(self, width: int, generator: torch.Generator):
-        super().__init__()
-        self.gamma = zero_parameter((width,))
-        self.beta = zero_parameter((width,))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = F.group_norm(x, 1, eps=NORM_EPS)
         return self.gamma.view(1, -1, 1, 1) * normed + self.beta.view(1, -1, 1, 1)
 
-    def flops(self, sample_shape: tuple[int, ...]) -> float:
-        return float(NORM_FLOPS_PER_ELEMENT * torch.Size(sample_shape).numel())
 
-
-class TokenNormSeed(Seed):
+class TokenNormSeed(_AffineNormSeed):
     """s = gamma * LayerNorm(x) + beta over the feature axis, affine zero-initialised."""
-
-    blueprint = Blueprint.NORM
-
-    def __init__(self, width: int, generator: torch.Generator):
-        super().__init__()
-        self.gamma = zero_parameter((width,))
-        self.beta = zero_parameter((width,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gamma * F.layer_norm(x, x.shape[-1:], eps=NORM_EPS) + self.beta
-
-    def flops(self, sample_shape: tuple[int, ...]) -> float:
-        return float(NORM_FLOPS_PER_ELEMENT * torch.Size(sample_shape).numel())
 
 
 class DepthwiseSeed(Seed):
