@@ -23,18 +23,24 @@ def _tour(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(args: argparse.Namespace):
+    """The RunConfig `run` and `train` share; options left unset keep the task preset's values."""
+    from esper_lab.config import RunConfig
+
+    overrides = {k: v for k, v in (("episode_length", args.episode_length), ("cifar_folder", args.cifar_folder)) if v is not None}
+    return RunConfig(task=args.task, density=args.density, seed=args.seed, **overrides)
+
+
 def _run(args: argparse.Namespace) -> int:
     """Play baseline-policy episodes on a task and print a short summary per environment."""
     from tqdm import tqdm
 
-    from esper_lab.config import RunConfig
     from esper_lab.env import VecEnv
     from esper_lab.episodes import run_episodes
     from esper_lab.policy import HeuristicPolicy, RandomPolicy
     from esper_lab.telemetry import Recorder
 
-    overrides = {k: v for k, v in (("episode_length", args.episode_length), ("cifar_folder", args.cifar_folder)) if v is not None}
-    config = RunConfig(task=args.task, density=args.density, seed=args.seed, **overrides)
+    config = _run_config(args)
     policy = HeuristicPolicy() if args.policy == "heuristic" else RandomPolicy(seed=args.seed)
     vec = VecEnv(config, args.envs)
     with Recorder(args.telemetry, args.cohort, config, kind=args.policy) as recorder:
@@ -55,7 +61,6 @@ def _train(args: argparse.Namespace) -> int:
     """Train the PPO policy on a task: a progress bar per round, one summary line per update."""
     from tqdm import tqdm
 
-    from esper_lab.config import RunConfig
     from esper_lab.env import VecEnv
     from esper_lab.policy import Agent, PolicyConfig
     from esper_lab.ppo import PPOConfig, PPOTrainer
@@ -63,8 +68,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint PATH")
-    overrides = {k: v for k, v in (("episode_length", args.episode_length), ("cifar_folder", args.cifar_folder)) if v is not None}
-    config = RunConfig(task=args.task, density=args.density, seed=args.seed, **overrides)
+    config = _run_config(args)
     vec = VecEnv(config, args.envs)
     with Recorder(args.telemetry, args.cohort, config, kind="ppo") as recorder:
         if args.resume:
