@@ -108,8 +108,9 @@ class MorphEnv:
         self._load_data()
         self.host = self._build_host()
         self.plane = SeedPlane(self.host, run_seed=self._seed(_PLANE_STREAM), allowed_blueprints=config.blueprints, max_seeds=config.max_seeds)
+        # fused: one kernel per step for all params; ~20% off a digits_cnn epoch (see benchmarks)
         self.optimizer = torch.optim.Adam(
-            [{"params": list(self.host.parameters()), "name": "host"}, {"params": [], "name": "seeds"}], lr=config.lr
+            [{"params": list(self.host.parameters()), "name": "host"}, {"params": [], "name": "seeds"}], lr=config.lr, fused=True
         )
         self.data_order = torch.Generator().manual_seed(self._seed(_DATA_STREAM))
         self.param_budget = int(config.param_budget * self.plane.host_param_count)
