@@ -42,8 +42,7 @@ def _run(args: argparse.Namespace) -> int:
 
     config = _run_config(args)
     policy = HeuristicPolicy() if args.policy == "heuristic" else RandomPolicy(seed=args.seed)
-    vec = VecEnv(config, args.envs)
-    with Recorder(args.telemetry, args.cohort, config, kind=args.policy) as recorder:
+    with VecEnv(config, args.envs, args.workers) as vec, Recorder(args.telemetry, args.cohort, config, kind=args.policy) as recorder:
         with tqdm(total=args.episodes * config.episode_length, desc=f"{args.task} {args.policy}", unit="step") as bar:
             summaries = run_episodes(vec, policy, args.episodes, on_step=lambda *_: bar.update(1), recorder=recorder)
     metric = config.spec.metric
@@ -69,12 +68,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint PATH")
     config = _run_config(args)
-    vec = VecEnv(config, args.envs)
-    with Recorder(args.telemetry, args.cohort, config, kind="ppo") as recorder:
+    with VecEnv(config, args.envs, args.workers) as vec, Recorder(args.telemetry, args.cohort, config, kind="ppo") as recorder:
         if args.resume:
             trainer = PPOTrainer.resume(args.checkpoint, vec, recorder)
         else:
-            n_slots = len(vec.envs[0].reset().report.values)
+            n_slots = vec.slot_count()
             agent = Agent(PolicyConfig(encoder=args.encoder, max_slots=n_slots, recurrent=args.recurrent), seed=args.seed)
             trainer = PPOTrainer(vec, agent, PPOConfig(seed=args.seed), recorder)
         steps = config.episode_length * trainer.config.episodes_per_round
@@ -139,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", choices=("heuristic", "random"), default="heuristic")
     run.add_argument("--episodes", type=int, default=1)
     run.add_argument("--envs", type=int, default=1)
+    run.add_argument("--workers", type=int, default=0, help="worker processes stepping the envs in parallel (0: in this process; one per core pays)")
     run.add_argument("--episode-length", type=int, default=None)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--cifar-folder", default=None)
@@ -162,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--encoder", choices=("flat", "slot_transformer"), default="flat")
     train.add_argument("--recurrent", action="store_true", help="add an LSTM over the encoder's pooled vector")
     train.add_argument("--envs", type=int, default=8)
+    train.add_argument("--workers", type=int, default=0, help="worker processes stepping the envs in parallel (0: in this process; one per core pays)")
     train.add_argument("--rounds", type=int, default=10, help="total PPO updates (a resumed run continues to this)")
     train.add_argument("--episode-length", type=int, default=None)
     train.add_argument("--seed", type=int, default=0)

@@ -9,8 +9,11 @@ seed init) derives from (run seed, env index), so a run replays exactly on the s
 from __future__ import annotations
 
 import functools
+import multiprocessing
+import pickle
+import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
 
@@ -216,20 +219,135 @@ class MorphEnv:
 
 
 class VecEnv:
-    """N environments stepped in lockstep in one process, so a policy acts on all in one call."""
+    """N environments stepped in lockstep, so a policy acts on all of them in one call.
 
-    def __init__(self, config: RunConfig, n_envs: int):
+    `workers=0` steps the envs one after another in this process. `workers=k` spreads them in
+    contiguous blocks over k worker processes that step in parallel (one per core pays on CPU);
+    env i computes exactly what it would in-process, because it is built from the same
+    (run seed, env index) and each worker uses this process's torch thread count.
+    """
+
+    def __init__(self, config: RunConfig, n_envs: int, workers: int = 0):
         if not (isinstance(n_envs, int) and n_envs >= 1):
             raise ValueError(f"n_envs={n_envs!r} must be an integer >= 1")
-        self.envs = [MorphEnv(config, i) for i in range(n_envs)]
+        if not (isinstance(workers, int) and 0 <= workers <= n_envs):
+            raise ValueError(f"workers={workers!r} must be an integer in [0, n_envs={n_envs}]")
+        self.config = config
+        self.n_envs = n_envs
+        if workers == 0:
+            self.envs = [MorphEnv(config, i) for i in range(n_envs)]
+            self._workers = []
+        else:
+            self.envs = []
+            bounds = [n_envs * w // workers for w in range(workers + 1)]
+            self._workers = [_Worker(config, list(range(bounds[w], bounds[w + 1]))) for w in range(workers)]
 
     def __len__(self) -> int:
-        return len(self.envs)
+        return self.n_envs
+
+    def slot_count(self) -> int:
+        """Slots per env (every env has the same host), from a throwaway env in this process."""
+        return len(MorphEnv(self.config).reset().report.values)
 
     def reset(self) -> list[StepResult]:
-        return [env.reset() for env in self.envs]
+        if not self._workers:
+            return [env.reset() for env in self.envs]
+        return self._gather("reset", [None] * len(self._workers))
 
     def step(self, actions: list[Action]) -> list[StepResult]:
-        if len(actions) != len(self.envs):
-            raise ValueError(f"got {len(actions)} actions for {len(self.envs)} environments")
-        return [env.step(action) for env, action in zip(self.envs, actions)]
+        if len(actions) != self.n_envs:
+            raise ValueError(f"got {len(actions)} actions for {self.n_envs} environments")
+        if not self._workers:
+            for env, action in zip(self.envs, actions):
+                env.plane.check(action)  # every action is checked before any env moves
+            return [env.step(action) for env, action in zip(self.envs, actions)]
+        blocks = [[actions[i] for i in worker.indices] for worker in self._workers]
+        self._gather("check", blocks)
+        return self._gather("step", blocks)
+
+    def _gather(self, command: str, payloads: list) -> list:
+        for worker, payload in zip(self._workers, payloads):
+            worker.send(command, payload)  # all workers start before any answer is awaited
+        answers = [worker.receive() for worker in self._workers]
+        return [result for answer in answers for result in answer]
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop by themselves when this process ends)."""
+        for worker in self._workers:
+            worker.close()
+        self._workers = []
+
+    def __enter__(self) -> VecEnv:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Worker:
+    """One worker process owning the envs `indices`; commands and results travel pickled."""
+
+    def __init__(self, config: RunConfig, indices: list[int]):
+        self.indices = indices
+        context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve, args=(child, config, indices, torch.get_num_threads()), daemon=True, name=f"env-worker-{indices[0]}"
+        )
+        self._process.start()
+        child.close()
+
+    def send(self, command: str, payload) -> None:
+        try:
+            self._conn.send_bytes(pickle.dumps((command, payload)))
+        except OSError:
+            self._died()
+
+    def receive(self) -> list:
+        try:
+            ok, answer = pickle.loads(self._conn.recv_bytes())
+        except (EOFError, OSError):
+            self._died()
+        if not ok:
+            raise answer
+        return answer
+
+    def _died(self) -> NoReturn:
+        self._process.join(timeout=1)
+        raise RuntimeError(f"env worker for envs {self.indices} died (exit code {self._process.exitcode})")
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            self._conn.send_bytes(pickle.dumps(("close", None)))
+            self._process.join(timeout=10)
+        self._conn.close()
+
+
+def _serve(conn, config: RunConfig, indices: list[int], threads: int) -> None:
+    """A worker's loop: build its envs, then answer reset/step until told to close.
+
+    An exception in an env (an illegal action, say) goes back to the caller and the worker
+    keeps serving, as an in-process env would."""
+    torch.set_num_threads(threads)
+    envs = [MorphEnv(config, i) for i in indices]
+    while True:
+        try:
+            command, payload = pickle.loads(conn.recv_bytes())
+        except EOFError:  # the parent is gone
+            return
+        if command == "close":
+            return
+        try:
+            if command == "reset":
+                answer = (True, [env.reset() for env in envs])
+            elif command == "check":
+                answer = (True, [env.plane.check(action) for env, action in zip(envs, payload)])
+            else:
+                answer = (True, [env.step(action) for env, action in zip(envs, payload)])
+        except Exception as error:  # noqa: BLE001 - handed to the caller, who raises it
+            answer = (False, error)
+        try:
+            message = pickle.dumps(answer)
+        except Exception:  # noqa: BLE001 - an unpicklable error still reaches the caller as text
+            message = pickle.dumps((False, RuntimeError(traceback.format_exc())))
+        conn.send_bytes(message)

@@ -288,9 +288,51 @@ def test_vec_env_matches_lone_envs():
     assert hashes[0][0] != hashes[1][0]  # each env has its own streams
 
 
+def vec_hashes(vec: VecEnv, policy) -> list[list[str]]:
+    results = vec.reset()
+    hashes = [[record_hash(r)] for r in results]
+    while not results[0].done:
+        results = vec.step(policy.act(results))
+        for i, r in enumerate(results):
+            hashes[i].append(record_hash(r))
+    return hashes
+
+
+def test_worker_processes_compute_what_in_process_envs_compute():
+    config = small(episode_length=3, seed=2)
+    expected = vec_hashes(VecEnv(config, 3), HeuristicPolicy())
+    with VecEnv(config, 3, workers=2) as vec:  # envs [0] and [1, 2] in two processes
+        assert len(vec) == 3 and vec.slot_count() == 2
+        assert vec_hashes(vec, HeuristicPolicy()) == expected
+        assert vec_hashes(vec, HeuristicPolicy()) == expected  # a second episode replays too
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_illegal_action_moves_no_env_and_the_envs_keep_serving(workers):
+    with VecEnv(small(), 2, workers=workers) as vec:
+        before = vec.reset()
+        illegal = Action(Op.ADVANCE, slot=0)  # nothing to advance on an empty slot
+        with pytest.raises(IllegalAction, match="slot 0"):
+            vec.step([Action(Op.WAIT), illegal])
+        with pytest.raises(ValueError, match="1 actions for 2"):
+            vec.step([Action(Op.WAIT)])
+        after = vec.step([Action(Op.WAIT), Action(Op.WAIT)])  # the rejected step moved no env
+    assert [r.step for r in before] == [0, 0] and [r.step for r in after] == [1, 1]
+
+
+def test_a_dead_worker_is_reported_not_waited_on():
+    with VecEnv(small(), 2, workers=2) as vec:
+        vec.reset()
+        vec._workers[1]._process.kill()
+        with pytest.raises(RuntimeError, match=r"env worker for envs \[1\] died"):
+            vec.step([Action(Op.WAIT)] * 2)
+
+
 def test_vec_env_rejects_bad_input():
     with pytest.raises(ValueError, match="n_envs"):
         VecEnv(small(), 0)
+    with pytest.raises(ValueError, match="workers"):
+        VecEnv(small(), 2, workers=3)
     vec = VecEnv(small(), 2)
     vec.reset()
     with pytest.raises(ValueError, match="1 actions for 2"):

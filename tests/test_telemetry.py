@@ -216,8 +216,9 @@ def test_corrupt_parts_are_named(tmp_path):
 
 
 def test_cli_run_records_telemetry(tmp_path, capsys):
-    assert main(["run", "--episode-length", "2", "--telemetry", str(tmp_path), "--cohort", "cli"]) == 0
+    args = ["run", "--episode-length", "2", "--envs", "2", "--workers", "2", "--telemetry", str(tmp_path), "--cohort", "cli"]
+    assert main(args) == 0
     assert "telemetry written to" in capsys.readouterr().out
     runs = Store(tmp_path).runs()
     assert runs["cohort"].to_list() == ["cli"] and runs["kind"].to_list() == ["heuristic"]
-    assert runs["status"].to_list() == ["completed"] and runs["steps_recorded"].to_list() == [2]
+    assert runs["status"].to_list() == ["completed"] and runs["steps_recorded"].to_list() == [4]  # 2 envs x 2 steps

@@ -38,7 +38,7 @@ def run_member(
         shutil.rmtree(folder)
     vec = VecEnv(config, budget.envs)
     with Recorder(telemetry_root, cohort, config, run_id=run_id, kind="ppo", preset=preset) as recorder:
-        n_slots = len(vec.envs[0].reset().report.values)
+        n_slots = vec.slot_count()
         agent = Agent(PolicyConfig(encoder=encoder, max_slots=n_slots), seed=seed)
         trainer = PPOTrainer(vec, agent, PPOConfig(seed=seed), recorder)
         for _ in tqdm(range(budget.rounds), desc=f"{cohort} seed={seed}", unit="round"):
