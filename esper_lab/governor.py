@@ -10,7 +10,6 @@ refused with an explicit event and an observation bit (seed 000 Phase 0: never a
 
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 from collections import deque
@@ -87,10 +86,11 @@ class Governor:
         self.remember(host, plane, optimizer)
 
     def remember(self, host: nn.Module, plane: SeedPlane, optimizer: torch.optim.Optimizer) -> None:
+        """Taken after every healthy step, so it clones tensors only: no module is deep-copied."""
         self.snapshot = Snapshot(
-            host=copy.deepcopy(host.state_dict()),
+            host=_clone(host.state_dict()),
             slots=[_slot_state(slot) for slot in plane.slots],
-            optimizer=copy.deepcopy(optimizer.state_dict()),
+            optimizer=_clone(optimizer.state_dict()),
         )
 
     def rollback(
@@ -103,7 +103,7 @@ class Governor:
         for slot, state in zip(plane.slots, self.snapshot.slots):
             _restore_slot(slot, state)
         plane.sync_optimizer(optimizer)
-        optimizer.load_state_dict(copy.deepcopy(self.snapshot.optimizer))
+        optimizer.load_state_dict(_clone(self.snapshot.optimizer))
         events: list[Event] = []
         if culprit is not None and plane.action_masks().op[culprit, Op.PRUNE]:
             events = plane.apply(Action(Op.PRUNE, culprit))
@@ -113,16 +113,38 @@ class Governor:
         return culprit, events
 
 
+def _clone(tree):
+    """A copy of nested dicts and lists with every tensor cloned (immutable leaves shared)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().clone()
+    if isinstance(tree, dict):
+        return {key: _clone(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_clone(value) for value in tree]
+    return tree
+
+
 def _slot_state(slot: SeedSlot) -> dict:
+    """The slot's lifecycle fields and its seed: the module itself (a later prune or germination
+    only drops the slot's reference to it) with a copy of everything in it that can change:
+    parameters and buffers (levels, masks, focus) and whether it is frozen (fossilised)."""
     state = {name: getattr(slot, name) for name in _SLOT_STATE}
-    state["seed"] = copy.deepcopy(slot.seed)
+    seed = slot.seed
+    state["seed"] = seed
+    if seed is not None:
+        state["seed_tensors"] = _clone(seed.state_dict())
+        state["seed_trainable"] = [p.requires_grad for p in seed.parameters()]
     return state
 
 
 def _restore_slot(slot: SeedSlot, state: dict) -> None:
     for name in _SLOT_STATE:
         setattr(slot, name, state[name])
-    slot.seed = copy.deepcopy(state["seed"])
+    seed = slot.seed = state["seed"]
+    if seed is not None:
+        seed.load_state_dict(state["seed_tensors"])
+        for p, trainable in zip(seed.parameters(), state["seed_trainable"]):
+            p.requires_grad_(trainable)
 
 
 def _params_added_by_growing(slot: SeedSlot) -> int:

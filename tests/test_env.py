@@ -175,6 +175,38 @@ def test_nan_seed_triggers_rollback_and_prune():
     assert Stage(int(result.report.column("stage")[slot])) not in (Stage.TRAINING, Stage.BLENDING, Stage.HOLDING)
 
 
+@pytest.mark.parametrize("after_snapshot", [(Op.GROW_INTERNAL, Op.FOSSILIZE), (Op.PRUNE,)])
+def test_rollback_restores_the_seed_as_it_was_at_the_snapshot(after_snapshot):
+    """The snapshot keeps the seed module and copies its tensors and frozen flags: whatever
+    happened to the seed since (grown, trained, frozen, pruned) is undone exactly."""
+    env, _ = fresh(small(episode_length=20))
+    slot = 0
+    for op in (Op.GERMINATE, Op.ADVANCE, Op.ADVANCE, Op.ADVANCE, Op.GROW_INTERNAL):
+        while not env.plane.action_masks().op[slot, op]:  # HOLDING waits for the alpha ramp
+            env.step(Action(Op.WAIT))
+        env.step(Action(op, slot, Blueprint.CONV_CHANNEL_LADDER if op is Op.GERMINATE else None))
+    seed = env.plane.slots[slot].seed
+    assert env.plane.slots[slot].stage is Stage.HOLDING and seed.level() == 2
+    saved = {k: v.clone() for k, v in seed.state_dict().items()}
+
+    with torch.no_grad():
+        for p in seed.parameters():
+            p.add_(1.0)
+    for op in after_snapshot:
+        env.plane.apply(Action(op, slot))
+        env.plane.sync_optimizer(env.optimizer)
+    env.governor.rollback(env.host, env.plane, env.optimizer)
+
+    restored = env.plane.slots[slot]
+    assert restored.stage is Stage.HOLDING and restored.seed is seed and seed.level() == 2
+    assert all(torch.equal(seed.state_dict()[k], v) for k, v in saved.items())
+    assert all(p.requires_grad for p in seed.parameters())
+    group = next(g for g in env.optimizer.param_groups if g["name"] == "seeds")
+    assert {id(p) for p in group["params"]} == {id(p) for p in seed.parameters()}
+    result = env.step(Action(Op.WAIT))
+    assert result.metrics["rollback"] == 0.0 and math.isfinite(result.metrics["train_loss"])
+
+
 # --- governor: vetoes --------------------------------------------------------------------------------
 def test_germinate_over_budget_is_vetoed_explicitly():
     env, _ = fresh(small(param_budget=0.05))
