@@ -169,11 +169,9 @@ class SeedSlot(nn.Module):
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, h: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        stage = self.stage
-        if stage not in _SEED_IN_FORWARD:
-            return h
+        """Called by the plane only when the slot's seed is in the forward pass."""
         seed_input = h if x is None else x
-        if stage is Stage.TRAINING:
+        if self.stage is Stage.TRAINING:
             s = self.seed(seed_input.detach())
             y = h + (s - s.detach())  # forward is exactly h; the seed still gets dL/dy
             shown = s  # what the seed would add at alpha = 1: the sensor's subject while hidden
@@ -267,7 +265,10 @@ class SeedPlane(nn.Module):
         self.register_buffer("_blueprint_fit", fit, persistent=False)
 
     def forward(self, i: int, h: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        return self.slots[i](h, x)
+        slot = self.slots[i]
+        if slot.stage not in _SEED_IN_FORWARD:  # dormant or seedless: not even a module call
+            return h
+        return slot(h, x)
 
     def __len__(self) -> int:
         return len(self.slots)
