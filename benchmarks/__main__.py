@@ -1,4 +1,4 @@
-"""Run the benchmarks and write `benchmarks/RESULTS.md`: `python -m benchmarks [name ...]`.
+"""Run the benchmarks and the scale sweep, write `benchmarks/RESULTS.md`: `python -m benchmarks [name ...]`.
 
 Not part of the test suite: speed is measured here, as ratios taken side by side in one run.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.cases import CASES, Row
+from benchmarks.sweep import sweep
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -34,7 +35,7 @@ def table(rows: list[Row]) -> str:
 
 
 def main() -> int:
-    names = [case.__name__ for case in CASES]
+    names = [case.__name__ for case in CASES] + ["sweep"]
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("cases", nargs="*", help=f"run only these (default: all): {', '.join(names)}")
     args = parser.parse_args()
@@ -50,8 +51,12 @@ def main() -> int:
         row = case()
         print(f"{row.name}: {row.pairing.ratio:.3f} (goal {row.goal}, {'met' if row.met else 'NOT met'})", flush=True)
         rows.append(row)
+    section = sweep() if not args.cases or "sweep" in args.cases else ""
+    if section:
+        print(section, flush=True)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
-    text = f"# Benchmark results\n\n{time.strftime('%Y-%m-%d')} on {machine}; `python -m benchmarks` took {time.time() - started:.0f} s.\n\n{table(rows)}\n"
+    text = (f"# Benchmark results\n\n{time.strftime('%Y-%m-%d')} on {machine}; `python -m benchmarks` took "
+            f"{time.time() - started:.0f} s.\n\n{table(rows)}\n\n{section}")  # fmt: skip
     if not args.cases:
         RESULTS.write_text(text)
         print(f"wrote {RESULTS}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,13 +14,13 @@ import torch
 from benchmarks.timing import Pairing, pair, seconds
 from esper_lab.config import RunConfig
 from esper_lab.contracts import Action, Blueprint, Op, SurfaceDensity
-from esper_lab.data import load_pydoc_corpus
-from esper_lab.env import MorphEnv, VecEnv
+from esper_lab.data import classification_batches, load_pydoc_corpus
+from esper_lab.env import STRUCTURAL_OPS, MorphEnv, VecEnv
 from esper_lab.hosts import TransformerConfig, TransformerHost
 from esper_lab.plane import SeedPlane
 from esper_lab.telemetry import Store
 from esper_lab.telemetry.bench import recorder_rate, synthetic_root, time_queries
-from esper_lab.training import loss_of
+from esper_lab.training import evaluate, loss_of, train_epoch
 
 LM_BATCH = 32  # a training step of the default char LM: batch 32 x context 32
 
@@ -64,7 +66,7 @@ def dormant_plane() -> Row:
     host, batch = _a2_lm()
     plane = SeedPlane(host, run_seed=0)
     optimizer = torch.optim.Adam(host.parameters(), lr=1e-3)
-    pairing = pair(_lm_step(host, plane, optimizer, batch), _lm_step(host, None, optimizer, batch), pairs=40)
+    pairing = pair(_lm_step(host, plane, optimizer, batch), _lm_step(host, None, optimizer, batch), pairs=300)
     return _at_most("dormant plane", "train step, Transformer + plane with 8 dormant A2 surfaces / bare host", pairing, 1.02)
 
 
@@ -87,15 +89,15 @@ def sensors() -> Row:
         plane.set_sensors(False)
         step()
 
-    pairing = pair(on, off, pairs=40)
+    pairing = pair(on, off, pairs=200)
     return _at_most("sensors", "train step, sensors on / off, lora_proj_ladder blending on all 8 A2 surfaces", pairing, 1.05)
 
 
 def lockstep_envs(n_envs: int = 8) -> Row:
-    """Env-epochs per second: N envs in a VecEnv versus the same N envs stepped one by one."""
+    """Env-epochs per second: N envs in a VecEnv with one worker per core versus the same N envs
+    stepped one after another in this process."""
     config = RunConfig(task="digits_cnn", episode_length=10_000, batches_per_step=8)
-    vec = VecEnv(config, n_envs)
-    vec.reset()
+    workers = min(os.cpu_count() or 1, n_envs)
     singles = [MorphEnv(config, i) for i in range(n_envs)]
     for env in singles:
         env.reset()
@@ -105,9 +107,69 @@ def lockstep_envs(n_envs: int = 8) -> Row:
         for env in singles:
             env.step(Action(Op.WAIT))
 
-    # throughput ratio = (sequential time) / (lockstep time)
-    pairing = pair(one_by_one, lambda: vec.step(waits), pairs=8)
-    return _at_least("lockstep envs", f"env-epochs/s, {n_envs} envs in VecEnv / {n_envs} envs one after another", pairing, 2.0)
+    with VecEnv(config, n_envs, workers=workers) as vec:
+        vec.reset()
+        # throughput ratio = (sequential time) / (lockstep time)
+        pairing = pair(one_by_one, lambda: vec.step(waits), pairs=8)
+    measured = f"env-epochs/s, {n_envs} envs in VecEnv with {workers} worker processes / {n_envs} envs one after another"
+    return _at_least("lockstep envs", measured, pairing, 2.0)
+
+
+class _RememberingVecEnv(VecEnv):
+    """A VecEnv that keeps the actions its env carried out (a vetoed action did nothing: WAIT)."""
+
+    def reset(self):
+        self.carried_out = []
+        return super().reset()
+
+    def step(self, actions):
+        results = super().step(actions)
+        self.carried_out.append(Action(Op.WAIT) if results[0].metrics["veto"] else actions[0])
+        return results
+
+
+def morphogenesis_tax() -> Row:
+    """One digits_cnn episode as the workbench runs it (PPO policy deciding every step, plane
+    with sensors, governor, economy, per-step evaluation, recorder writing Parquet, the PPO
+    update) / the same host with the same seeds, trained for the same epochs in a plain loop.
+
+    The plain loop replays the actions the workbench episode carried out (plane.apply and tick
+    only, sensors off), trains the same batches with the same optimizer and evaluates once."""
+    from esper_lab.policy import Agent, PolicyConfig
+    from esper_lab.ppo import PPOConfig, PPOTrainer
+    from esper_lab.telemetry import Recorder
+
+    config = RunConfig(task="digits_cnn")
+    vec = _RememberingVecEnv(config, 1)
+    agent = Agent(PolicyConfig(encoder="slot_transformer", max_slots=vec.slot_count()), seed=0)
+    folder = tempfile.TemporaryDirectory()
+
+    def workbench():
+        with Recorder(folder.name, "tax", config, kind="ppo") as recorder:
+            PPOTrainer(vec, agent, PPOConfig(seed=0), recorder).train_round()
+
+    def plain():
+        env = MorphEnv(config)
+        env.reset()  # the same data, host, plane and optimizer, built before the clock starts
+        host, plane, optimizer = env.host, env.plane, env.optimizer
+        plane.set_sensors(False)
+        start = time.perf_counter()
+        for action in vec.carried_out:
+            plane.apply(action)
+            if action.op in STRUCTURAL_OPS:
+                plane.sync_optimizer(optimizer)
+            plane.tick()
+            batches = classification_batches(env.train_x, env.train_y, config.batch_size, env.data_order)
+            train_epoch(host, plane, batches, optimizer)
+        evaluate(host, plane, env.val_x, env.val_y)
+        return time.perf_counter() - start
+
+    with folder:
+        pairing = pair(workbench, plain, pairs=7, warmup=1)
+    ops = sorted({a.op.name.lower() for a in vec.carried_out} - {"wait"})
+    measured = (f"one digits_cnn episode ({config.episode_length} epochs): workbench with untrained PPO policy "
+                f"(slot transformer; it did {', '.join(ops) or 'only wait'}), economy, recorder, update / plain loop, same seeds")  # fmt: skip
+    return _at_most("morphogenesis tax", measured, pairing, 1.15)
 
 
 def recorder() -> Row:
@@ -162,4 +224,4 @@ def policy_scaling() -> Row:
     return _at_most("policy scaling", f"Slot Transformer forward, batch {BATCH}: 256 slots / 8 slots", pairing, 8.0)
 
 
-CASES = (dormant_plane, sensors, lockstep_envs, recorder, store, policy_scaling)
+CASES = (dormant_plane, sensors, morphogenesis_tax, lockstep_envs, recorder, store, policy_scaling)

@@ -6,7 +6,6 @@ import dataclasses
 import statistics
 from collections import Counter
 
-import pytest
 import torch
 
 from esper_lab.config import RunConfig
