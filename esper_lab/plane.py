@@ -174,22 +174,22 @@ class SeedSlot(nn.Module):
         if self.stage is Stage.TRAINING:
             s = self.seed(seed_input.detach())
             y = h + (s - s.detach())  # forward is exactly h; the seed still gets dL/dy
-            shown = s  # what the seed would add at alpha = 1: the sensor's subject while hidden
         else:
             s = self.seed(seed_input)
             y = blend(self.blend_algorithm, h, s, self.alpha)
-            shown = y - h
         if self.sensors_enabled and torch.is_grad_enabled():
             if self.training_forwards % SENSE_EVERY == 0:
-                self._sense(h, s, y, shown)
+                self._sense(h, s, y)
             self.training_forwards += 1
         return y
 
-    def _sense(self, h: torch.Tensor, s: torch.Tensor, y: torch.Tensor, shown: torch.Tensor) -> None:
+    def _sense(self, h: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> None:
         """Accumulate sensors on-device; nothing here leaves the device or syncs with the host."""
         acc = self.acc
         root_batch = math.sqrt(h.shape[0])
         with torch.no_grad():
+            # what the seed changes: while TRAINING (hidden), what it would add at alpha = 1
+            shown = s if self.stage is Stage.TRAINING else y - h
             h_norm = h.norm()
             acc[_ACC_DELTA] += shown.norm() / (h_norm + SENSOR_EPS)
             acc[_ACC_OUTPUT] += y.norm() / root_batch
