@@ -110,7 +110,7 @@ def lockstep_envs(n_envs: int = 8) -> Row:
     with VecEnv(config, n_envs, workers=workers) as vec:
         vec.reset()
         # throughput ratio = (sequential time) / (lockstep time)
-        pairing = pair(one_by_one, lambda: vec.step(waits), pairs=8)
+        pairing = pair(one_by_one, lambda: vec.step(waits), pairs=20)
     measured = f"env-epochs/s, {n_envs} envs in VecEnv with {workers} worker processes / {n_envs} envs one after another"
     return _at_least("lockstep envs", measured, pairing, 2.0)
 

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EPISODE_LENGTH = 6
 # short "epochs" (batches of 64 per env step) keep the whole sweep near a minute
 BATCHES_PER_STEP = {"pydoc_lm": 10, "digits_cnn": 8}
-REPEATS = 3  # timed episodes per point; the table shows their median and range
+REPEATS = 5  # timed episodes per point; the table shows their median and range
 WORKERS = os.cpu_count() or 1  # the parallel rows use one worker process per core
 SURFACE_POINTS = [("pydoc_lm", density, 1, 0) for density in ("a0", "a1", "a2")]
 ENV_POINTS = [("digits_cnn", "a0", envs, 0) for envs in (1, 2, 4, 8)]
@@ -64,7 +64,7 @@ def measure(task: str, density: str, envs: int, workers: int) -> dict:
         start = time.perf_counter()
         summaries = run_episodes(vec, HeuristicPolicy())
         seconds.append(time.perf_counter() - start)
-    worker_mib = max((_peak_mib(pid) for pid in _children()), default=None) if workers else None
+    worker_mib = [_peak_mib(pid) for pid in _children()]
     vec.close()
     return {
         "label": f"{task} {density}",
@@ -74,8 +74,7 @@ def measure(task: str, density: str, envs: int, workers: int) -> dict:
         "env_steps": envs * EPISODE_LENGTH,
         "germinated": dict(sum((Counter(s.germinated) for s in summaries), Counter())),
         "seconds": seconds,
-        "peak_mib": _peak_mib(),
-        "worker_peak_mib": worker_mib,
+        "peak_mib": _peak_mib() + sum(worker_mib),
         "imports_mib": imports_mib,
     }
 
@@ -103,21 +102,18 @@ def table(points: list[dict]) -> str:
     lines = [
         (
             "| point | surfaces | envs | workers | env steps | seeds germinated (all envs) "
-            "| episode s (median, min–max) | vs first row | s / env step | peak RSS MiB | vs first row "
-            "| largest worker MiB |"
+            "| episode s (median, min–max) | vs first row | s / env step | peak RSS MiB | vs first row |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
         median = statistics.median(p["seconds"])
         germinated = sorted(p["germinated"].items())
         seeds = ", ".join(f"{count} {name}" for name, count in germinated) or "none"
-        worker_mib = "–" if p["worker_peak_mib"] is None else f"{p['worker_peak_mib']:.0f}"
         lines.append(
             f"| {p['label']} | {p['surfaces']} | {p['envs']} | {p['workers']} | {p['env_steps']} | {seeds} "
             f"| {median:.2f} ({min(p['seconds']):.2f}–{max(p['seconds']):.2f}) | {median / first_seconds:.2f}x "
-            f"| {median / p['env_steps']:.3f} | {p['peak_mib']:.0f} | {p['peak_mib'] - first_mib:+.0f} MiB "
-            f"| {worker_mib} |"
+            f"| {median / p['env_steps']:.3f} | {p['peak_mib']:.0f} | {p['peak_mib'] - first_mib:+.0f} MiB |"
         )
     return "\n".join(lines)
 
@@ -133,9 +129,9 @@ def sweep() -> str:
         f"reset (data load), then {REPEATS} timed `run_episodes` calls of one {EPISODE_LENGTH}-step episode per "
         f"env (reset included), driven by `HeuristicPolicy`, so seeds are germinated, advanced and grown, not "
         f"left dormant. pydoc_lm trains {BATCHES_PER_STEP['pydoc_lm']} batches a step and digits_cnn "
-        f"{BATCHES_PER_STEP['digits_cnn']} (batch 64). Peak RSS is the whole process's `ru_maxrss`, of which "
-        f"importing torch and esper_lab alone takes about {imports_mib:.0f} MiB; with workers, each worker "
-        f"process holds its own envs and the last column is the largest one's peak. The heuristic keeps one or two "
+        f"{BATCHES_PER_STEP['digits_cnn']} (batch 64). Peak RSS is each process's high-water mark (VmHWM), "
+        f"summed over the main process and its env workers; importing torch and esper_lab alone takes about "
+        f"{imports_mib:.0f} MiB a process, so workers trade memory for speed. The heuristic keeps one or two "
         f"seeds live, so the surfaces table prices surfaces, not filling them (the sensors row above trains a "
         f"seed on all 8 A2 surfaces). "
         f"The sweep took {time.perf_counter() - started:.0f} s."
