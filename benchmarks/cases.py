@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import tempfile
@@ -142,9 +143,11 @@ def morphogenesis_tax() -> Row:
     config = RunConfig(task="digits_cnn")
     vec = _RememberingVecEnv(config, 1)
     agent = Agent(PolicyConfig(encoder="slot_transformer", max_slots=vec.slot_count()), seed=0)
+    untrained = copy.deepcopy(agent.state_dict())
     folder = tempfile.TemporaryDirectory()
 
     def workbench():
+        agent.load_state_dict(untrained)  # every pair plays the same episode, so pairs compare alike
         with Recorder(folder.name, "tax", config, kind="ppo") as recorder:
             PPOTrainer(vec, agent, PPOConfig(seed=0), recorder).train_round()
 
