@@ -168,7 +168,7 @@ def morphogenesis_tax() -> Row:
         return time.perf_counter() - start
 
     with folder:
-        pairing = pair(workbench, plain, pairs=7, warmup=1)
+        pairing = pair(workbench, plain, pairs=15, warmup=1)
     ops = sorted({a.op.name.lower() for a in vec.carried_out} - {"wait"})
     measured = (f"one digits_cnn episode ({config.episode_length} epochs): workbench with untrained PPO policy "
                 f"(slot transformer; it did {', '.join(ops) or 'only wait'}), economy, recorder, update / plain loop, same seeds")  # fmt: skip
