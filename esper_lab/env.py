@@ -235,7 +235,7 @@ class VecEnv:
         self.config = config
         self.n_envs = n_envs
         if workers == 0:
-            self.envs = [MorphEnv(config, i) for i in range(n_envs)]
+            self.envs = [MorphEnv(config, i) for i in range(n_envs)]  # in-process only: empty with workers
             self._workers = []
         else:
             self.envs = []
