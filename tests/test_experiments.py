@@ -107,6 +107,11 @@ def test_runner_records_failures_keeps_going_skips_completed_and_retries_failed(
     status = json.loads((reports / "tiny" / "ladder" / "seed=1.status.json").read_text())
     assert status["preset"] == "smoke" and status["error"] is None
 
+    elsewhere = tmp_path / "other-telemetry"  # completed, but into another root: that is new work
+    run_pack(pack, "smoke", jobs=1, telemetry_root=elsewhere, reports_dir=reports)
+    assert all(path.stat().st_mtime_ns > mtime for path, mtime in done.items())
+    assert json.loads((reports / "tiny" / "base" / "seed=0.status.json").read_text())["parameters"]["telemetry_root"] == str(elsewhere)
+
 
 def cohort_row(cohort: str, **values) -> dict:
     row = dict(cohort=cohort, non_wait=40, grow_shrink_share=0.0, conv_heavy_share=0.5, roi_median=1.0,

@@ -97,6 +97,7 @@ def _execute(notebook: str, member: Member, parameters: dict) -> dict:
     status = {
         "status": "failed" if error else "completed",
         "preset": parameters["preset"],
+        "parameters": parameters,  # a rerun with other parameters (another telemetry root) is new work
         "seconds": round(time.time() - started, 1),
         "error": error,
     }
@@ -112,12 +113,12 @@ def run_pack(
     reports_dir: Path = REPORTS_DIR,
     overrides: dict | None = None,
 ) -> dict[tuple[str, int], dict]:
-    """Execute every pending or failed member; return each member's status."""
+    """Execute every member not yet completed with these parameters; return each member's status."""
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
     parameters = notebook_parameters(pack, preset, telemetry_root, overrides or {})
     everyone = members(pack, reports_dir)
-    todo = [m for m in everyone if not (m.status().get("status") == "completed" and m.status().get("preset") == preset)]
+    todo = [m for m in everyone if not (m.status().get("status") == "completed" and m.status().get("parameters") == parameters)]
     notebook = str(NOTEBOOKS_DIR / pack.notebook)
     with tqdm(total=len(everyone), initial=len(everyone) - len(todo), desc=f"{pack.name} {preset}", unit="run") as bar:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
