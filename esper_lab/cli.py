@@ -23,6 +23,9 @@ def _tour(args: argparse.Namespace) -> int:
     return 0
 
 
+WORKERS_HELP = "worker processes stepping the envs in parallel (0: in this process; one per core pays)"
+
+
 def _run_config(args: argparse.Namespace):
     """The RunConfig `run` and `train` share; options left unset keep the task preset's values."""
     from esper_lab.config import RunConfig
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", choices=("heuristic", "random"), default="heuristic")
     run.add_argument("--episodes", type=int, default=1)
     run.add_argument("--envs", type=int, default=1)
-    run.add_argument("--workers", type=int, default=0, help="worker processes stepping the envs in parallel (0: in this process; one per core pays)")
+    run.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
     run.add_argument("--episode-length", type=int, default=None)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--cifar-folder", default=None)
@@ -161,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--encoder", choices=("flat", "slot_transformer"), default="flat")
     train.add_argument("--recurrent", action="store_true", help="add an LSTM over the encoder's pooled vector")
     train.add_argument("--envs", type=int, default=8)
-    train.add_argument("--workers", type=int, default=0, help="worker processes stepping the envs in parallel (0: in this process; one per core pays)")
+    train.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
     train.add_argument("--rounds", type=int, default=10, help="total PPO updates (a resumed run continues to this)")
     train.add_argument("--episode-length", type=int, default=None)
     train.add_argument("--seed", type=int, default=0)

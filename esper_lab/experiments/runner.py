@@ -118,7 +118,8 @@ def run_pack(
         raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
     parameters = notebook_parameters(pack, preset, telemetry_root, overrides or {})
     everyone = members(pack, reports_dir)
-    todo = [m for m in everyone if not (m.status().get("status") == "completed" and m.status().get("parameters") == parameters)]
+    statuses = {m: m.status() for m in everyone}
+    todo = [m for m, s in statuses.items() if not (s.get("status") == "completed" and s.get("parameters") == parameters)]
     notebook = str(NOTEBOOKS_DIR / pack.notebook)
     with tqdm(total=len(everyone), initial=len(everyone) - len(todo), desc=f"{pack.name} {preset}", unit="run") as bar:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
