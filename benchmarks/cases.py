@@ -20,7 +20,7 @@ from esper_lab.env import STRUCTURAL_OPS, MorphEnv, VecEnv
 from esper_lab.hosts import TransformerConfig, TransformerHost
 from esper_lab.plane import SeedPlane
 from esper_lab.telemetry import Store
-from esper_lab.telemetry.bench import recorder_rate, synthetic_root, time_queries
+from benchmarks.telemetry_bench import recorder_rate, synthetic_root, time_queries
 from esper_lab.training import evaluate, loss_of, train_epoch
 
 LM_BATCH = 32  # a training step of the default char LM: batch 32 x context 32
@@ -119,9 +119,9 @@ def lockstep_envs(n_envs: int = 8) -> Row:
 class _RememberingVecEnv(VecEnv):
     """A VecEnv that keeps the actions its env carried out (a vetoed action did nothing: WAIT)."""
 
-    def reset(self):
+    def reset(self, episode: int = 0, seeds=None):
         self.carried_out = []
-        return super().reset()
+        return super().reset(episode, seeds)
 
     def step(self, actions):
         results = super().step(actions)
@@ -207,7 +207,7 @@ def store(rows: int = 10_000_000) -> Row:
 def policy_scaling() -> Row:
     """Slot Transformer decision for 8 environments: 256 slots / 8 slots (attention is S^2)."""
     from esper_lab.policy import Agent, PolicyConfig
-    from esper_lab.policy.bench import BATCH, observation
+    from benchmarks.policy_bench import BATCH, observation
     from esper_lab.policy.heads import noise_sizes
 
     generator = torch.Generator().manual_seed(0)

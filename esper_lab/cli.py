@@ -24,14 +24,17 @@ def _tour(args: argparse.Namespace) -> int:
 
 
 WORKERS_HELP = "worker processes stepping the envs in parallel (0: in this process; one per core pays)"
+SET_HELP = ("set any study knob, repeatable: a RunConfig field (batch_size=32), economy.*, ppo.*, policy.* "
+            "(economy.rent_weight=0.5, ppo.lr=1e-3, policy.encoder=slot_transformer) or rounds/envs/workers/eval_episodes")
 
 
-def _run_config(args: argparse.Namespace):
-    """The RunConfig `run` and `train` share; options left unset keep the task preset's values."""
-    from esper_lab.config import RunConfig
+def _settings(args: argparse.Namespace, **loop):
+    """The settings `run` and `train` share: the flags, then every `--set` (which wins)."""
+    from esper_lab.experiments.settings import Settings, merge, parse_assignments
 
-    overrides = {k: v for k, v in (("episode_length", args.episode_length), ("cifar_folder", args.cifar_folder)) if v is not None}
-    return RunConfig(task=args.task, density=args.density, seed=args.seed, **overrides)
+    flags = {"task": args.task, "density": args.density, "seed": args.seed, "episode_length": args.episode_length,
+             "cifar_folder": args.cifar_folder, "envs": args.envs, "workers": args.workers, **loop}  # fmt: skip
+    return Settings.build(merge({k: v for k, v in flags.items() if v is not None}, parse_assignments(args.set)))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -40,56 +43,60 @@ def _run(args: argparse.Namespace) -> int:
 
     from esper_lab.env import VecEnv
     from esper_lab.episodes import run_episodes
-    from esper_lab.policy import HeuristicPolicy, RandomPolicy
+    from esper_lab.policy import HeuristicPolicy, RandomPolicy, StaticPolicy
     from esper_lab.telemetry import Recorder
 
-    config = _run_config(args)
-    policy = HeuristicPolicy() if args.policy == "heuristic" else RandomPolicy(seed=args.seed)
-    with VecEnv(config, args.envs, args.workers) as vec, Recorder(args.telemetry, args.cohort, config, kind=args.policy) as recorder:
-        with tqdm(total=args.episodes * config.episode_length, desc=f"{args.task} {args.policy}", unit="step") as bar:
+    settings = _settings(args)
+    config = settings.run
+    if not (isinstance(args.episodes, int) and args.episodes >= 1):
+        raise ValueError(f"--episodes={args.episodes} must be an integer >= 1")
+    policy = {"heuristic": HeuristicPolicy, "random": lambda: RandomPolicy(seed=config.seed), "static": StaticPolicy}[args.policy]()
+    with VecEnv(config, settings.envs, settings.workers) as vec, Recorder(args.telemetry, args.cohort, config, kind=args.policy) as recorder:
+        with tqdm(total=args.episodes * config.episode_length, desc=f"{config.task} {args.policy}", unit="step") as bar:
             summaries = run_episodes(vec, policy, args.episodes, on_step=lambda *_: bar.update(1), recorder=recorder)
     metric = config.spec.metric
     for s in summaries:
         parts = " ".join(f"{k}={v:.3f}" for k, v in s.reward_parts.items())
         ops = " ".join(f"{k.lower()}={v}" for k, v in sorted(s.ops.items()))
         print(f"episode {s.episode} env {s.env}: {metric}={s.final_metric:.4f} return={s.episode_return:.2f} "
-              f"active_params={s.active_params} vetoes={s.vetoes} rollbacks={s.rollbacks}")  # fmt: skip
+              f"forward_params={s.forward_params} vetoes={s.vetoes} rollbacks={s.rollbacks}")  # fmt: skip
         print(f"  reward parts: {parts}\n  ops: {ops}\n  germinated: {s.germinated or '-'}")
     print(f"telemetry written to {recorder.folder}")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    """Train the PPO policy on a task: a progress bar per round, one summary line per update."""
+    """Train the PPO policy on a task (a progress bar per round, one summary line per update),
+    then, with eval_episodes > 0, play the held-out episodes with every arm."""
     from tqdm import tqdm
 
-    from esper_lab.env import VecEnv
-    from esper_lab.policy import Agent, PolicyConfig
-    from esper_lab.ppo import PPOConfig, PPOTrainer
-    from esper_lab.telemetry import Recorder
+    from esper_lab.experiments.evaluation import evaluate_arms
+    from esper_lab.experiments.train import train_and_record
 
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint PATH")
-    config = _run_config(args)
-    with VecEnv(config, args.envs, args.workers) as vec, Recorder(args.telemetry, args.cohort, config, kind="ppo") as recorder:
-        if args.resume:
-            trainer = PPOTrainer.resume(args.checkpoint, vec, recorder)
-        else:
-            n_slots = vec.slot_count()
-            agent = Agent(PolicyConfig(encoder=args.encoder, max_slots=n_slots, recurrent=args.recurrent), seed=args.seed)
-            trainer = PPOTrainer(vec, agent, PPOConfig(seed=args.seed), recorder)
-        steps = config.episode_length * trainer.config.episodes_per_round
-        while trainer.round < args.rounds:
-            with tqdm(total=steps, desc=f"round {trainer.round + 1}/{args.rounds}", unit="step", leave=False) as bar:
-                s = trainer.train_round(on_step=lambda: bar.update(1))
-            print(f"update {trainer.round}/{args.rounds}: return {s['return_mean']:.2f} [{s['return_min']:.2f}, {s['return_max']:.2f}] "
-                  f"policy_loss {s['policy_loss']:.4f} value_loss {s['value_loss']:.4f} entropy op {s['entropy_op']:.2f} "
-                  f"slot {s['entropy_slot']:.2f} blueprint {s['entropy_blueprint']:.2f} kl {s['approx_kl']:.4f} "
-                  f"clip {s['clip_fraction']:.3f} ev {s['explained_variance']:.2f} "
-                  f"rollout {s['rollout_seconds']:.1f}s update {s['update_seconds']:.1f}s", flush=True)  # fmt: skip
-            if args.checkpoint:
-                trainer.save(args.checkpoint)
-    print(f"telemetry written to {recorder.folder}" + (f"; checkpoint {args.checkpoint}" if args.checkpoint else ""))
+    if args.checkpoint and Path(args.checkpoint).exists() and not args.resume:
+        raise ValueError(f"checkpoint {args.checkpoint} exists: pass --resume to continue it, or another path")
+    policy = {"encoder": args.encoder, "recurrent": args.recurrent}
+    settings = _settings(args, rounds=args.rounds, policy={k: v for k, v in policy.items() if v is not None})
+    steps = settings.run.episode_length * settings.ppo.episodes_per_round
+    bar = tqdm(total=steps, unit="step", leave=False)
+
+    def on_round(s: dict) -> None:
+        bar.reset()
+        print(f"update {int(s['round']) + 1}/{settings.rounds}: return {s['return_mean']:.2f} [{s['return_min']:.2f}, {s['return_max']:.2f}] "
+              f"policy_loss {s['policy_loss']:.4f} value_loss {s['value_loss']:.4f} entropy op {s['entropy_op']:.2f} "
+              f"slot {s['entropy_slot']:.2f} blueprint {s['entropy_blueprint']:.2f} kl {s['approx_kl']:.4f} "
+              f"clip {s['clip_fraction']:.3f} ev {s['explained_variance']:.2f} "
+              f"rollout {s['rollout_seconds']:.1f}s update {s['update_seconds']:.1f}s", flush=True)  # fmt: skip
+
+    with bar:
+        run_id, agent = train_and_record(settings, args.telemetry, args.cohort, checkpoint=args.checkpoint,
+                                         on_round=on_round, on_step=lambda: bar.update(1))  # fmt: skip
+    print(f"telemetry written to {args.telemetry} (run {run_id})" + (f"; checkpoint {args.checkpoint}" if args.checkpoint else ""))
+    if settings.eval_episodes:
+        ids = evaluate_arms(settings, agent, args.telemetry, args.cohort, run_id)
+        print(f"held-out evaluation ({settings.eval_episodes} episodes per arm): runs {', '.join(ids)}")
     return 0
 
 
@@ -137,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="play episodes with a baseline policy (heuristic or random)")
     run.add_argument("--task", default="digits_cnn")
     run.add_argument("--density", default="a0")
-    run.add_argument("--policy", choices=("heuristic", "random"), default="heuristic")
+    run.add_argument("--policy", choices=("heuristic", "random", "static"), default="heuristic", help="static: always WAIT")
     run.add_argument("--episodes", type=int, default=1)
     run.add_argument("--envs", type=int, default=1)
     run.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
@@ -146,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cifar-folder", default=None)
     run.add_argument("--telemetry", default="telemetry", help="telemetry root folder (Parquet parts)")
     run.add_argument("--cohort", default="default", help="cohort name the run is filed under")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     run.set_defaults(handler=_run)
 
     pack = commands.add_parser("pack", help="run an experiment pack as papermill cohorts, or write its report")
@@ -161,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the PPO policy (flat or slot transformer encoder)")
     train.add_argument("--task", default="digits_cnn")
     train.add_argument("--density", default="a0")
-    train.add_argument("--encoder", choices=("flat", "slot_transformer"), default="flat")
-    train.add_argument("--recurrent", action="store_true", help="add an LSTM over the encoder's pooled vector")
+    train.add_argument("--encoder", choices=("flat", "slot_transformer"), default=None, help="the policy's slot encoder (default flat)")
+    train.add_argument("--recurrent", action="store_true", default=None, help="add an LSTM over the encoder's pooled vector")
     train.add_argument("--envs", type=int, default=8)
     train.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
     train.add_argument("--rounds", type=int, default=10, help="total PPO updates (a resumed run continues to this)")
@@ -173,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint exactly where it stopped")
     train.add_argument("--telemetry", default="telemetry", help="telemetry root folder (Parquet parts)")
     train.add_argument("--cohort", default="default", help="cohort name the run is filed under")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     train.set_defaults(handler=_train)
 
     dashboard = commands.add_parser("dashboard", help="serve the Panel dashboards over a telemetry root")

@@ -1,13 +1,21 @@
-"""Contracts (Leyline): the integers and identities every other part agrees on.
+"""Contracts (Leyline): the integers, identities and names every other part agrees on.
 
 Enum values are written to Parquet and compared across ranks, so they are explicit and are
-never renumbered: a new member takes a new number at the end.
+never renumbered: a new member takes a new number at the end. Every shared vocabulary lives here
+once: stage groups, the policy's heads, veto names, the plane report's and the step's fields,
+random-stream ids, and the records one env step produces (`StepResult` and its parts), so the
+telemetry layer can record a step without knowing the env that made it.
 """
 
 from __future__ import annotations
 
 import enum
+import numbers
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, get_type_hints
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Stage(enum.IntEnum):
@@ -22,6 +30,12 @@ class Stage(enum.IntEnum):
     PRUNED = 6
     EMBARGOED = 7
     RESETTING = 8
+
+
+# Stage groups (seed 003 §2.4), named once.
+SEED_STAGES = frozenset({Stage.GERMINATED, Stage.TRAINING, Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED})  # a seed occupies the slot
+MODULE_STAGES = frozenset({Stage.TRAINING, Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED})  # the seed module runs in forward
+LIVE_STAGES = frozenset({Stage.TRAINING, Stage.BLENDING, Stage.HOLDING})  # still learning; internal ops allowed (seed 002)
 
 
 class Op(enum.IntEnum):
@@ -237,12 +251,22 @@ class EventKind(enum.IntEnum):
     ERROR = 6
 
 
+# Governor veto names (the `events` table's `name`; seed 000 Phase 0 field names).
+VETO_GERMINATE = "governor_veto_germinate"
+VETO_INTERNAL_GROW = "governor_veto_internal_grow"
+
+
+_ACTION_ENUMS: dict[str, type[enum.IntEnum]] = {}  # filled below, once Action's fields exist
+
+
 @dataclass(frozen=True)
 class Action:
     """One decision: the op, the slot it targets, and the germination config it resolves to.
 
     Fields a given op does not use are carried but ignored (the policy's log-prob does not count
-    them either).
+    them either). Built by hand or by a policy, an action is checked here, at construction: enum
+    fields take their enum or a valid integer value (coerced), the slot a non-negative integer;
+    anything else raises naming the field, before it can reach a plane.
     """
 
     op: Op
@@ -252,6 +276,30 @@ class Action:
     curve: AlphaCurve = AlphaCurve.LINEAR
     tempo: Tempo = Tempo.STANDARD
     target: AlphaTarget = AlphaTarget.FULL
+
+    def __post_init__(self):
+        for name, cls in _ACTION_ENUMS.items():
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                object.__setattr__(self, name, _enum_value(cls, value, f"Action.{name}"))
+        if not _is_int(self.slot) or self.slot < 0:
+            raise ValueError(f"Action.slot={self.slot!r} must be an integer >= 0")
+        object.__setattr__(self, "slot", int(self.slot))
+
+
+def _is_int(value) -> bool:
+    """A plain integer: bools, floats and tensors are not slot numbers or enum values."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _enum_value(cls: type[enum.IntEnum], value, name: str) -> enum.IntEnum:
+    if _is_int(value) and int(value) in cls._value2member_map_:
+        return cls(int(value))
+    allowed = ", ".join(f"{m.name}={m.value}" for m in cls)
+    raise ValueError(f"{name}={value!r} is not a valid {cls.__name__} (allowed: {allowed})")
+
+
+_ACTION_ENUMS.update({name: cls for name, cls in get_type_hints(Action).items() if name != "slot"})
 
 
 @dataclass(frozen=True)
@@ -263,3 +311,155 @@ class Event:
     surface_uid: int
     name: str  # e.g. "GERMINATED->TRAINING", "governor_veto_internal_grow"
     value: float = 0.0  # e.g. the new level, the new alpha target
+
+
+# --- the policy's factored heads (seed 001 §4) ---------------------------------------------------
+HEADS = ("op", "slot", "blueprint", "blend", "curve", "tempo", "target")  # sampling order
+GERMINATION_HEADS = ("blueprint", "blend", "curve", "tempo", "target")
+
+
+def heads_used(op: Op) -> tuple[str, ...]:
+    """The heads whose values `op` applies; the env ignores the others, and so do the policy's
+    log-prob, its entropy and the telemetry: op always, the slot unless WAIT, the germination
+    config for GERMINATE, the alpha target also for SET_ALPHA_TARGET."""
+    if op is Op.WAIT:
+        return ("op",)
+    if op is Op.GERMINATE:
+        return ("op", "slot", *GERMINATION_HEADS)
+    if op is Op.SET_ALPHA_TARGET:
+        return ("op", "slot", "target")
+    return ("op", "slot")
+
+
+# --- random streams and episode seeds (DESIGN rule 7) ---------------------------------------------
+class Stream(enum.IntEnum):
+    """Each random consumer draws from its own stream, derived from (seed, index, stream)."""
+
+    HOST = 1  # host initialisation
+    DATA = 2  # training subset and minibatch order
+    PLANE = 3  # seed initialisation at germination
+    RANDOM_POLICY = 4  # the masked random baseline
+    SAMPLING = 5  # the learned policy's action sampling
+    POLICY_INIT = 6  # the learned policy's initial weights
+    SHUFFLE = 7  # PPO minibatch order
+    EPISODE = 8  # training episode seeds
+    VALIDATION = 9  # the per-step validation subsample
+    EVALUATION = 10  # policies' sampling on held-out evaluation episodes
+
+
+def stream_seed(seed: int, index: int, stream: Stream) -> int:
+    """A distinct, deterministic 62-bit seed per (seed, index, stream) (no `hash()`)."""
+    return (seed * 1_000_003 + index * 7_919 + int(stream) * 104_729) % (2**62)
+
+
+def mix64(*values: int) -> int:
+    """splitmix64 over a few integers: well-spread 63-bit seeds from small ones (never `hash()`)."""
+    z = 0
+    for v in values:
+        z = (z * 0x9E3779B97F4A7C15 + v * 0xBF58476D1CE4E5B9 + 0x632BE59BD9B4E019) & (2**64 - 1)
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+        z ^= z >> 31
+    return z & (2**63 - 1)
+
+
+# An episode's randomness (host init, data order, seed inits) derives from one episode seed.
+# Training episodes draw theirs below EVAL_SEED_BASE; held-out evaluation episodes sit above it,
+# so no evaluation episode is ever trained on (seed 004 Stage 1: judge on held-out seeds).
+EVAL_SEED_BASE = 2**40
+MAX_EVAL_EPISODES = 10_000  # per run seed: eval episode k of run seed s is BASE + s * this + k
+
+
+def training_episode_seed(run_seed: int, env_index: int, episode: int) -> int:
+    """The seed of training episode `episode` in env `env_index` of a run: a new one each episode."""
+    return mix64(run_seed, env_index, episode) % EVAL_SEED_BASE
+
+
+def eval_episode_seed(run_seed: int, k: int) -> int:
+    """The seed of held-out evaluation episode k of a run seed (a fixed, documented set)."""
+    if not 0 <= k < MAX_EVAL_EPISODES:
+        raise ValueError(f"eval episode {k} outside 0..{MAX_EVAL_EPISODES - 1}")
+    return EVAL_SEED_BASE + run_seed * MAX_EVAL_EPISODES + k
+
+
+# --- what one env step produces --------------------------------------------------------------------
+# The plane report's `[S, F]` columns, in order, with the Arrow type telemetry stores them as (the
+# report itself is float32; ids and counts below 2**24 are exact in it). Blueprint -1 = no seed.
+SLOT_COLUMN_TYPES: dict[str, str] = {
+    "surface_uid": "int32", "depth_norm": "float32", "site": "int8", "role": "int8", "stage": "int8",
+    "blueprint": "int8", "alpha": "float32", "alpha_target": "float32", "blend": "int8",
+    "internal_level": "int16", "internal_level_norm": "float32", "max_level": "int16",
+    "focus_idx": "int16", "focus_subtarget": "int8", "focus_internal_level_norm": "float32",
+    "internal_level_mean_norm": "float32", "internal_level_max_norm": "float32",
+    # the seed's active size; `in_forward` says whether its output reaches the host's forward
+    # (alpha > 0 while blending or holding, or fossilised) or it is still incubating
+    "seed_param_count_active": "int64", "seed_flops_active_est": "float32", "in_forward": "int8",
+    # counterfactual contribution (seed 003 §8.2): metric as is minus metric with this seed's
+    # alpha forced to 0, on the validation subsample; the last measured value (NaN: never for
+    # this seed) and whether it was measured this step
+    "contribution": "float32", "contribution_measured": "int8",
+    "delta_l2_norm": "float32", "output_l2_norm": "float32", "seed_grad_norm": "float32", "grad_ratio": "float32",
+    "embargo_remaining": "int16", "germinations": "int32",
+}  # fmt: skip
+
+# Per-step global numbers (`StepResult.metrics`, the `steps` table) with their Arrow types.
+STEP_METRIC_TYPES: dict[str, str] = {
+    "progress": "float64", "train_loss": "float64", "val_loss": "float64", "val_accuracy": "float64",
+    # `metric` is read on the validation subsample every step (the reward uses it); `full_metric`
+    # on the whole validation split at the episode's last step (NaN before): outcomes use that
+    "metric": "float64", "metric_gain": "float64", "metric_since_start": "float64", "full_metric": "float64",
+    "host_params": "int64", "forward_params": "int64", "incubating_params": "int64",
+    "forward_flops": "float64", "incubating_flops": "float64",
+    "active_param_budget_util": "float64", "active_flops_budget_util": "float64",
+    "occupied_slots": "int32", "n_slots": "int32", "veto": "bool", "rollback": "bool",
+    "level_change_rate": "float64", "net_level_change": "float64",
+}  # fmt: skip
+SLOT_COLUMNS = tuple(SLOT_COLUMN_TYPES)
+STEP_METRICS = tuple(STEP_METRIC_TYPES)
+REWARD_PARTS = ("task", "rent", "churn", "intervention", "total")
+
+
+@dataclass(frozen=True)
+class PlaneReport:
+    """The plane's state for one step: `values[S, F]` with `columns`, and which slots exist."""
+
+    columns: tuple[str, ...]
+    values: torch.Tensor
+    slot_mask: torch.Tensor
+
+    def column(self, name: str) -> torch.Tensor:
+        return self.values[:, self.columns.index(name)]
+
+
+@dataclass(frozen=True)
+class ActionMasks:
+    """Legal choices: `op[S, n_ops]` per slot and `blueprint[S, n_blueprints]` per slot.
+
+    WAIT is legal on every slot, so every row keeps at least one legal choice.
+    """
+
+    op: torch.Tensor
+    blueprint: torch.Tensor
+
+
+@dataclass(frozen=True)
+class RewardParts:
+    task: float
+    rent: float  # C_rent (unweighted)
+    churn: float  # C_churn (unweighted)
+    intervention: float  # already in reward units
+    total: float
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one env step returns: the observation parts, the reward with its parts, and events."""
+
+    step: int
+    report: PlaneReport
+    masks: ActionMasks
+    metrics: dict[str, float]  # `STEP_METRICS`: global, per-step numbers
+    reward: RewardParts
+    events: list[Event]
+    done: bool
+    episode_seed: int  # the episode's randomness comes from this one number (replay reads it)

@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Action
-from esper_lab.env import MorphEnv, StepResult
+from esper_lab.contracts import Action, StepResult
+from esper_lab.env import MorphEnv
 from esper_lab.plane import SeedPlane, slot_fingerprint
 
 

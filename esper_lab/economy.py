@@ -14,33 +14,22 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
 
 import torch
 
 from esper_lab.config import EconomyConfig
-from esper_lab.contracts import Op, Stage
+from esper_lab.contracts import Op, RewardParts
 
 BASE_SLOT_RENT = 0.0039  # x P_host per occupied slot (seed 003 §5.1: about a small residual block)
 MAX_RENT = 1.0  # C_rent cap (seed 003 §5.1 "max_rent"): seeds worth ~1.7x the host pay no more
 EDIT_OPS = frozenset({Op.GERMINATE, Op.PRUNE, Op.FOSSILIZE, Op.SET_ALPHA_TARGET, Op.FOCUS_NEXT, Op.FOCUS_PREV})
 LEVEL_OPS = frozenset({Op.GROW_INTERNAL, Op.SHRINK_INTERNAL})
-OCCUPIED = frozenset({Stage.GERMINATED, Stage.TRAINING, Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED})
 
 
 def rent_cost(alpha: torch.Tensor, seed_params: torch.Tensor, occupied: torch.Tensor, host_params: int) -> float:
     """C_rent for one step from per-slot alpha, active seed params and occupancy ([S] tensors)."""
     paid = (occupied.double() * (BASE_SLOT_RENT * host_params + alpha.double() * seed_params.double())).sum()
     return min(MAX_RENT, math.log1p(float(paid) / host_params))
-
-
-@dataclass(frozen=True)
-class RewardParts:
-    task: float
-    rent: float  # C_rent (unweighted)
-    churn: float  # C_churn (unweighted)
-    intervention: float  # already in reward units
-    total: float
 
 
 class Ledger:

@@ -1,46 +1,55 @@
 """The environment (Tolaria): one host training run; one step = one decision + one host epoch.
 
-`reset()` builds host, plane, optimizer and data from the run seed; `step(action)` checks the
-action against the plane's rules (an illegal one raises), lets the governor veto it, applies it,
-trains one epoch, evaluates, and prices the result. Every random stream (host init, data order,
-seed init) derives from (run seed, env index), so a run replays exactly on the same machine.
+`reset(episode_seed)` builds host, plane, optimizer and data order from that episode's seed;
+`step(action)` checks the action against the plane's rules (an illegal one raises), lets the
+governor veto it, applies it, trains one epoch, evaluates, measures seed contributions every few
+steps, and prices the result. Every random stream derives from the episode seed, so an episode
+replays exactly on the same machine; training episodes get a new seed each, held-out evaluation
+episodes get seeds from a disjoint range (`contracts.eval_episode_seed`).
+
+Per step the task metric is read on a fixed, seeded validation subsample (the reward uses it);
+at the episode's last step, on the whole validation split (`full_metric`, what outcomes report).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import multiprocessing
 import pickle
 import traceback
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import torch
 
 from esper_lab import economy
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Action, Event, EventKind, HostKind, Op
+from esper_lab.contracts import (
+    SEED_STAGES,
+    Action,
+    Event,
+    EventKind,
+    HostKind,
+    Op,
+    RewardParts,
+    StepResult,
+    Stream,
+    stream_seed,
+    training_episode_seed,
+)
 from esper_lab.data import CharCorpus, Split, classification_batches, lm_batches, load_cifar10, load_digits, load_pydoc_corpus
-from esper_lab.economy import OCCUPIED, Ledger, RewardParts
+from esper_lab.economy import Ledger
 from esper_lab.governor import Governor
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
-from esper_lab.plane import ActionMasks, PlaneReport, SeedPlane
-from esper_lab.training import evaluate, train_epoch
+from esper_lab.plane import SeedPlane
+from esper_lab.training import Evaluation, evaluate, train_epoch
 
 if TYPE_CHECKING:
     from esper_lab.distributed import World
 
 LM_BATCHES_PER_STEP = 40  # an LM "epoch" has no natural end: this many random windows per step
-LM_EVAL_WINDOWS = 64  # fixed validation windows: enough for a stable loss, cheap on 2 cores
 STRUCTURAL_OPS = frozenset({Op.GERMINATE, Op.PRUNE, Op.FOSSILIZE})  # change what the optimizer holds
-
-# Stream ids: each random consumer gets its own stream derived from (seed, env index, stream).
-_HOST_STREAM, _DATA_STREAM, _PLANE_STREAM = 1, 2, 3
-
-
-def stream_seed(seed: int, env_index: int, stream: int) -> int:
-    """A distinct, deterministic 62-bit seed per (run seed, env, stream) (no `hash()`)."""
-    return (seed * 1_000_003 + env_index * 7_919 + stream * 104_729) % (2**62)
 
 
 @functools.cache
@@ -53,17 +62,25 @@ def _corpus() -> CharCorpus:
     return load_pydoc_corpus()
 
 
-@dataclass(frozen=True)
-class StepResult:
-    """What one step returns: the observation parts, the reward with its parts, and events."""
+def build_host(config: RunConfig, vocab_size: int | None = None) -> torch.nn.Module:
+    """The task's host with the config's overrides (weights from the global RNG: seed it first).
+    A Transformer needs the corpus's vocabulary size; its surfaces do not depend on it."""
+    if config.spec.host_kind is HostKind.CNN:
+        return CNNHost(CNNConfig(**config.host_config()))
+    return TransformerHost(TransformerConfig(vocab_size=vocab_size or _corpus().vocab_size, **config.host_config()))
 
-    step: int
-    report: PlaneReport
-    masks: ActionMasks
-    metrics: dict[str, float]  # global, per-step numbers (the `steps` table and global features)
-    reward: RewardParts
-    events: list[Event]
-    done: bool
+
+def slot_count(config: RunConfig) -> int:
+    """Slots per env, from the config alone: a host built on the meta device (no data, no memory)."""
+    with torch.device("meta"):
+        return len(build_host(config, vocab_size=1).injection_specs())
+
+
+def _subsample(n: int, keep: int | None, seed: int) -> torch.Tensor | None:
+    """A fixed, seeded choice of `keep` of n validation rows (None: keep them all)."""
+    if keep is None or keep >= n:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:keep].sort().values
 
 
 class MorphEnv:
@@ -75,59 +92,59 @@ class MorphEnv:
         self.step_count = 0
 
     # --- construction -------------------------------------------------------------------------
-    def _seed(self, stream: int) -> int:
-        return stream_seed(self.config.seed, self.env_index, stream)
+    def _seed(self, stream: Stream) -> int:
+        return stream_seed(self.episode_seed, 0, stream)
 
     def _load_data(self) -> None:
         config, task = self.config, self.config.spec
+        # the validation subsample is fixed for the run (its seed, not the episode's): every
+        # episode and every arm of an evaluation reads the same rows
+        val_seed = stream_seed(config.seed, 0, Stream.VALIDATION)
         if task.data == "pydoc":
             corpus = _corpus()
             self.vocab_size = corpus.vocab_size
             self.train_ids = corpus.train_ids[: max(int(len(corpus.train_ids) * config.data_fraction), 2 * self._context)]
-            windows = corpus.val_ids[: LM_EVAL_WINDOWS * self._context + 1]
-            n = (len(windows) - 1) // self._context * self._context
-            self.val_x, self.val_y = windows[:n].view(-1, self._context), windows[1 : n + 1].view(-1, self._context)
-            return
-        split = _digits(config.seed) if task.data == "digits" else load_cifar10(config.cifar_folder, seed=config.seed)
-        keep = max(int(len(split.train_x) * config.data_fraction), config.batch_size)
-        order = torch.randperm(len(split.train_x), generator=torch.Generator().manual_seed(self._seed(_DATA_STREAM)))[:keep]
-        self.train_x, self.train_y = split.train_x[order], split.train_y[order]
-        self.val_x, self.val_y = split.val_x, split.val_y
-        self.num_classes, self.input_shape = split.num_classes, split.input_shape
+            n = (len(corpus.val_ids) - 1) // self._context * self._context
+            self.val_x, self.val_y = corpus.val_ids[:n].view(-1, self._context), corpus.val_ids[1 : n + 1].view(-1, self._context)
+        else:
+            split = _digits(config.seed) if task.data == "digits" else load_cifar10(config.cifar_folder, seed=config.seed)
+            keep = max(int(len(split.train_x) * config.data_fraction), config.batch_size)
+            order = torch.randperm(len(split.train_x), generator=torch.Generator().manual_seed(self._seed(Stream.DATA)))[:keep]
+            self.train_x, self.train_y = split.train_x[order], split.train_y[order]
+            self.val_x, self.val_y = split.val_x, split.val_y
+        rows = _subsample(len(self.val_x), config.val_samples or task.val_samples, val_seed)
+        self.probe_x, self.probe_y = (self.val_x, self.val_y) if rows is None else (self.val_x[rows], self.val_y[rows])
 
     @property
     def _context(self) -> int:
         return self.config.host_config().get("context", TransformerConfig.__dataclass_fields__["context"].default)
 
-    def _build_host(self) -> torch.nn.Module:
-        with torch.random.fork_rng():
-            torch.manual_seed(self._seed(_HOST_STREAM))
-            if self.config.spec.host_kind is HostKind.CNN:
-                return CNNHost(CNNConfig(**self.config.host_config()))
-            return TransformerHost(TransformerConfig(vocab_size=self.vocab_size, **self.config.host_config()))
-
-    def reset(self) -> StepResult:
+    def reset(self, episode_seed: int | None = None) -> StepResult:
+        """Start an episode; its randomness comes from `episode_seed` (default: training episode 0
+        of this env)."""
         config = self.config
+        self.episode_seed = training_episode_seed(config.seed, self.env_index, 0) if episode_seed is None else episode_seed
         self._load_data()
-        self.host = self._build_host()
-        self.plane = SeedPlane(self.host, run_seed=self._seed(_PLANE_STREAM), allowed_blueprints=config.blueprints, max_seeds=config.max_seeds)
+        with torch.random.fork_rng():
+            torch.manual_seed(self._seed(Stream.HOST))
+            self.host = build_host(config, getattr(self, "vocab_size", None))
+        self.plane = SeedPlane(self.host, run_seed=self._seed(Stream.PLANE), allowed_blueprints=config.blueprints, max_seeds=config.max_seeds)
         # fused: one kernel per step for all params; ~20% off a digits_cnn epoch (see benchmarks)
         self.optimizer = torch.optim.Adam(
             [{"params": list(self.host.parameters()), "name": "host"}, {"params": [], "name": "seeds"}], lr=config.lr, fused=True
         )
-        self.data_order = torch.Generator().manual_seed(self._seed(_DATA_STREAM))
+        self.data_order = torch.Generator().manual_seed(self._seed(Stream.DATA))
         self.param_budget = int(config.param_budget * self.plane.host_param_count)
         self.flops_budget = config.param_budget * self.plane.host_flops
         self.governor = Governor(self.param_budget)
         self.governor.remember(self.host, self.plane, self.optimizer)
         self.ledger = Ledger(config.economy)
         self.step_count = 0
-        evaluation = evaluate(self.host, self.plane, self.val_x, self.val_y)
-        self.metric = self._metric(evaluation)
-        self.first_metric = self.metric
-        metrics = self._metrics(train_loss=float("nan"), evaluation=evaluation, gain=0.0, veto=False, rollback=False)
+        evaluation = self._evaluate()
+        self.metric = self.first_metric = self._metric(evaluation)
+        metrics = self._metrics(train_loss=math.nan, evaluation=evaluation, gain=0.0, veto=False, rollback=False)
         zero = RewardParts(task=0.0, rent=0.0, churn=0.0, intervention=0.0, total=0.0)
-        return StepResult(0, self.plane.report(), self.plane.action_masks(), metrics, zero, [], False)
+        return StepResult(0, self.plane.report(), self.plane.action_masks(), metrics, zero, [], False, self.episode_seed)
 
     # --- one step -----------------------------------------------------------------------------
     def step(self, action: Action) -> StepResult:
@@ -154,24 +171,25 @@ class MorphEnv:
         else:
             self.governor.healthy(train_loss, self.host, plane, self.optimizer)
 
-        evaluation = evaluate(self.host, plane, self.val_x, self.val_y)
+        self.step_count += 1
+        done = self.step_count >= self.config.episode_length
+        evaluation = self._evaluate()
         metric = self._metric(evaluation)
-        higher_is_better = self.config.spec.metric == "accuracy"
-        gain = (metric - self.metric) if higher_is_better else (self.metric - metric)
+        gain = self._signed(metric - self.metric)
         self.metric = metric
+        if self._probe_due(done):
+            self._probe_contributions(metric)
         report = plane.report()
         self.ledger.record(action.op, veto is not None, report.column("alpha"))
         rent = economy.rent_cost(
             report.column("alpha"),
             report.column("seed_param_count_active"),
-            torch.tensor([int(s) in OCCUPIED for s in report.column("stage").tolist()]),
+            torch.tensor([int(s) in SEED_STAGES for s in report.column("stage").tolist()]),
             plane.host_param_count,
         )
         reward = economy.reward(self.config.economy, gain, rent, self.ledger.churn_cost(), action.op, veto is not None)
-        self.step_count += 1
-        metrics = self._metrics(train_loss, evaluation, gain, veto is not None, rollback)
-        done = self.step_count >= self.config.episode_length
-        return StepResult(self.step_count, report, plane.action_masks(), metrics, reward, events, done)
+        metrics = self._metrics(train_loss, evaluation, gain, veto is not None, rollback, full=self._full_metric() if done else math.nan)
+        return StepResult(self.step_count, report, plane.action_masks(), metrics, reward, events, done, self.episode_seed)
 
     def _train(self) -> float:
         """One epoch; the mean training loss (averaged over ranks when data-parallel)."""
@@ -186,33 +204,68 @@ class MorphEnv:
         average = world.average_gradients(lambda: [*self.host.parameters(), *self.plane.trainable_parameters()])
         return world.mean(float(train_epoch(self.host, self.plane, world.shard(batches), self.optimizer, average)))
 
-    def _metric(self, evaluation) -> float:
+    # --- reading the task metric --------------------------------------------------------------
+    def _evaluate(self) -> Evaluation:
+        """The validation subsample, as every step reads it."""
+        return evaluate(self.host, self.plane, self.probe_x, self.probe_y)
+
+    def _full_metric(self) -> float:
+        return self._metric(evaluate(self.host, self.plane, self.val_x, self.val_y))
+
+    def _metric(self, evaluation: Evaluation) -> float:
         return evaluation.accuracy if self.config.spec.metric == "accuracy" else evaluation.loss
 
-    def _metrics(self, train_loss: float, evaluation, gain: float, veto: bool, rollback: bool) -> dict[str, float]:
+    def _signed(self, change: float) -> float:
+        """A metric change signed so that up is good (accuracy up, or validation loss down)."""
+        return change if self.config.spec.metric == "accuracy" else -change
+
+    def _probe_due(self, done: bool) -> bool:
+        every = self.config.contribution_every
+        return bool(every) and (self.step_count % every == 0 or done)
+
+    def contribution(self, slot: int, metric: float | None = None) -> float:
+        """Slot `slot`'s seed's counterfactual contribution (seed 003 §8.2): the subsample metric as
+        is (`metric`, when already read) minus the metric with that seed's alpha forced to 0,
+        signed so that helping is > 0."""
+        metric = self._metric(self._evaluate()) if metric is None else metric
+        with self.plane.ablation(slot):
+            without = self._metric(self._evaluate())
+        return self._signed(metric - without)
+
+    def _probe_contributions(self, metric: float) -> None:
+        for i in self.plane.forward_slots():
+            self.plane.note_contribution(i, self.contribution(i, metric))
+
+    def _metrics(self, train_loss: float, evaluation: Evaluation, gain: float, veto: bool, rollback: bool,
+                 full: float = math.nan) -> dict[str, float]:  # fmt: skip
         plane = self.plane
-        active_params = plane.active_param_count()
-        active_flops = sum(slot.flops_active() for slot in plane.slots)
-        occupied = sum(slot.stage in OCCUPIED for slot in plane.slots)
+        forward = [slot.in_forward for slot in plane.slots]
+        params = [slot.param_count_active() for slot in plane.slots]
+        flops = [slot.flops_active() for slot in plane.slots]
+        forward_params = sum(p for p, f in zip(params, forward) if f)
+        forward_flops = sum(x for x, f in zip(flops, forward) if f)
+        metric = self._metric(evaluation)
         return {
             "progress": self.step_count / self.config.episode_length,
             "train_loss": train_loss,
             "val_loss": evaluation.loss,
             "val_accuracy": evaluation.accuracy,
-            "metric": self._metric(evaluation),
+            "metric": metric,
             "metric_gain": gain,
-            "metric_since_start": self._metric(evaluation) - self.first_metric,
+            "metric_since_start": self._signed(metric - self.first_metric),
+            "full_metric": full,
             "host_params": plane.host_param_count,
-            "active_params": active_params,
-            "active_flops": active_flops,
-            "active_param_budget_util": active_params / self.param_budget,
-            "active_flops_budget_util": active_flops / self.flops_budget,
-            "occupied_slots": occupied,
+            "forward_params": forward_params,
+            "incubating_params": sum(params) - forward_params,
+            "forward_flops": forward_flops,
+            "incubating_flops": sum(flops) - forward_flops,
+            # the budget holds every allocated seed, in forward or not (it bounds memory)
+            "active_param_budget_util": sum(params) / self.param_budget,
+            "active_flops_budget_util": sum(flops) / self.flops_budget,
+            "occupied_slots": sum(slot.stage in SEED_STAGES for slot in plane.slots),
             "n_slots": len(plane),
             "veto": float(veto),
             "rollback": float(rollback),
-            "roi_params": gain / active_params if active_params else 0.0,
-            "roi_flops": gain / active_flops if active_flops else 0.0,
             "level_change_rate": self.ledger.level_change_rate(),
             "net_level_change": float(self.ledger.net_level_change()),
         }
@@ -246,13 +299,22 @@ class VecEnv:
         return self.n_envs
 
     def slot_count(self) -> int:
-        """Slots per env (every env has the same host), from a throwaway env in this process."""
-        return len(MorphEnv(self.config).reset().report.values)
+        """Slots per env (every env has the same host), from the config alone."""
+        return slot_count(self.config)
 
-    def reset(self) -> list[StepResult]:
+    def episode_seeds(self, episode: int) -> list[int]:
+        """Each env's seed for training episode `episode` of this run."""
+        return [training_episode_seed(self.config.seed, i, episode) for i in range(self.n_envs)]
+
+    def reset(self, episode: int = 0, seeds: Sequence[int] | None = None) -> list[StepResult]:
+        """Start training episode `episode` in every env, or the episodes of explicit `seeds`
+        (one per env, e.g. held-out evaluation seeds)."""
+        seeds = self.episode_seeds(episode) if seeds is None else list(seeds)
+        if len(seeds) != self.n_envs:
+            raise ValueError(f"got {len(seeds)} episode seeds for {self.n_envs} environments")
         if not self._workers:
-            return [env.reset() for env in self.envs]
-        return self._gather("reset", [None] * len(self._workers))
+            return [env.reset(seed) for env, seed in zip(self.envs, seeds)]
+        return self._gather("reset", [[seeds[i] for i in worker.indices] for worker in self._workers])
 
     def step(self, actions: list[Action]) -> list[StepResult]:
         if len(actions) != self.n_envs:
@@ -339,7 +401,7 @@ def _serve(conn, config: RunConfig, indices: list[int], threads: int) -> None:
             return
         try:
             if command == "reset":
-                answer = (True, [env.reset() for env in envs])
+                answer = (True, [env.reset(seed) for env, seed in zip(envs, payload)])
             elif command == "check":
                 answer = (True, [env.plane.check(action) for env, action in zip(envs, payload)])
             else:

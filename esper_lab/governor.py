@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from esper_lab.contracts import Action, Event, Op, Stage
+from esper_lab.contracts import VETO_GERMINATE, VETO_INTERNAL_GROW, Action, Event, Op, Stage
 from esper_lab.plane import SeedPlane, SeedSlot
 from esper_lab.seeds import make_seed
 
@@ -28,8 +28,6 @@ SPIKE_MIN_HISTORY = 4  # no spike verdicts before this many healthy steps
 MAD_TO_SIGMA = 1.4826  # median absolute deviation -> standard deviation for a normal
 SPIKE_FLOOR = 0.05  # minimum sigma, so a perfectly flat loss history does not flag noise
 
-VETO_GERMINATE = "governor_veto_germinate"
-VETO_INTERNAL_GROW = "governor_veto_internal_grow"  # seed 000 Phase 0 field name
 _SLOT_STATE = ("stage", "blueprint", "blend_algorithm", "curve", "tempo", "alpha", "alpha_target",
                "ramp_start", "ramp_step", "embargo_remaining", "germinations")  # fmt: skip
 

@@ -17,15 +17,20 @@ along the chosen curve over the chosen tempo to the chosen target. FOSSILIZED ke
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from esper_lab.contracts import (
+    LIVE_STAGES,
+    MODULE_STAGES,
+    SEED_STAGES,
+    SLOT_COLUMNS,
     Action,
+    ActionMasks,
     AlphaCurve,
     AlphaTarget,
     BlendAlgorithm,
@@ -34,6 +39,7 @@ from esper_lab.contracts import (
     EventKind,
     InjectionSpec,
     Op,
+    PlaneReport,
     Stage,
     Tempo,
 )
@@ -47,7 +53,6 @@ SENSE_EVERY = 4  # sensors sample a step's first training batch and one in four 
 SIGMOID_SHARPNESS = 12.0  # the sigmoid alpha curve goes from ~0.0025 to ~0.9975 over the ramp
 
 # (stage, op) -> next stage. Internal ops keep the stage; their extra guards live in `_guard`.
-_LIVE_FOR_INTERNAL = (Stage.TRAINING, Stage.BLENDING, Stage.HOLDING)  # seed 002 stage gating
 TRANSITIONS: dict[tuple[Stage, Op], Stage] = {
     (Stage.DORMANT, Op.GERMINATE): Stage.GERMINATED,
     (Stage.GERMINATED, Op.ADVANCE): Stage.TRAINING,
@@ -55,10 +60,10 @@ TRANSITIONS: dict[tuple[Stage, Op], Stage] = {
     (Stage.BLENDING, Op.ADVANCE): Stage.HOLDING,
     (Stage.HOLDING, Op.FOSSILIZE): Stage.FOSSILIZED,
     (Stage.BLENDING, Op.SET_ALPHA_TARGET): Stage.BLENDING,
-    **{(s, Op.PRUNE): Stage.PRUNED for s in (Stage.GERMINATED, *_LIVE_FOR_INTERNAL)},
+    **{(s, Op.PRUNE): Stage.PRUNED for s in (Stage.GERMINATED, *LIVE_STAGES)},
     **{
         (s, op): s
-        for s in _LIVE_FOR_INTERNAL
+        for s in LIVE_STAGES
         for op in (Op.GROW_INTERNAL, Op.SHRINK_INTERNAL, Op.FOCUS_NEXT, Op.FOCUS_PREV)
     },
 }
@@ -68,24 +73,9 @@ AUTOMATIC: dict[Stage, Stage] = {
     Stage.EMBARGOED: Stage.RESETTING,  # once the embargo has run out
     Stage.RESETTING: Stage.DORMANT,
 }
-_SEED_IN_FORWARD = frozenset({Stage.TRAINING, Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED})
-_HAS_SEED = _SEED_IN_FORWARD | {Stage.GERMINATED}
 
 # Per-slot sensor accumulators, summed over the batches of one step and read once by `report`.
 _ACC_DELTA, _ACC_OUTPUT, _ACC_SEED_GRAD, _ACC_HOST_GRAD, _ACC_FORWARDS, _ACC_BACKWARDS = range(6)
-
-# The `[S, F]` report columns, in order. Ids are floats in the tensor; blueprint -1 = none.
-SLOT_COLUMNS: tuple[str, ...] = (
-    "surface_uid", "depth_norm", "site", "role", "stage", "blueprint",
-    "alpha", "alpha_target", "blend",
-    "internal_level", "internal_level_norm", "max_level",
-    "focus_idx", "focus_subtarget", "focus_internal_level_norm",
-    "internal_level_mean_norm", "internal_level_max_norm",
-    "seed_param_count_active", "seed_flops_active_est",
-    "delta_l2_norm", "output_l2_norm", "seed_grad_norm", "grad_ratio",
-    "embargo_remaining", "germinations",
-)  # fmt: skip
-
 
 class IllegalAction(ValueError):
     """An op that the plane's masks would not allow: a caller bug, never silently ignored."""
@@ -120,29 +110,6 @@ def germination_seed(run_seed: int, surface_uid: int, germinations: int) -> int:
     return (z ^ (z >> 31)) & (2**63 - 1)
 
 
-@dataclass(frozen=True)
-class PlaneReport:
-    """The plane's state for one step: `values[S, F]` with `columns`, and which slots exist."""
-
-    columns: tuple[str, ...]
-    values: torch.Tensor
-    slot_mask: torch.Tensor
-
-    def column(self, name: str) -> torch.Tensor:
-        return self.values[:, self.columns.index(name)]
-
-
-@dataclass(frozen=True)
-class ActionMasks:
-    """Legal choices: `op[S, n_ops]` per slot and `blueprint[S, n_blueprints]` per slot.
-
-    WAIT is legal on every slot, so every row keeps at least one legal choice.
-    """
-
-    op: torch.Tensor
-    blueprint: torch.Tensor
-
-
 class SeedSlot(nn.Module):
     """One surface's slot: lifecycle state, the seed (when there is one) and its sensors."""
 
@@ -165,6 +132,9 @@ class SeedSlot(nn.Module):
         self.germinations = 0
         self.sensors_enabled = True
         self.training_forwards = 0  # which training batches the sensors sample
+        self.ablated = False  # the contribution probe: the seed is left out of forward for a moment
+        self.contribution = math.nan  # last measured counterfactual contribution of this seed
+        self.contribution_measured = False  # measured since the last report
         self.register_buffer("acc", torch.zeros(6))
 
     # --- forward ------------------------------------------------------------------------------
@@ -211,13 +181,19 @@ class SeedSlot(nn.Module):
         return self.seed if isinstance(self.seed, LadderSeed) else None
 
     def param_count_active(self) -> int:
-        return self.seed.param_count_active() if self.stage in _HAS_SEED else 0
+        return self.seed.param_count_active() if self.stage in SEED_STAGES else 0
 
     def flops_active(self) -> float:
-        return self.seed.flops(self.in_shape) if self.stage in _HAS_SEED else 0.0
+        return self.seed.flops(self.in_shape) if self.stage in SEED_STAGES else 0.0
+
+    @property
+    def in_forward(self) -> bool:
+        """The seed's output reaches the host's forward: fossilised, or blended in with alpha > 0.
+        A TRAINING seed runs but its output cancels (straight-through), so it is incubating."""
+        return self.stage is Stage.FOSSILIZED or (self.stage in (Stage.BLENDING, Stage.HOLDING) and self.alpha > 0)
 
     def row(self, sensors: torch.Tensor) -> list[float]:
-        """This slot's report row (sensors already averaged over the step)."""
+        """This slot's report row in `SLOT_COLUMNS` order (sensors already averaged over the step)."""
         ladder = self.ladder
         if ladder is not None:
             levels = ladder.levels.float() / ladder.max_level
@@ -227,17 +203,22 @@ class SeedSlot(nn.Module):
         else:
             level, max_level, focus, focus_subtarget, level_mean, level_max = 0, 0, 0, 0, 0.0, 0.0
         spec = self.spec
-        return [
-            spec.surface_uid, spec.depth_norm, int(spec.site), int(spec.role), int(self.stage),
-            -1 if self.blueprint is None else int(self.blueprint),
-            self.alpha, self.alpha_target, int(self.blend_algorithm),
-            level, level / max_level if max_level else 0.0, max_level,
-            focus, focus_subtarget, level / max_level if max_level else 0.0,
-            level_mean, level_max,
-            self.param_count_active(), self.flops_active(),
-            *sensors.tolist(),
-            self.embargo_remaining, self.germinations,
-        ]  # fmt: skip
+        level_norm = level / max_level if max_level else 0.0
+        delta, output, seed_grad, grad_ratio = sensors.tolist()
+        row = {
+            "surface_uid": spec.surface_uid, "depth_norm": spec.depth_norm, "site": int(spec.site),
+            "role": int(spec.role), "stage": int(self.stage), "blueprint": -1 if self.blueprint is None else int(self.blueprint),
+            "alpha": self.alpha, "alpha_target": self.alpha_target, "blend": int(self.blend_algorithm),
+            "internal_level": level, "internal_level_norm": level_norm, "max_level": max_level,
+            "focus_idx": focus, "focus_subtarget": focus_subtarget, "focus_internal_level_norm": level_norm,
+            "internal_level_mean_norm": level_mean, "internal_level_max_norm": level_max,
+            "seed_param_count_active": self.param_count_active(), "seed_flops_active_est": self.flops_active(),
+            "in_forward": int(self.in_forward), "contribution": self.contribution,
+            "contribution_measured": int(self.contribution_measured),
+            "delta_l2_norm": delta, "output_l2_norm": output, "seed_grad_norm": seed_grad, "grad_ratio": grad_ratio,
+            "embargo_remaining": self.embargo_remaining, "germinations": self.germinations,
+        }  # fmt: skip
+        return [row[name] for name in SLOT_COLUMNS]
 
 
 class SeedPlane(nn.Module):
@@ -266,7 +247,7 @@ class SeedPlane(nn.Module):
 
     def forward(self, i: int, h: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         slot = self.slots[i]
-        if slot.stage not in _SEED_IN_FORWARD:  # dormant or seedless: not even a module call
+        if slot.stage not in MODULE_STAGES or slot.ablated:  # dormant, seedless or probed: no module call
             return h
         return slot(h, x)
 
@@ -334,7 +315,7 @@ class SeedPlane(nn.Module):
         elif op is Op.FOSSILIZE:
             slot.seed.requires_grad_(False)
         elif op is Op.PRUNE:
-            slot.seed, slot.blueprint, slot.alpha = None, None, 0.0
+            slot.seed, slot.blueprint, slot.alpha, slot.contribution = None, None, 0.0, math.nan
             slot.embargo_remaining = EMBARGO_STEPS
         elif op in (Op.GROW_INTERNAL, Op.SHRINK_INTERNAL):
             ladder = slot.ladder
@@ -351,6 +332,7 @@ class SeedPlane(nn.Module):
         slot.blueprint = action.blueprint
         slot.blend_algorithm, slot.curve, slot.tempo = action.blend, action.curve, action.tempo
         slot.alpha, slot.alpha_target = 0.0, action.target.alpha
+        slot.contribution = math.nan
         slot.germinations += 1
 
     def tick(self) -> list[Event]:
@@ -383,7 +365,7 @@ class SeedPlane(nn.Module):
     # --- optimizer, accounting, report, identity ----------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters of seeds that still learn (fossilised seeds are frozen and left out)."""
-        return [p for slot in self.slots if slot.stage in _HAS_SEED for p in slot.seed.parameters() if p.requires_grad]
+        return [p for slot in self.slots if slot.stage in SEED_STAGES for p in slot.seed.parameters() if p.requires_grad]
 
     def sync_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Point the optimizer's `seeds` param group at the live seeds and drop stale state."""
@@ -396,7 +378,7 @@ class SeedPlane(nn.Module):
         group["params"] = params
 
     def occupied_count(self) -> int:
-        return sum(slot.stage in _HAS_SEED for slot in self.slots)
+        return sum(slot.stage in SEED_STAGES for slot in self.slots)
 
     def active_param_count(self) -> int:
         return sum(slot.param_count_active() for slot in self.slots)
@@ -417,7 +399,28 @@ class SeedPlane(nn.Module):
             for slot in self.slots:
                 slot.acc.zero_()
                 slot.training_forwards = 0  # every step senses its first batch, then one in SENSE_EVERY
+                slot.contribution_measured = False
         return PlaneReport(SLOT_COLUMNS, values.float(), torch.ones(len(self.slots), dtype=torch.bool))
+
+    def forward_slots(self) -> list[int]:
+        """Slots whose seed output reaches the host's forward (see `SeedSlot.in_forward`)."""
+        return [slot.index for slot in self.slots if slot.in_forward]
+
+    @contextlib.contextmanager
+    def ablation(self, index: int):
+        """Leave slot `index`'s seed out of the forward pass while inside: exactly the host with
+        that seed's alpha forced to 0 (every blend is the identity at alpha 0), nothing else moved."""
+        slot = self.slots[index]
+        slot.ablated = True
+        try:
+            yield
+        finally:
+            slot.ablated = False
+
+    def note_contribution(self, index: int, value: float) -> None:
+        """Record a measured counterfactual contribution of slot `index`'s seed (shown by `report`)."""
+        slot = self.slots[index]
+        slot.contribution, slot.contribution_measured = float(value), True
 
     def set_sensors(self, enabled: bool) -> None:
         for slot in self.slots:

@@ -5,7 +5,8 @@ then several epochs of minibatch updates. Because a round always ends where ever
 nothing is bootstrapped, recurrent state starts from zero, and a checkpoint taken between rounds
 (agent with its normaliser, optimizer, return scale, every generator, the round counter) resumes
 exactly as an uninterrupted run would. A real `VecEnv` rebuilds each episode from its seed at
-`reset()`, so its environments need nothing in the checkpoint.
+`reset(episode)` (a new one per training episode), so its environments need nothing in the
+checkpoint.
 
 `recorder` (duck-typed, optional) receives `record_step(env, episode, action, result, decision)`
 per environment per step and `record_update(update, stats)` per round.
@@ -21,15 +22,14 @@ from pathlib import Path
 
 import torch
 
-from esper_lab.env import stream_seed
+from esper_lab.contracts import HEADS, Stream, stream_seed
 from esper_lab.policy.agent import Agent, PolicyConfig, PPOPolicy, decision_record
 from esper_lab.policy.features import NORM_VAR_FLOOR, Observation, RunningNorm
-from esper_lab.policy.heads import HEADS, Decision
+from esper_lab.policy.heads import Decision
 
-SHUFFLE_STREAM = 7  # minibatch order; 5 and 6 are the policy's sampling and init streams
 ADAM_EPS = 1e-5  # the PPO implementations' Adam epsilon (Huang et al. 2022, "37 details")
 ADVANTAGE_EPS = 1e-8  # guards advantage normalisation against a constant batch
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the caller's metadata (the run it records into)
 
 
 def _entropy_defaults() -> dict[str, float]:
@@ -110,14 +110,16 @@ class PPOTrainer:
         self.env, self.agent, self.config, self.recorder = env, agent, config, recorder
         self.policy = PPOPolicy(agent, seed=config.seed)
         self.optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=ADAM_EPS, foreach=True)
-        self.shuffle = torch.Generator().manual_seed(stream_seed(config.seed, 0, SHUFFLE_STREAM))
+        self.shuffle = torch.Generator().manual_seed(stream_seed(config.seed, 0, Stream.SHUFFLE))
         self.return_norm = RunningNorm(1)
         self.round = 0
+        self.metadata: dict = {}  # what the caller saved beside the training state (e.g. where it records)
 
     # --- rollouts -----------------------------------------------------------------------------
     def collect(self, on_step: Callable[[], None] | None = None) -> Rollout:
         steps: list[tuple] = []
-        results, finished, returns = self.env.reset(), 0, []
+        first = self.round * self.config.episodes_per_round  # training episodes so far: each gets new seeds
+        results, finished, returns = self.env.reset(first), 0, []
         episode_return = torch.zeros(len(results))
         while True:
             obs, decision, value = self.policy.decide(results, update_norm=True)
@@ -129,7 +131,7 @@ class PPOTrainer:
             steps.append((obs, decision.choice, decision.total_logp, value, reward, done, starts))
             episode_return += reward
             if self.recorder is not None:
-                episode = self.round * self.config.episodes_per_round + finished
+                episode = first + finished
                 for i, (action, result) in enumerate(zip(actions, results)):
                     self.recorder.record_step(i, episode, action, result, decision_record(decision, value, i))
             if on_step is not None:
@@ -141,7 +143,7 @@ class PPOTrainer:
                 returns += episode_return.tolist()
                 if finished == self.config.episodes_per_round:
                     break
-                results, episode_return = self.env.reset(), torch.zeros(len(results))
+                results, episode_return = self.env.reset(first + finished), torch.zeros(len(results))
         obs, choices, logp, value, reward, done, starts = zip(*steps)
         return Rollout(
             obs=Observation.stack(list(obs)),
@@ -246,8 +248,9 @@ class PPOTrainer:
         self.round += 1
         return stats
 
-    def save(self, path: str | Path) -> None:
-        """Write the whole training state atomically: a temp file, fsync, then `os.replace`."""
+    def save(self, path: str | Path, metadata: dict | None = None) -> None:
+        """Write the whole training state (and the caller's `metadata`, plain values) atomically:
+        a temp file, fsync, then `os.replace`."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -256,6 +259,7 @@ class PPOTrainer:
             "agent": self.agent.state_dict(), "optimizer": self.optimizer.state_dict(),
             "return_norm": self.return_norm.state_dict(),
             "sampling_rng": self.policy.rng_state(), "shuffle_rng": self.shuffle.get_state(),
+            "metadata": metadata or {},
         }  # fmt: skip
         temp = path.with_name(path.name + ".tmp")
         with open(temp, "wb") as f:
@@ -278,4 +282,5 @@ class PPOTrainer:
         trainer.policy.set_rng_state(payload["sampling_rng"])
         trainer.shuffle.set_state(payload["shuffle_rng"])
         trainer.round = payload["round"]
+        trainer.metadata = payload["metadata"]
         return trainer

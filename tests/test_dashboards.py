@@ -58,10 +58,10 @@ def panel_state():
 
 
 def test_conv_heavy_share_bands_summarise_the_runs(store):
-    per_run = store.conv_heavy_share()
+    per_run = store.conv_heavy_share().join(store.runs(kind="ppo").select("run_id"), on="run_id")  # training runs only
     expected = per_run.group_by("cohort", "run_step").agg(
-        runs=pl.len(), median=pl.col("conv_heavy_active_param_share").median(),
-        q25=pl.col("conv_heavy_active_param_share").quantile(0.25, interpolation="linear"),
+        runs=pl.len(), median=pl.col("conv_heavy_forward_param_share").median(),
+        q25=pl.col("conv_heavy_forward_param_share").quantile(0.25, interpolation="linear"),
     ).sort("cohort", "run_step")  # fmt: skip
     bands = store.conv_heavy_share_bands()
     assert bands.select(expected.columns).equals(expected.cast(bands.select(expected.columns).schema))
@@ -170,7 +170,7 @@ def test_choosing_a_cohort_shows_it_in_the_conv_heavy_share(dashboard):
     dashboard.get_by_text("conv_heavy share — cohort c0_only").wait_for()
     dashboard.wait_for_function(f"() => ({PLOTS_JS})().some(plot => plot.title === 'conv_heavy share — c0_only')")
     plots = {plot["title"]: plot["legend"] for plot in dashboard.evaluate(PLOTS_JS)}
-    assert {"c0_only median", "c0_only q25–median", "baseline median"} <= set(plots["conv_heavy share — c0_only"])
+    assert {"c0_only median", "c0_only q25–q75", "baseline median"} <= set(plots["conv_heavy share — c0_only"])
     dashboard.wait_for_timeout(500)  # let the canvas paint before the screenshot
     SCREENSHOT.parent.mkdir(exist_ok=True)
     dashboard.screenshot(path=SCREENSHOT, full_page=True)

@@ -10,20 +10,26 @@ import pytest
 import torch
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Action, Blueprint, EventKind, Op, Stage
-from esper_lab.economy import OCCUPIED, rent_cost
-from esper_lab.env import MorphEnv, StepResult, VecEnv
-from esper_lab.governor import VETO_GERMINATE, VETO_INTERNAL_GROW
-from esper_lab.plane import SLOT_COLUMNS, IllegalAction
+from esper_lab.contracts import (
+    SEED_STAGES,
+    SLOT_COLUMNS,
+    STEP_METRICS,
+    VETO_GERMINATE,
+    VETO_INTERNAL_GROW,
+    Action,
+    Blueprint,
+    EventKind,
+    Op,
+    Stage,
+    StepResult,
+)
+from esper_lab.economy import rent_cost
+from esper_lab.env import MorphEnv, VecEnv
+from esper_lab.plane import IllegalAction
 from esper_lab.policy import HeuristicPolicy
 from esper_lab.seeds import make_seed
 
-METRIC_KEYS = {
-    "progress", "train_loss", "val_loss", "val_accuracy", "metric", "metric_gain", "metric_since_start",
-    "host_params", "active_params", "active_flops", "active_param_budget_util", "active_flops_budget_util",
-    "occupied_slots", "n_slots", "veto", "rollback", "roi_params", "roi_flops", "level_change_rate",
-    "net_level_change",
-}  # fmt: skip
+METRIC_KEYS = set(STEP_METRICS)
 
 
 def small(**changes) -> RunConfig:
@@ -88,7 +94,7 @@ def test_reset_and_step_contract():
         # Reward parts: rent recomputed from the report, the task part from the metric gain, total
         # from the weights.
         report = result.report
-        occupied = torch.tensor([Stage(int(s)) in OCCUPIED for s in report.column("stage")])
+        occupied = torch.tensor([Stage(int(s)) in SEED_STAGES for s in report.column("stage")])
         rent = rent_cost(report.column("alpha"), report.column("seed_param_count_active"), occupied, env.plane.host_param_count)
         parts = result.reward
         assert parts.rent == pytest.approx(rent) and parts.rent > 0  # a seed is occupying slot 1
@@ -100,7 +106,7 @@ def test_reset_and_step_contract():
     stages = [Stage(int(s)) for s in result.report.column("stage")]
     assert stages == [Stage.DORMANT, Stage.BLENDING]
     assert 0 < float(result.report.column("alpha")[1]) < 1
-    assert result.metrics["occupied_slots"] == 1 and result.metrics["active_params"] > 0
+    assert result.metrics["occupied_slots"] == 1 and result.metrics["forward_params"] > 0
     assert result.done
     with pytest.raises(RuntimeError, match="episode is over"):
         env.step(Action(Op.WAIT))
@@ -164,7 +170,7 @@ def test_nan_seed_triggers_rollback_and_prune():
     assert all(torch.isfinite(p).all() for p in env.host.parameters())
     for state in env.optimizer.state.values():
         assert all(torch.isfinite(v).all() for v in state.values() if torch.is_tensor(v))
-    assert math.isfinite(result.metrics["val_loss"]) and result.metrics["active_params"] == 0
+    assert math.isfinite(result.metrics["val_loss"]) and (result.metrics["forward_params"] + result.metrics["incubating_params"]) == 0
     assert all(math.isfinite(x) for x in env.governor.losses)
     assert env.plane.trainable_parameters() == []
 
@@ -184,7 +190,7 @@ def test_rollback_restores_the_seed_as_it_was_at_the_snapshot(after_snapshot):
     for op in (Op.GERMINATE, Op.ADVANCE, Op.ADVANCE, Op.ADVANCE, Op.GROW_INTERNAL):
         while not env.plane.action_masks().op[slot, op]:  # HOLDING waits for the alpha ramp
             env.step(Action(Op.WAIT))
-        env.step(Action(op, slot, Blueprint.CONV_CHANNEL_LADDER if op is Op.GERMINATE else None))
+        env.step(Action(op, slot, Blueprint.CONV_CHANNEL_LADDER))
     seed = env.plane.slots[slot].seed
     assert env.plane.slots[slot].stage is Stage.HOLDING and seed.level() == 2
     saved = {k: v.clone() for k, v in seed.state_dict().items()}
@@ -223,13 +229,13 @@ def test_germinate_over_budget_is_vetoed_explicitly():
     assert result.metrics["veto"] == 1.0
     assert env.plane.slots[0].stage is Stage.DORMANT
     assert Stage(int(result.report.column("stage")[0])) is Stage.DORMANT
-    assert result.metrics["active_params"] == 0 and result.metrics["occupied_slots"] == 0
+    assert (result.metrics["forward_params"] + result.metrics["incubating_params"]) == 0 and result.metrics["occupied_slots"] == 0
     assert result.reward.rent == 0.0 and result.reward.churn == 0.0
 
     result = env.step(Action(Op.GERMINATE, 0, Blueprint.NORM))  # a small seed fits the same budget
     assert result.metrics["veto"] == 0.0
     assert env.plane.slots[0].stage is Stage.GERMINATED
-    assert result.metrics["active_params"] == norm
+    assert (result.metrics["forward_params"] + result.metrics["incubating_params"]) == norm
 
 
 def test_grow_past_budget_is_vetoed_explicitly():
@@ -253,7 +259,7 @@ def test_grow_past_budget_is_vetoed_explicitly():
     assert result.metrics["veto"] == 0.0
     assert [e.value for e in result.events if e.kind is EventKind.LEVEL_CHANGED] == [2.0]
     assert result.reward.intervention == config_op_cost(env)
-    assert result.metrics["active_params"] == counts[2]
+    assert (result.metrics["forward_params"] + result.metrics["incubating_params"]) == counts[2]
 
     result = env.step(Action(Op.GROW_INTERNAL, 0))
     vetoes = [e for e in result.events if e.kind is EventKind.VETO]
@@ -263,7 +269,7 @@ def test_grow_past_budget_is_vetoed_explicitly():
     assert result.metrics["veto"] == 1.0
     assert env.plane.slots[0].ladder.level() == 2
     assert float(result.report.column("internal_level")[0]) == 2.0
-    assert result.metrics["active_params"] == counts[2]
+    assert (result.metrics["forward_params"] + result.metrics["incubating_params"]) == counts[2]
     assert result.reward.intervention == 0.0  # a vetoed grow costs nothing
     assert result.metrics["net_level_change"] == 1.0  # only the executed grow counts
 

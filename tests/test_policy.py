@@ -11,12 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esper_lab.contracts import Action, Blueprint, Op, SurfaceDensity
-from esper_lab.economy import RewardParts
-from esper_lab.env import StepResult
+from esper_lab.contracts import HEADS, SLOT_COLUMNS, Action, ActionMasks, Blueprint, Op, PlaneReport, RewardParts, StepResult, SurfaceDensity
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
-from esper_lab.plane import SLOT_COLUMNS, ActionMasks, PlaneReport, SeedPlane
-from esper_lab.policy import GLOBAL_FIELDS, HEADS, SLOT_FIELDS, Agent, Observation, Observer, PolicyConfig, PPOPolicy
+from esper_lab.plane import SeedPlane
+from esper_lab.policy import GLOBAL_FIELDS, SLOT_FIELDS, Agent, Observation, Observer, PolicyConfig, PPOPolicy
 from esper_lab.policy.features import RunningNorm
 from esper_lab.policy.heads import CHOICES, DEFAULTS
 from esper_lab.policy.synthetic import KnownAnswerEnv
@@ -38,7 +36,7 @@ def result_of(plane: SeedPlane, step: int = 1) -> StepResult:
     metrics = {name: 0.1 for name in GLOBAL_FIELDS}
     metrics.update(occupied_slots=plane.occupied_count(), n_slots=len(plane), host_params=1000, train_loss=float("nan"))
     zero = RewardParts(0.0, 0.0, 0.0, 0.0, 0.0)
-    return StepResult(step, plane.report(), plane.action_masks(), metrics, zero, [], False)
+    return StepResult(step, plane.report(), plane.action_masks(), metrics, zero, [], False, 0)
 
 
 def random_walk(plane: SeedPlane, steps: int, generator: torch.Generator) -> SeedPlane:

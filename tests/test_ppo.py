@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from esper_lab.cli import main
-from esper_lab.contracts import Op
+from esper_lab.contracts import HEADS, Op
 from esper_lab.episodes import run_episodes
-from esper_lab.policy import HEADS, Agent, PolicyConfig, PPOPolicy
+from esper_lab.policy import Agent, PolicyConfig, PPOPolicy
 from esper_lab.policy.synthetic import OPTIMAL_RETURN, KnownAnswerEnv
 from esper_lab.ppo import PPOConfig, PPOTrainer, gae
 

@@ -13,12 +13,23 @@ import pytest
 import torch
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Action, Blueprint, Event, EventKind, Op, Stage
-from esper_lab.economy import RewardParts
-from esper_lab.env import StepResult
-from esper_lab.governor import VETO_GERMINATE, VETO_INTERNAL_GROW
-from esper_lab.plane import SLOT_COLUMNS, ActionMasks, PlaneReport
-from esper_lab.telemetry import HEADS, Recorder
+from esper_lab.contracts import (
+    HEADS,
+    SLOT_COLUMNS,
+    VETO_GERMINATE,
+    VETO_INTERNAL_GROW,
+    Action,
+    ActionMasks,
+    Blueprint,
+    Event,
+    EventKind,
+    Op,
+    PlaneReport,
+    RewardParts,
+    Stage,
+    StepResult,
+)
+from esper_lab.telemetry import Recorder
 from esper_lab.telemetry.store import Store
 
 CONFIG = RunConfig(episode_length=3)
@@ -26,18 +37,24 @@ LADDER, HEAVY = Blueprint.CONV_CHANNEL_LADDER, Blueprint.CONV_HEAVY
 DORMANT = (Stage.DORMANT, -1, 0, 0, 0, 0.0)  # slot: stage, blueprint, active params, level, max level, delta
 
 
-def result(step, metric, gain, total, rent, churn, active, slots, events=(), veto=0, rollback=0, lcr=0.0, nlc=0.0):
+FORWARD = (Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED)  # seeds here blend in with alpha > 0 in these rows
+
+
+def result(step, metric, gain, total, rent, churn, slots, events=(), veto=0, rollback=0, lcr=0.0, nlc=0.0):
     values = torch.zeros(len(slots), len(SLOT_COLUMNS))
     for i, (stage, blueprint, params, level, max_level, delta) in enumerate(slots):
-        for name, value in zip(("stage", "blueprint", "seed_param_count_active", "internal_level", "max_level", "delta_l2_norm"),
-                               (stage, blueprint, params, level, max_level, delta)):  # fmt: skip
+        columns = ("stage", "blueprint", "seed_param_count_active", "internal_level", "max_level", "delta_l2_norm", "in_forward")
+        for name, value in zip(columns, (stage, blueprint, params, level, max_level, delta, stage in FORWARD)):
             values[i, SLOT_COLUMNS.index(name)] = value
-    metrics = {"metric": metric, "metric_gain": gain, "active_params": active, "veto": float(veto),
+    forward = sum(params for stage, _, params, *_ in slots if stage in FORWARD)
+    incubating = sum(params for stage, _, params, *_ in slots if stage not in FORWARD)
+    metrics = {"metric": metric, "metric_gain": gain, "full_metric": metric if step == 3 else math.nan,
+               "forward_params": forward, "incubating_params": incubating, "veto": float(veto),
                "rollback": float(rollback), "level_change_rate": lcr, "net_level_change": nlc}  # fmt: skip
     return StepResult(
         step, PlaneReport(SLOT_COLUMNS, values, torch.ones(len(slots), dtype=torch.bool)),
         ActionMasks(torch.ones(len(slots), len(Op), dtype=torch.bool), torch.ones(len(slots), len(Blueprint), dtype=torch.bool)),
-        metrics, RewardParts(task=total, rent=rent, churn=churn, intervention=0.0, total=total), list(events), step == 3,
+        metrics, RewardParts(task=total, rent=rent, churn=churn, intervention=0.0, total=total), list(events), step == 3, 7,
     )  # fmt: skip
 
 
@@ -47,34 +64,35 @@ def transition(slot, old, new):
 
 # (env, episode, action, result, decision entropies or None)
 A1 = [
-    (0, 0, Action(Op.GERMINATE, 1, HEAVY), result(1, 0.50, 0.10, 1.0, 0.10, 0.0, 100, [DORMANT, (Stage.GERMINATED, HEAVY, 100, 0, 0, 0.0)],
+    (0, 0, Action(Op.GERMINATE, 1, HEAVY), result(1, 0.50, 0.10, 1.0, 0.10, 0.0, [DORMANT, (Stage.GERMINATED, HEAVY, 100, 0, 0, 0.0)],
                                                   [transition(1, Stage.DORMANT, Stage.GERMINATED)])),
-    (0, 0, Action(Op.GROW_INTERNAL, 0), result(2, 0.60, 0.10, 2.0, 0.20, 0.1, 150, [(Stage.TRAINING, LADDER, 50, 1, 4, 0.2), (Stage.TRAINING, HEAVY, 100, 0, 0, 0.3)],
+    (0, 0, Action(Op.GROW_INTERNAL, 0), result(2, 0.60, 0.10, 2.0, 0.20, 0.1, [(Stage.TRAINING, LADDER, 50, 1, 4, 0.2), (Stage.TRAINING, HEAVY, 100, 0, 0, 0.3)],
                                                [Event(EventKind.LEVEL_CHANGED, 0, 0, "GROW_INTERNAL", 1.0)], lcr=0.5, nlc=1.0)),
-    (0, 0, Action(Op.GROW_INTERNAL, 0), result(3, 0.55, -0.05, -1.0, 0.20, 0.1, 150, [(Stage.TRAINING, LADDER, 50, 1, 4, 0.4), (Stage.TRAINING, HEAVY, 100, 0, 0, 0.3)],
+    (0, 0, Action(Op.GROW_INTERNAL, 0), result(3, 0.55, -0.05, -1.0, 0.20, 0.1, [(Stage.TRAINING, LADDER, 50, 1, 4, 0.4), (Stage.TRAINING, HEAVY, 100, 0, 0, 0.3)],
                                                [Event(EventKind.VETO, 0, 0, VETO_INTERNAL_GROW, 6.0)], veto=1, lcr=0.3, nlc=1.0)),
-    (1, 0, Action(Op.WAIT), result(1, 0.40, 0.0, 0.0, 0.0, 0.0, 0, [DORMANT, DORMANT])),
-    (1, 0, Action(Op.GERMINATE, 0, LADDER), result(2, 0.45, 0.05, 0.5, 0.05, 0.0, 50, [(Stage.GERMINATED, LADDER, 50, 1, 4, 0.0), DORMANT],
+    (1, 0, Action(Op.WAIT), result(1, 0.40, 0.0, 0.0, 0.0, 0.0, [DORMANT, DORMANT])),
+    (1, 0, Action(Op.GERMINATE, 0, LADDER), result(2, 0.45, 0.05, 0.5, 0.05, 0.0, [(Stage.GERMINATED, LADDER, 50, 1, 4, 0.0), DORMANT],
                                                     [transition(0, Stage.DORMANT, Stage.GERMINATED)])),
-    (1, 0, Action(Op.SHRINK_INTERNAL, 0), result(3, 0.50, 0.05, 0.4, 0.04, 0.1, 40, [(Stage.TRAINING, LADDER, 40, 0, 4, 0.1), DORMANT],
+    (1, 0, Action(Op.SHRINK_INTERNAL, 0), result(3, 0.50, 0.05, 0.4, 0.04, 0.1, [(Stage.TRAINING, LADDER, 40, 0, 4, 0.1), DORMANT],
                                                  [Event(EventKind.LEVEL_CHANGED, 0, 0, "SHRINK_INTERNAL", 0.0),
                                                   Event(EventKind.ROLLBACK, -1, -1, "governor_rollback", 9.0)], rollback=1, lcr=0.5, nlc=-1.0)),
 ]  # fmt: skip
 A2 = [
-    *((0, 0, Action(Op.WAIT), result(s, 0.30, 0.0, 0.0, 0.0, 0.0, 0, [DORMANT, DORMANT])) for s in (1, 2, 3)),
-    (0, 1, Action(Op.GERMINATE, 0, LADDER), result(1, 0.35, 0.05, 0.5, 0.01, 0.0, 10, [(Stage.GERMINATED, LADDER, 10, 1, 4, 0.0), DORMANT],
+    *((0, 0, Action(Op.WAIT), result(s, 0.30, 0.0, 0.0, 0.0, 0.0, [DORMANT, DORMANT])) for s in (1, 2, 3)),
+    (0, 1, Action(Op.GERMINATE, 0, LADDER), result(1, 0.35, 0.05, 0.5, 0.01, 0.0, [(Stage.GERMINATED, LADDER, 10, 1, 4, 0.0), DORMANT],
                                                     [transition(0, Stage.DORMANT, Stage.GERMINATED)])),
-    (0, 1, Action(Op.FOSSILIZE, 0), result(2, 0.38, 0.03, 0.2, 0.01, 0.0, 10, [(Stage.FOSSILIZED, LADDER, 10, 1, 4, 0.3), DORMANT],
+    (0, 1, Action(Op.FOSSILIZE, 0), result(2, 0.38, 0.03, 0.2, 0.01, 0.0, [(Stage.FOSSILIZED, LADDER, 10, 1, 4, 0.3), DORMANT],
                                             [transition(0, Stage.HOLDING, Stage.FOSSILIZED)])),
-    (0, 1, Action(Op.WAIT), result(3, 0.40, 0.02, 0.1, 0.01, 0.0, 10, [(Stage.FOSSILIZED, LADDER, 10, 1, 4, 0.5), DORMANT])),
+    (0, 1, Action(Op.WAIT), result(3, 0.40, 0.02, 0.1, 0.01, 0.0, [(Stage.FOSSILIZED, LADDER, 10, 1, 4, 0.5), DORMANT])),
 ]  # fmt: skip
 HEAVY_TRAINING = (Stage.TRAINING, HEAVY, 400, 0, 0, 0.5)
+HEAVY_BLENDING = (Stage.BLENDING, HEAVY, 400, 0, 0, 0.5)
 B1 = [
-    (0, 0, Action(Op.GERMINATE, 1, HEAVY), result(1, 0.20, 0.0, 0.0, 0.3, 0.0, 400, [DORMANT, (Stage.GERMINATED, HEAVY, 400, 0, 0, 0.0)],
+    (0, 0, Action(Op.GERMINATE, 1, HEAVY), result(1, 0.20, 0.0, 0.0, 0.3, 0.0, [DORMANT, (Stage.GERMINATED, HEAVY, 400, 0, 0, 0.0)],
                                                   [transition(1, Stage.DORMANT, Stage.GERMINATED)])),
-    (0, 0, Action(Op.GERMINATE, 0, HEAVY), result(2, 0.25, 0.05, 0.4, 0.3, 0.0, 400, [DORMANT, HEAVY_TRAINING],
+    (0, 0, Action(Op.GERMINATE, 0, HEAVY), result(2, 0.25, 0.05, 0.4, 0.3, 0.0, [DORMANT, HEAVY_TRAINING],
                                                   [Event(EventKind.VETO, 0, 0, VETO_GERMINATE, 1.0)], veto=1)),
-    (0, 0, Action(Op.ADVANCE, 1), result(3, 0.30, 0.05, 0.45, 0.3, 0.0, 400, [DORMANT, HEAVY_TRAINING])),
+    (0, 0, Action(Op.ADVANCE, 1), result(3, 0.30, 0.05, 0.45, 0.3, 0.0, [DORMANT, HEAVY_BLENDING])),
 ]  # fmt: skip
 B1_ENTROPY = [  # per step: op, slot, blueprint, blend, curve, tempo, target
     (0.9, 0.6, 1.2, 0.3, 0.2, 0.1, 0.4),
@@ -87,6 +105,8 @@ def decision(action: Action, entropies, legal_op: bool) -> dict:
     sizes = {"op": len(Op), "slot": 2, "blueprint": len(Blueprint), "blend": 3, "curve": 3, "tempo": 3, "target": 3}
     masks = {h: [True] * n for h, n in sizes.items()}
     masks["op"][int(action.op)] = legal_op
+    if not legal_op:
+        masks["slot"] = [False, True]  # one legal slot: a forced choice, not an open one
     row = {h: int(getattr(action, h)) for h in HEADS} | {"value": 0.0, "logp": -1.0}
     row |= {f"{h}_logp": -0.1 for h in HEADS} | {f"{h}_mask": masks[h] for h in HEADS}
     return row | {f"{h}_entropy": e for h, e in zip(HEADS, entropies)}
@@ -119,14 +139,17 @@ def test_rent_churn_averages_envs_per_step(store):
     assert a1["rent"].to_list() == pytest.approx([0.05, 0.125, 0.12])
     assert a1["churn"].to_list() == pytest.approx([0.0, 0.05, 0.1])
     assert a1["reward"].to_list() == pytest.approx([0.5, 1.25, -0.3])
-    assert a1["active_params"].to_list() == pytest.approx([50, 100, 95])
+    # every a1 seed is germinated or training: incubating, never in the forward path
+    assert a1["incubating_params"].to_list() == pytest.approx([50, 100, 95])
+    assert a1["forward_params"].to_list() == [0, 0, 0]
 
 
-def test_conv_heavy_share(store):
-    assert store.conv_heavy_share(run="a1")["conv_heavy_active_param_share"].to_list() == pytest.approx([1.0, 0.5, 100 / 190])
-    assert store.conv_heavy_share(run="b1")["conv_heavy_active_param_share"].to_list() == [1.0, 1.0, 1.0]
-    a2 = store.conv_heavy_share(run="a2")  # nothing active (episode 0), then only a ladder
-    assert a2["conv_heavy_active_param_share"].to_list() == [0.0] * 6 and a2["active_seed_params"].to_list() == [0, 0, 0, 10, 10, 10]
+def test_conv_heavy_share_counts_in_forward_params_only(store):
+    share = "conv_heavy_forward_param_share"
+    assert store.conv_heavy_share(run="a1")[share].to_list() == [0.0, 0.0, 0.0]  # conv_heavy only incubates
+    assert store.conv_heavy_share(run="b1")[share].to_list() == [0.0, 0.0, 1.0]  # blending from step 3
+    a2 = store.conv_heavy_share(run="a2")  # nothing (episode 0), then a ladder germinated, then fossilised
+    assert a2[share].to_list() == [0.0] * 6 and a2["forward_seed_params"].to_list() == [0, 0, 0, 0, 10, 10]
 
 
 def test_lifecycle_op_counts_include_zeros(store):
@@ -143,16 +166,22 @@ def test_lifecycle_op_counts_include_zeros(store):
 
 
 def test_grow_shrink_share(store):
-    assert by_run(store.grow_shrink_share(), "grow", "shrink", "non_wait", "grow_shrink_share") == {
-        "a1": (2, 1, 5, 0.6), "a2": (0, 0, 2, 0.0), "b1": (0, 0, 3, 0.0)}  # fmt: skip
+    assert by_run(store.grow_shrink_share(), "grow", "shrink", "non_wait", "grow_shrink_share", "wait_share") == {
+        "a1": (2, 1, 5, 0.6, pytest.approx(1 / 6)), "a2": (0, 0, 2, 0.0, pytest.approx(4 / 6)), "b1": (0, 0, 3, 0.0, 0.0)}  # fmt: skip
 
 
-def test_policy_entropy_per_head(store):
+def test_policy_entropy_is_the_mean_over_decisions_that_used_the_head(store):
     entropy = store.policy_entropy()
     assert entropy["run_id"].unique().to_list() == ["b1"]  # baselines record no entropies
+    assert entropy["head"].to_list() == list(HEADS)
+    # b1 decided GERMINATE, GERMINATE, ADVANCE: the ADVANCE used only the op and slot heads, so the
+    # germination heads' entropies average over the two germinations (hand-computed from B1_ENTROPY)
     means = dict(zip(entropy["head"], entropy["entropy"]))
-    assert means == pytest.approx({"op": 0.6, "slot": 0.3, "blueprint": 0.9, "blend": 0.3, "curve": 0.2, "tempo": 0.1, "target": 0.4})
-    assert set(entropy["decisions"]) == {3}
+    assert means == pytest.approx({"op": 0.6, "slot": 0.3, "blueprint": 1.05, "blend": 0.3, "curve": 0.2, "tempo": 0.1, "target": 0.4})
+    assert dict(zip(entropy["head"], entropy["decisions"])) == {"op": 3, "slot": 3, **{h: 2 for h in HEADS[2:]}}
+    # the ADVANCE had one legal slot: a forced choice, left out of the open-choice mean
+    opened = entropy.filter(head="slot").row(0, named=True)
+    assert (opened["open_decisions"], opened["open_entropy"]) == (2, pytest.approx(0.45))
 
 
 def test_invalid_action_rate(store):
@@ -205,19 +234,39 @@ def test_fossilisation_ratio(store):
         "a1": (2, 0, 0, 0.0), "a2": (1, 1, 0, 1.0), "b1": (1, 0, 0, 0.0)}  # fmt: skip
 
 
-def test_run_outcomes_and_cohort_summary(store):
-    outcomes = by_run(store.run_outcomes(), "envs", "final_metric", "episode_return", "roi")
-    a1_roi = (2.0 / (400 / 3) + 0.9 / 30) / 2  # per env: return / mean active params, then averaged
-    assert outcomes == {
-        "a1": (2, pytest.approx(0.525), pytest.approx(1.45), pytest.approx(a1_roi)),
-        "a2": (1, pytest.approx(0.40), pytest.approx(0.8), pytest.approx(0.08)),  # the last episode (1) only
-        "b1": (1, pytest.approx(0.30), pytest.approx(0.85), pytest.approx(0.85 / 400)),
+def test_episode_outcomes_read_the_last_step_of_finished_episodes(store):
+    rows = {(r["run_id"], r["env"], r["episode"]): r for r in store.episode_outcomes().iter_rows(named=True)}
+    assert set(rows) == {("a1", 0, 0), ("a1", 1, 0), ("a2", 0, 0), ("a2", 0, 1), ("b1", 0, 0)}
+    got = {k: (r["final_metric"], r["episode_return"], r["forward_params"], r["conv_heavy_params"], r["rollbacks"]) for k, r in rows.items()}
+    assert got == {
+        ("a1", 0, 0): (0.55, pytest.approx(2.0), 0, 0, 0), ("a1", 1, 0): (0.50, pytest.approx(0.9), 0, 0, 1),
+        ("a2", 0, 0): (0.30, 0.0, 0, 0, 0), ("a2", 0, 1): (0.40, pytest.approx(0.8), 10, 0, 0),
+        ("b1", 0, 0): (0.30, pytest.approx(0.85), 400, 400, 0),
     }
-    summary = store.cohort_summary().rows_by_key("cohort", named=True, unique=True)
-    a, b = summary["a"], summary["b"]
-    assert a["runs"] == 2 and b["runs"] == 1
-    assert a["final_metric_median"] == pytest.approx(0.4625) and a["final_metric_q25"] == pytest.approx(0.43125)
-    assert a["episode_return_median"] == pytest.approx(1.125) and a["episode_return_q25"] == pytest.approx(0.9625)
-    assert a["roi_median"] == pytest.approx((a1_roi + 0.08) / 2) and a["roi_q25"] == pytest.approx(a1_roi + 0.25 * (0.08 - a1_roi))
-    assert (b["final_metric_median"], b["episode_return_q25"]) == (pytest.approx(0.3), pytest.approx(0.85))
-    assert not math.isnan(b["roi_median"])
+    assert {r["kind"] for r in rows.values()} == {"baseline"} and {r["episode_seed"] for r in rows.values()} == {7}
+    assert store.episode_outcomes(kind="eval").is_empty()
+
+
+def test_oscillation_counts_regerminations_alpha_reversals_and_level_flips(tmp_path):
+    def slots(alpha):
+        return [(Stage.BLENDING if alpha else Stage.DORMANT, LADDER if alpha else -1, 10 if alpha else 0, 1, 4, 0.0)]
+
+    steps = [  # slot 0: germinated, pruned, germinated again; alpha up, down, up; grow, shrink, grow
+        (Action(Op.GERMINATE, 0, LADDER), 0.0, [transition(0, Stage.DORMANT, Stage.GERMINATED)]),
+        (Action(Op.GROW_INTERNAL, 0), 0.5, [Event(EventKind.LEVEL_CHANGED, 0, 0, "GROW_INTERNAL", 2.0)]),
+        (Action(Op.SHRINK_INTERNAL, 0), 1.0, [Event(EventKind.LEVEL_CHANGED, 0, 0, "SHRINK_INTERNAL", 1.0)]),
+        (Action(Op.PRUNE, 0), 0.0, [transition(0, Stage.BLENDING, Stage.PRUNED)]),
+        (Action(Op.GERMINATE, 0, LADDER), 0.0, [transition(0, Stage.RESETTING, Stage.DORMANT), transition(0, Stage.DORMANT, Stage.GERMINATED)]),
+        (Action(Op.GROW_INTERNAL, 0), 0.3, [Event(EventKind.LEVEL_CHANGED, 0, 0, "GROW_INTERNAL", 2.0)]),
+    ]  # fmt: skip
+    with Recorder(tmp_path, "c", CONFIG, run_id="c1") as recorder:
+        for step, (action, alpha, events) in enumerate(steps, start=1):
+            r = result(step, 0.5, 0.0, 0.0, 0.0, 0.0, slots(alpha), events)
+            values = r.report.values.clone()
+            values[0, SLOT_COLUMNS.index("alpha")] = alpha
+            done = step == len(steps)
+            r = StepResult(step, PlaneReport(SLOT_COLUMNS, values, r.report.slot_mask), r.masks, r.metrics, r.reward, r.events, done, 7)
+            recorder.record_step(0, 0, action, r)
+    row = Store(tmp_path).oscillation().row(0, named=True)
+    # alpha 0 -> .5 -> 1 -> 0 -> 0 -> .3: up, up, down, up: two reversals
+    assert (row["regerminations"], row["alpha_reversals"], row["level_flips"]) == (1, 2, 2)

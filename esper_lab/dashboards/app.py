@@ -76,9 +76,15 @@ def save_html(root: str | Path, path: str | Path, cohort: str | None = None, run
     selection = Selection(store, cohort, run)
     cohort, run, env, episode = selection.view
     shown = f"## {TITLE}\n\ntelemetry: `{store.root}`\n\ncohort **{cohort}**, run **{run}**, env {env}, episode {episode}"
+    return save_offline(pn.Row(pn.pane.Markdown(shown, width=280), _tabs(store, selection, dynamic=False)), path, TITLE)
+
+
+def save_offline(page, path: str | Path, title: str) -> Path:
+    """Save a Panel object as one HTML file that needs no network: BokehJS, Panel's JS and every
+    stylesheet inlined (STACK pitfall 5)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pn.Row(pn.pane.Markdown(shown, width=280), _tabs(store, selection, dynamic=False)).save(path, resources=INLINE, title=TITLE)
+    page.save(path, resources=INLINE, title=title)
     path.write_text(_inline_panel_css(path.read_text(encoding="utf-8")), encoding="utf-8")
     return path
 

@@ -14,9 +14,8 @@ import panel as pn
 import polars as pl
 from bokeh.models import BasicTicker
 
-from esper_lab.contracts import Stage
+from esper_lab.contracts import HEADS, Stage
 from esper_lab.dashboards.selection import Selection
-from esper_lab.telemetry.schema import HEADS
 from esper_lab.telemetry.store import Store
 
 hv.renderer("bokeh")  # load the Bokeh backend so `.opts` validates outside a notebook too
@@ -51,8 +50,8 @@ def economy_page(store: Store, selection: Selection | None = None) -> pn.Column:
                 _lines(costs, "step", {"reward": "total reward"}, "reward", "reward"),
             ),
             pn.Row(
-                _lines(costs, "step", {"active_params": "active params"}, "active parameters", "params"),
-                _lines(costs, "step", {"active_flops": "active FLOPs"}, "active FLOPs", "FLOPs"),
+                _lines(costs, "step", {"forward_params": "in forward", "incubating_params": "incubating"}, "seed parameters", "params"),
+                _lines(costs, "step", {"forward_flops": "in forward", "incubating_flops": "incubating"}, "seed FLOPs", "FLOPs"),
             ),
             pn.Row(
                 hv.Bars(ops.to_pandas(), ["op_name", "count"], "decisions").opts(
@@ -60,7 +59,7 @@ def economy_page(store: Store, selection: Selection | None = None) -> pn.Column:
                     width=520, height=320,
                 ),
                 pn.Column("**governor (this run)**", _table(store.governor_counts(cohort, run)),
-                          "**outcomes (this cohort, last episode)**", _table(store.run_outcomes(cohort))),
+                          "**held-out outcomes (this cohort, per arm)**", _table(store.arm_summary(cohort))),
             ),
         )  # fmt: skip
 
@@ -76,11 +75,11 @@ def conv_heavy_page(store: Store, selection: Selection | None = None) -> pn.Colu
         bands = store.conv_heavy_share_bands()
         runs = store.conv_heavy_share(cohort)
         mine = bands.filter(pl.col("cohort") == cohort).to_pandas()
-        share = "conv_heavy_active_param_share"
+        share = "conv_heavy_forward_param_share"
         paths = [part.select("run_step", share).to_numpy() for part in runs.partition_by("run_id")]
         others = bands.filter(pl.col("cohort") != cohort).partition_by("cohort", as_dict=True)
         plot = hv.Overlay([
-            hv.Area(mine, "run_step", [("q25", "share"), "median"], label=f"{cohort} q25–median").opts(color=HIGHLIGHT, alpha=0.25),
+            hv.Area(mine, "run_step", [("q25", "share"), "q75"], label=f"{cohort} q25–q75").opts(color=HIGHLIGHT, alpha=0.25),
             hv.Path(paths, ["run_step", share], label=f"{cohort} runs (seeds)").opts(
                 color=HIGHLIGHT, alpha=0.35, line_width=1, show_legend=True),
             hv.Curve(mine, "run_step", ("median", "share"), label=f"{cohort} median").opts(color=HIGHLIGHT, line_width=3),
@@ -89,16 +88,16 @@ def conv_heavy_page(store: Store, selection: Selection | None = None) -> pn.Colu
             *(hv.Curve(part.to_pandas(), "run_step", ("median", "share"), label=f"{other} median").opts(color=color, line_dash="dashed")
               for ((other,), part), color in zip(others.items(), PALETTE)),
         ]).opts(
-            title=f"conv_heavy share — {cohort}", xlabel="env step of the run", ylabel="conv_heavy share of active seed params",
+            title=f"conv_heavy share — {cohort}", xlabel="env step of the run", ylabel="conv_heavy share of in-forward seed params",
             xticks=_integers(), legend_position="right", width=900, height=360,
         )  # fmt: skip
         return pn.Column(
             pn.pane.Markdown(f"### conv_heavy share — cohort {cohort}", css_classes=["conv-heavy-caption"]),
-            "Median across the cohort's runs (seeds) per env step, shaded down to the 25th percentile; "
-            "thin lines are single runs, dashed lines the other cohorts' medians.",
+            "Median across the cohort's training runs (seeds) per env step, shaded from the 25th to the 75th "
+            "percentile; thin lines are single runs, dashed lines the other cohorts' medians.",
             plot,
-            "**Cohort outcomes (median and q25 across runs)**",
-            _table(store.cohort_summary()),
+            "**Held-out outcomes per cohort and arm (median, q25, q75 across evaluation episodes)**",
+            _table(store.arm_summary()),
         )
 
     return pn.Column(*header, pn.bind(body, selection.cohort))
@@ -181,10 +180,10 @@ def slot_inspector_page(store: Store, selection: Selection | None = None) -> pn.
             pn.Row(_lines(series, "step", {"internal_level": "level", "max_level": "max level"}, "ladder level", "level"),
                    _lines(series, "step", {"alpha": "alpha", "alpha_target": "alpha target"}, "alpha", "alpha")),
             pn.Row(_lines(series, "step", {"delta_l2_norm": "delta", "output_l2_norm": "output"}, "L2 norms", "L2 norm"),
-                   _lines(series, "step", {"seed_param_count_active": "params"}, "active seed params (rent: alpha x params)", "params")),
+                   _lines(series, "step", {"seed_param_count_active": "params"}, "seed params (rent: alpha x params)", "params")),
             "**per step**",
-            _table(series.select("step", "stage_name", "blueprint_name", "alpha", "internal_level", "seed_param_count_active",
-                                 "seed_flops_active_est")),
+            _table(series.select("step", "stage_name", "blueprint_name", "alpha", "internal_level", "in_forward", "contribution",
+                                 "seed_param_count_active", "seed_flops_active_est")),
             "**events**",
             _table(events.select("step", "seq", "kind_name", "name", "value")),
         )  # fmt: skip

@@ -1,4 +1,4 @@
-"""One pack member: PPO on one (cohort, seed) under the pack's preset, recorded as telemetry.
+"""One pack member: PPO on one (cohort, seed) under the pack's preset, then the held-out arms.
 
 This is what each papermill run of a pack notebook calls; the notebook then reads the result
 back through the store.
@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from esper_lab.env import VecEnv
+from esper_lab.experiments.evaluation import ARMS, batch_size, evaluate_arms
 from esper_lab.experiments.packs import load_pack
-from esper_lab.policy import Agent, PolicyConfig
-from esper_lab.ppo import PPOConfig, PPOTrainer
-from esper_lab.telemetry import Recorder
-from esper_lab.telemetry.parts import run_folder
+from esper_lab.experiments.train import train_and_record
 
 
 def member_run_id(cohort: str, seed: int, preset: str, encoder: str) -> str:
@@ -25,22 +23,20 @@ def member_run_id(cohort: str, seed: int, preset: str, encoder: str) -> str:
     return f"{cohort}-seed{seed}-{preset}-{encoder}"
 
 
-def run_member(
-    pack: str, cohort: str, seed: int, preset: str, telemetry_root: str | Path, encoder: str = "flat"
-) -> str:
-    """Train the PPO policy for the preset's rounds; return the run id it was recorded under."""
+def run_member(pack: str | Path, cohort: str, seed: int, preset: str, telemetry_root: str | Path,
+               overrides: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """Train for the preset's rounds, evaluate every arm on the held-out episodes (when the preset
+    asks for any), and return the training run's id."""
     spec = load_pack(pack)
-    config = spec.run_config(cohort, seed, preset)
-    budget = spec.presets[preset]
-    run_id = member_run_id(cohort, seed, preset, encoder)
-    folder = run_folder(telemetry_root, cohort, run_id)
-    if folder.exists():  # a failed or killed earlier attempt: the runner only retries those
-        shutil.rmtree(folder)
-    vec = VecEnv(config, budget.envs)
-    with Recorder(telemetry_root, cohort, config, run_id=run_id, kind="ppo", preset=preset) as recorder:
-        n_slots = vec.slot_count()
-        agent = Agent(PolicyConfig(encoder=encoder, max_slots=n_slots), seed=seed)
-        trainer = PPOTrainer(vec, agent, PPOConfig(seed=seed), recorder)
-        for _ in tqdm(range(budget.rounds), desc=f"{cohort} seed={seed}", unit="round"):
-            trainer.train_round()
-    return run_id
+    settings = spec.settings(cohort, seed, preset, overrides)
+    run_id = member_run_id(cohort, seed, preset, settings.policy.encoder)
+    for folder in Path(telemetry_root).glob(f"cohort={cohort}/run={run_id}*"):
+        shutil.rmtree(folder)  # a failed or killed earlier attempt (and its eval runs): the runner only retries those
+    with tqdm(total=settings.rounds, desc=f"{cohort} seed={seed}", unit="round") as bar:
+        train_id, agent = train_and_record(settings, telemetry_root, cohort, run_id=run_id, preset=preset,
+                                           on_round=lambda _: bar.update(1))  # fmt: skip
+    if settings.eval_episodes:
+        batches = settings.eval_episodes // batch_size(settings.eval_episodes, settings.envs)
+        with tqdm(total=len(ARMS) * batches, desc=f"{cohort} seed={seed} held-out", unit="batch") as bar:
+            evaluate_arms(settings, agent, telemetry_root, cohort, train_id, preset, on_episode=lambda _: bar.update(1))
+    return train_id

@@ -1,36 +1,27 @@
 """Experiment packs as data: cohorts x seeds under one shared preset (seed 000 "experiment pack").
 
-A pack file (TOML, in `packs/`) names its notebook, its seeds, its control cohort, one preset
-per size ("smoke", "full": the environment-step budget and PPO settings every cohort shares) and
-its cohorts (task, surface density, allowed blueprints). Everything is validated on load, before
-any kernel starts, by building the `RunConfig` of every (cohort, seed).
+A pack file (TOML, in `packs/`) names its notebook, its control cohort, its presets (one per size:
+"smoke", "full") and its cohorts. A preset holds the budget every cohort shares (`rounds`, `envs`,
+`workers`, `eval_episodes`, `seeds`, episode shape, PPO settings); a cohort holds what the study
+varies (task, surface density, blueprints, economy weights...). Both take any key of
+`experiments.settings` (a `RunConfig` field, `economy.*`, `ppo.*`, `policy.*`, a loop key), as
+tables for the dotted ones; a cohort's value wins over its preset's, and `--set` wins over both.
+Everything is validated on load, before any kernel starts, by building the settings of every
+(cohort, seed, preset).
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from esper_lab.config import RunConfig
+from esper_lab.experiments.settings import Settings, merge
 
 PACKS_DIR = Path(__file__).parent / "packs"
-PRESET_KEYS = ("rounds", "envs", "episode_length", "batches_per_step", "data_fraction")
-COHORT_KEYS = ("task", "density", "blueprints", "host", "param_budget", "max_seeds")
-
-
-@dataclass(frozen=True)
-class Preset:
-    rounds: int  # PPO rounds: each plays one episode in every environment, then updates
-    envs: int
-    episode_length: int
-    batches_per_step: int
-    data_fraction: float
-
-    @property
-    def env_steps(self) -> int:
-        """The environment-step budget every cohort of the pack gets."""
-        return self.rounds * self.envs * self.episode_length
+FULL_PRESET_MIN_SEEDS = 5  # a verdict needs at least five training seeds (DESIGN rule 10)
 
 
 @dataclass(frozen=True)
@@ -38,25 +29,36 @@ class Pack:
     name: str
     title: str
     notebook: str
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # the default; a preset may set its own `seeds`
     control: str
-    presets: dict[str, Preset]
-    cohorts: dict[str, dict]
+    presets: dict[str, dict[str, Any]]
+    cohorts: dict[str, dict[str, Any]]
+    path: Path = field(default=PACKS_DIR)
+    gates: str = "seed002"  # which exit gates the report judges (`gates.GATE_SETS`)
+
+    def preset_seeds(self, preset: str) -> tuple[int, ...]:
+        self._check(preset=preset)
+        return tuple(self.presets[preset].get("seeds", self.seeds))
+
+    def values(self, cohort: str, seed: int, preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The nested settings of one (cohort, seed) under a preset: preset, then cohort, then
+        `overrides` (e.g. `--set`), the seed last."""
+        self._check(cohort=cohort, preset=preset)
+        budget = {k: v for k, v in self.presets[preset].items() if k != "seeds"}
+        return merge(budget, self.cohorts[cohort], overrides or {}, {"seed": seed})
+
+    def settings(self, cohort: str, seed: int, preset: str, overrides: dict[str, Any] | None = None) -> Settings:
+        return Settings.build(self.values(cohort, seed, preset, overrides))
 
     def run_config(self, cohort: str, seed: int, preset: str) -> RunConfig:
-        """The validated config of one (cohort, seed) under a preset."""
-        if cohort not in self.cohorts:
+        """The validated run config of one (cohort, seed) under a preset."""
+        return self.settings(cohort, seed, preset).run
+
+    def _check(self, cohort: str | None = None, preset: str | None = None) -> None:
+        if cohort is not None and cohort not in self.cohorts:
             raise ValueError(f"cohort={cohort!r} is not in pack {self.name!r} (cohorts: {', '.join(self.cohorts)})")
-        if preset not in self.presets:
+        if preset is not None and preset not in self.presets:
             raise ValueError(f"preset={preset!r} is not in pack {self.name!r} (presets: {', '.join(self.presets)})")
-        p = self.presets[preset]
-        return RunConfig(
-            seed=seed,
-            episode_length=p.episode_length,
-            batches_per_step=p.batches_per_step,
-            data_fraction=p.data_fraction,
-            **self.cohorts[cohort],
-        )
 
 
 def pack_names() -> list[str]:
@@ -70,41 +72,34 @@ def load_pack(name_or_path: str | Path) -> Pack:
         path = PACKS_DIR / f"{name_or_path}.toml"
         if not path.is_file():
             raise ValueError(f"pack {name_or_path!r} not found (packs: {', '.join(pack_names())})")
+    elif not path.is_file():
+        raise ValueError(f"pack file {path} does not exist")
     with path.open("rb") as handle:
         data = tomllib.load(handle)
     where = f"pack file {path}"
     for key in ("name", "title", "notebook", "seeds", "control", "presets", "cohorts"):
         if key not in data:
             raise ValueError(f"{where}: missing key {key!r}")
-    presets = {}
-    for name, values in data["presets"].items():
-        unknown = set(values) - set(PRESET_KEYS)
-        missing = set(PRESET_KEYS) - set(values)
-        if unknown or missing:
-            raise ValueError(f"{where}: preset {name!r} has unknown keys {sorted(unknown)} / lacks {sorted(missing)}")
-        presets[name] = Preset(**values)
-    for name, values in data["cohorts"].items():
-        unknown = set(values) - set(COHORT_KEYS)
-        if unknown:
-            raise ValueError(f"{where}: cohort {name!r} has unknown keys {sorted(unknown)} (allowed: {', '.join(COHORT_KEYS)})")
     if data["control"] not in data["cohorts"]:
         raise ValueError(f"{where}: control {data['control']!r} is not a cohort")
-    if not (isinstance(data["seeds"], list) and data["seeds"] and all(isinstance(s, int) for s in data["seeds"])):
-        raise ValueError(f"{where}: seeds must be a non-empty list of integers")
-    pack = Pack(
-        name=data["name"],
-        title=data["title"],
-        notebook=data["notebook"],
-        seeds=tuple(data["seeds"]),
-        control=data["control"],
-        presets=presets,
-        cohorts=dict(data["cohorts"]),
-    )
-    for preset in presets:  # every (cohort, seed, preset) must be a valid run before anything runs
-        for cohort in pack.cohorts:
-            for seed in pack.seeds:
+    from esper_lab.experiments.gates import GATE_SETS  # gates read packs: imported here, not at the top
+
+    gates = data.get("gates", "seed002")
+    if gates not in GATE_SETS:
+        raise ValueError(f"{where}: gates={gates!r} is not one of: {', '.join(GATE_SETS)}")
+    pack = Pack(name=data["name"], title=data["title"], notebook=data["notebook"], seeds=tuple(data["seeds"]),
+                control=data["control"], presets=dict(data["presets"]), cohorts=dict(data["cohorts"]), path=path.resolve(),
+                gates=gates)  # fmt: skip
+    for preset in pack.presets:
+        seeds = pack.preset_seeds(preset)
+        if not (seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+            raise ValueError(f"{where}: preset {preset!r}: seeds must be a non-empty list of integers")
+        if preset == "full" and len(seeds) < FULL_PRESET_MIN_SEEDS:
+            raise ValueError(f"{where}: preset 'full' has {len(seeds)} seeds; a verdict needs at least {FULL_PRESET_MIN_SEEDS}")
+        for cohort in pack.cohorts:  # every (cohort, seed, preset) must be a valid run before anything runs
+            for seed in seeds:
                 try:
-                    pack.run_config(cohort, seed, preset)
-                except ValueError as error:
+                    pack.settings(cohort, seed, preset)
+                except (ValueError, TypeError) as error:
                     raise ValueError(f"{where}: cohort {cohort!r}, preset {preset!r}: {error}") from None
     return pack

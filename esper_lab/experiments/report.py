@@ -1,103 +1,156 @@
-"""The pack report: one static HTML page per pack, readable offline with no server.
+"""The pack report: one static HTML page per (pack, preset, telemetry root), readable offline.
 
-Per cohort it shows the store's cohort table (median and q25 across seeds of the final task
-metric, return and ROI; conv_heavy share; grow/shrink share; entropy per head; vetoes and
-rollbacks) and judges seed 002's Phase 0 exit gates with the numbers behind each verdict. The
-numbers all come from store queries; this module only compares them.
+It says what it is (pack, preset, budget, seeds, held-out episodes, code version, wall time, runs
+by kind and status), then judges the pack's exit gates on held-out paired episodes with their
+95% CIs, shows every arm's outcomes against the static host on the same episodes, the training
+behaviour per cohort, and plots the learning curves and the outcome distributions. Every number
+comes from a store query or `stats`; this module arranges them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import html
 from pathlib import Path
 
 import polars as pl
 
-from esper_lab.config import LADDERS
+from esper_lab.experiments.evaluation import ARMS, CONTROL
+from esper_lab.experiments.gates import GATE_SETS, Gate, evidence
 from esper_lab.experiments.packs import Pack
+from esper_lab.experiments.stats import Estimate, estimate, paired_estimate
 from esper_lab.telemetry import Store
 
-GROW_SHRINK_GATE = 0.10  # seed 002 gate 1: GROW/SHRINK in >= 10% of non-WAIT decisions
-ENTROPY_KEPT = 0.5  # gate 3: the op head keeps at least half its first-round entropy (no collapse)
-MAX_LEVEL_CHANGE_RATE = 0.5  # gate 4: at most one level change every other step, on average
-LADDER_NAMES = frozenset(b.name.lower() for b in LADDERS)
+VERDICT_COLOURS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "INCONCLUSIVE": "#9a6700"}
+PAGE_WIDTH = 1100  # px: plots and scrolling tables share it
+CSS = """
+.esper-table { overflow-x: auto; max-width: %dpx; }
+.esper-table table { border-collapse: collapse; font-size: 13px; }
+.esper-table th, .esper-table td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; white-space: nowrap; }
+.esper-table td.evidence { white-space: normal; min-width: 420px; }
+.verdict { font-weight: bold; color: white; border-radius: 3px; padding: 1px 6px; }
+""" % PAGE_WIDTH
 
 
-@dataclass(frozen=True)
-class Gate:
-    name: str
-    cohort: str
-    passed: bool | None  # None: not applicable to this cohort
-    evidence: str
+def report_path(reports_dir: Path, pack: Pack, preset: str, root: Path) -> Path:
+    """`<reports>/<pack>/<root folder>-<preset>.html`: one page per (pack, preset, root)."""
+    return Path(reports_dir) / pack.name / f"{Path(root).resolve().name}-{preset}.html"
 
 
-def _has_ladder(pack: Pack, cohort: str) -> bool:
-    return bool(LADDER_NAMES & {str(b).lower() for b in pack.cohorts[cohort].get("blueprints", [])})
-
-
-def exit_gates(pack: Pack, table: pl.DataFrame) -> list[Gate]:
-    """Seed 002's four Phase 0 exit gates, judged per cohort against the control cohort."""
-    rows = {r["cohort"]: r for r in table.iter_rows(named=True)}
-    control = rows.get(pack.control)
-    gates = []
-    for cohort, r in rows.items():
-        if _has_ladder(pack, cohort):
-            share = r["grow_shrink_share"] or 0.0
-            gates.append(Gate("1 usage", cohort, share >= GROW_SHRINK_GATE,
-                              f"grow/shrink {share:.1%} of {r['non_wait']} non-WAIT decisions (gate >= {GROW_SHRINK_GATE:.0%})"))  # fmt: skip
-        if control is not None and cohort != pack.control:
-            lower = r["conv_heavy_share"] < control["conv_heavy_share"]
-            roi_kept = r["roi_median"] >= control["roi_median"]
-            gates.append(Gate("2 dominance", cohort, lower and roi_kept,
-                              f"conv_heavy share {r['conv_heavy_share']:.3f} vs control {control['conv_heavy_share']:.3f}; "
-                              f"ROI median {r['roi_median']:.3g} vs {control['roi_median']:.3g}"))  # fmt: skip
-        kept = r["op_entropy_last"] >= ENTROPY_KEPT * r["op_entropy_first"]
-        more_rollbacks = control is not None and r["rollbacks"] > control["rollbacks"]
-        gates.append(Gate("3 stability", cohort, kept and not more_rollbacks,
-                          f"op entropy {r['op_entropy_first']:.2f} -> {r['op_entropy_last']:.2f} (keep >= {ENTROPY_KEPT:.0%}); "
-                          f"rollbacks {r['rollbacks']}" + (f" vs control {control['rollbacks']}" if control else "")))  # fmt: skip
-        if _has_ladder(pack, cohort):
-            rate = r["level_change_rate"] or 0.0
-            gates.append(Gate("4 anti-thrash", cohort, rate <= MAX_LEVEL_CHANGE_RATE,
-                              f"level_change_rate {rate:.2f}/step (<= {MAX_LEVEL_CHANGE_RATE}); final net_level_change "
-                              f"{r['net_level_change']:+.2f}"))  # fmt: skip
-    return gates
-
-
-def write_report(pack: Pack, store: Store, path: Path) -> Path:
-    """Write `path` (HTML, resources inlined) and return it."""
+def write_report(pack: Pack, root: str | Path, preset: str, path: Path) -> Path:
+    """Write `path` (HTML, every resource inlined) from the runs of `preset` under `root`."""
     import holoviews as hv
     import panel as pn
-    from bokeh.resources import INLINE
+
+    from esper_lab.dashboards.app import save_offline
 
     hv.extension("bokeh")
-    table = store.cohort_report()
-    gates = exit_gates(pack, table)
-    verdict = {True: "PASS", False: "FAIL", None: "n/a"}
-    gates.sort(key=lambda g: (g.name, g.cohort))
-    gate_rows = pl.DataFrame(
-        [{"gate": g.name, "cohort": g.cohort, "verdict": verdict[g.passed], "evidence": g.evidence} for g in gates],
-        schema={"gate": pl.String, "cohort": pl.String, "verdict": pl.String, "evidence": pl.String},
-    )
-    share = store.conv_heavy_share_bands()
-    curves = hv.Overlay([
-        hv.Area(g, "run_step", ["q25", "median"], label=f"{c} q25-median").opts(alpha=0.2)
-        * hv.Curve(g, "run_step", "median", label=c)
-        for (c,), g in share.partition_by("cohort", as_dict=True).items()
-    ]).opts(width=760, height=300, title="conv_heavy active-param share (median and q25 across seeds)",
-           ylabel="conv_heavy share", xlabel="env step of the run", legend_position="right")  # fmt: skip
+    store = Store(root, preset=preset)
     runs = store.runs()
-    statuses = runs.group_by("status").len().sort("status") if len(runs) else runs
+    if runs.is_empty():
+        raise ValueError(f"no runs of preset {preset!r} under {root}: run `esper-lab pack run {pack.name} --preset {preset}` first")
+    ev = evidence(store)
+    outcomes = ev.outcomes
+    gates = GATE_SETS[pack.gates](pack, ev) if not outcomes.is_empty() else []
     page = pn.Column(
-        pn.pane.Markdown(f"# {pack.title}\n\nCohorts × seeds {list(pack.seeds)}; control cohort **{pack.control}**. "
-                         f"Runs by status: {dict(statuses.iter_rows()) if len(runs) else {}}."),  # fmt: skip
-        pn.pane.Markdown("## Exit gates (seed 002)"),
-        pn.pane.DataFrame(gate_rows.to_pandas(), index=False),
-        pn.pane.Markdown("## Cohorts"),
-        pn.pane.DataFrame(table.to_pandas(), index=False, float_format="{:.4g}".format),
-        pn.pane.HoloViews(curves),
+        pn.pane.HTML(f"<style>{CSS}</style>"),
+        pn.pane.Markdown(_header(pack, preset, root, store, runs), width=PAGE_WIDTH),
+        pn.pane.Markdown(f"## Exit gates ({pack.gates}), on held-out episodes", width=PAGE_WIDTH),
+        pn.pane.HTML(_gate_table(gates) if gates else "<p>No held-out evaluation episodes yet: no verdicts.</p>", width=PAGE_WIDTH),
+        pn.pane.Markdown("## Held-out outcomes: every arm against the static host on the same episodes", width=PAGE_WIDTH),
+        pn.pane.HTML(_table(outcome_table(outcomes)) if not outcomes.is_empty() else "<p>none</p>", width=PAGE_WIDTH),
+        pn.pane.Markdown("## Training behaviour (completed training runs)", width=PAGE_WIDTH),
+        pn.pane.HTML(_table(store.cohort_behaviour()), width=PAGE_WIDTH),
+        pn.pane.HoloViews(_plots(store, outcomes), width=PAGE_WIDTH),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    page.save(str(path), embed=True, resources=INLINE, title=pack.title)
-    return path
+    return save_offline(page, path, title=f"{pack.title} · {preset}")
 
+
+def outcome_table(outcomes: pl.DataFrame) -> pl.DataFrame:
+    """Per cohort and arm: episodes, seeds, the final score (accuracy points, or minus the loss),
+    the paired gain over the static host (mean and median, with CIs), return, in-forward params
+    and conv_heavy share, each a mean over held-out episodes with its CI where it is a claim."""
+    rows = []
+    for cohort in sorted(set(outcomes["cohort"])):
+        static = outcomes.filter((pl.col("cohort") == cohort) & (pl.col("arm") == CONTROL))
+        for arm in ARMS:
+            frame = outcomes.filter((pl.col("cohort") == cohort) & (pl.col("arm") == arm))
+            if frame.is_empty():
+                continue
+            gain = paired_estimate(frame, static, "score") if arm != CONTROL else None
+            median = paired_estimate(frame, static, "score", statistic=_median) if arm != CONTROL else None
+            rows.append({
+                "cohort": cohort, "arm": arm, "episodes": frame.height, "seeds": frame["seed"].n_unique(),
+                "score": _fmt(estimate(frame, "score")), "gain vs static (mean)": _fmt(gain),
+                "gain vs static (median)": _fmt(median), "return": _fmt(estimate(frame, "episode_return")),
+                "return vs static": _fmt(paired_estimate(frame, static, "episode_return") if arm != CONTROL else None),
+                "in-forward params": f"{frame['forward_params'].mean():.0f}", "conv_heavy share": f"{frame['conv_heavy_share'].mean():.3f}",
+            })  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+def _median(values):
+    import numpy as np
+
+    return float(np.median(values))
+
+
+def _fmt(e: Estimate | None) -> str:
+    return "–" if e is None else f"{e.value:.3g} [{e.low:.3g}, {e.high:.3g}]"
+
+
+def _header(pack: Pack, preset: str, root: str | Path, store: Store, runs: pl.DataFrame) -> str:
+    budget = ", ".join(f"{k} {v}" for k, v in pack.presets[preset].items() if not isinstance(v, dict))
+    shas = sorted({f"{r['git_sha'][:10]}{'+dirty' if r['git_dirty'] else ''}" for r in runs.iter_rows(named=True) if r["git_sha"]})
+    started, ended = runs["started_at"].min(), runs["ended_at"].max()
+    wall = f"{(ended - started).total_seconds() / 60:.1f} min (first run start to last run end)" if ended is not None else "still running"
+    status = ", ".join(f"{r['kind']} {r['status']}: {r['runs']}" for r in store.run_status_counts().iter_rows(named=True))
+    skipped = f"\n\n**{len(store.bad_parts)} unreadable telemetry part(s) skipped**: {', '.join(map(str, store.bad_parts))}" if store.bad_parts else ""
+    return (f"# {pack.title}\n\n**Preset `{preset}`** ({budget}). Telemetry root `{Path(root).resolve()}`. "
+            f"Control cohort **{pack.control}**; held-out arms paired on each evaluation episode against **{CONTROL}** "
+            f"(always WAIT). Code version {', '.join(shas) or 'unknown'}. Wall time {wall}.\n\n"
+            f"Runs by kind and status (only completed runs count in the tables): {status}.{skipped}\n\n"
+            "Every interval is a 95% two-stage cluster-bootstrap CI (training seeds, then episodes); a gate passes "
+            "only when its whole interval does, fails when none of it does, and is INCONCLUSIVE otherwise.")  # fmt: skip
+
+
+def _gate_table(gates: list[Gate]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(g.name)}</td><td>{html.escape(g.cohort)}</td>"
+        f"<td><span class='verdict' style='background:{VERDICT_COLOURS[g.verdict]}'>{g.verdict}</span></td>"
+        f"<td class='evidence'>{html.escape(g.evidence)}</td></tr>"
+        for g in sorted(gates, key=lambda g: (g.name, g.cohort))
+    )
+    return f"<div class='esper-table'><table><tr><th>gate</th><th>cohort</th><th>verdict</th><th>evidence</th></tr>{rows}</table></div>"
+
+
+def _table(frame: pl.DataFrame) -> str:
+    """A frame as an HTML table that scrolls sideways inside the page when it is wide."""
+    if frame.is_empty():
+        return "<p>none</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in frame.iter_rows())
+    return f"<div class='esper-table'><table><tr>{head}</tr>{body}</table></div>"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _plots(store: Store, outcomes: pl.DataFrame):
+    """Learning curves (median across seeds with the q25-q75 band, per cohort) and the paired
+    gain over the static host per held-out episode (per cohort and arm)."""
+    import holoviews as hv
+
+    from esper_lab.experiments import views
+
+    training = store.runs(kind="ppo").filter(pl.col("status") == "completed").select("run_id")
+    curves = store.learning_curve().join(training, on="run_id")
+    panels = [views.seed_bands(curves, "episode_return", title="training return per episode (median, q25-q75 across seeds)"),
+              views.seed_bands(curves, "wait_share", title="WAIT share of decisions"),
+              views.seed_bands(curves, "forward_params", title="in-forward seed params"),
+              views.seed_bands(curves, "entropy_op", title="op-head entropy (nats)")]  # fmt: skip
+    if not outcomes.is_empty():
+        panels.append(views.gain_boxes(outcomes.filter(pl.col("arm") != CONTROL)))
+    return hv.Layout(panels).cols(2)

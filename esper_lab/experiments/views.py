@@ -164,3 +164,33 @@ def focus_levels(slots: pl.DataFrame, title: str = "focused subtarget level (mul
         hv.opts.NdOverlay(title=title, width=WIDTH, height=HEIGHT, legend_position="right", ylim=(-0.05, 1.05)),
     )
 
+
+
+def seed_bands(frame: pl.DataFrame, y: str, x: str = "episode", by: str = "cohort", title: str | None = None) -> hv.Element:
+    """Per `by` value and `x` (a learning_curve frame: one row per run and training episode):
+    the median of `y` across runs (seeds) as a line, with its q25-q75 band shaded."""
+    title = title or y
+    frame = frame.drop_nulls(y)
+    if frame.is_empty():
+        return _empty(title)
+    bands = frame.group_by(by, x).agg(
+        median=pl.col(y).median(), q25=pl.col(y).quantile(0.25), q75=pl.col(y).quantile(0.75), runs=pl.len()
+    ).sort(by, x)
+    layers = []
+    for (name,), part in bands.partition_by(by, as_dict=True).items():
+        data = _pandas(part)
+        layers.append(hv.Area(data, x, ["q25", "q75"], label=str(name)).opts(alpha=0.2))
+        layers.append(hv.Curve(data, x, ["median", "q25", "q75", "runs"], label=str(name)).opts(tools=["hover"], line_width=2))
+    return hv.Overlay(layers).opts(title=title, width=WIDTH, height=HEIGHT, legend_position="right", xlabel=x, ylabel=y)
+
+
+def gain_boxes(outcomes: pl.DataFrame, title: str = "gain over the static host per held-out episode") -> hv.Element:
+    """The paired gain (score minus the static host's on the same episode) of each held-out
+    episode, one box per (cohort, arm): the spread a CI summarises."""
+    frame = outcomes.drop_nulls("gain")
+    if frame.is_empty():
+        return _empty(title)
+    data = _pandas(frame.select("cohort", "arm", "gain"))
+    return hv.BoxWhisker(data, ["cohort", "arm"], "gain").opts(
+        title=title, width=WIDE, height=HEIGHT, xrotation=30, box_fill_color="arm", cmap="Category10", ylabel="gain (points)"
+    )

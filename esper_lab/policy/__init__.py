@@ -4,13 +4,12 @@ Every policy answers `act(results) -> actions` for a batch of environments in on
 chooses only among the choices the plane's masks allow.
 """
 
-from esper_lab.policy.agent import Agent, PolicyConfig, PPOPolicy  # learned policy (issue 4)
-from esper_lab.policy.baselines import HeuristicPolicy, RandomPolicy
-from esper_lab.policy.features import GLOBAL_FIELDS, SLOT_FIELDS, Observation, Observer  # issue 4
-from esper_lab.policy.heads import HEADS, Decision  # issue 4
+from esper_lab.policy.agent import Agent, PolicyConfig, PPOPolicy
+from esper_lab.policy.baselines import HeuristicPolicy, RandomPolicy, StaticPolicy
+from esper_lab.policy.features import GLOBAL_FIELDS, SLOT_FIELDS, Observation, Observer
+from esper_lab.policy.heads import Decision
 
 __all__ = [
-    "HeuristicPolicy", "RandomPolicy",
-    # learned policy (issue 4)
-    "Agent", "Decision", "GLOBAL_FIELDS", "HEADS", "Observation", "Observer", "PPOPolicy", "PolicyConfig", "SLOT_FIELDS",
+    "Agent", "Decision", "GLOBAL_FIELDS", "HeuristicPolicy", "Observation", "Observer", "PPOPolicy",
+    "PolicyConfig", "RandomPolicy", "SLOT_FIELDS", "StaticPolicy",
 ]  # fmt: skip

@@ -12,15 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from esper_lab.contracts import Action
-from esper_lab.env import StepResult, stream_seed
+from esper_lab.contracts import HEADS, Action, StepResult, Stream, stream_seed
 from esper_lab.policy.encoders import FlatEncoder, SlotTransformer
 from esper_lab.policy.features import GLOBAL_FIELDS, SLOT_FIELDS, Observation, Observer, RunningNorm
-from esper_lab.policy.heads import HEADS, Decision, FactoredHeads, noise_sizes
+from esper_lab.policy.heads import Decision, FactoredHeads, noise_sizes
 
 ENCODERS = ("flat", "slot_transformer")
-SAMPLING_STREAM = 5  # env streams 1-3 and the random baseline's 4 are taken
-INIT_STREAM = 6  # the agent's initial weights
 State = tuple[torch.Tensor, torch.Tensor] | None  # LSTM (h, c), each [B, H]; None without memory
 
 
@@ -49,7 +46,7 @@ class Agent(nn.Module):
         super().__init__()
         self.config = config
         with torch.random.fork_rng():  # initial weights from the seed alone; global RNG untouched
-            torch.manual_seed(stream_seed(seed, 0, INIT_STREAM))
+            torch.manual_seed(stream_seed(seed, 0, Stream.POLICY_INIT))
             hidden = config.hidden
             self.global_norm = RunningNorm(len(GLOBAL_FIELDS))
             self.slot_norm = RunningNorm(len(SLOT_FIELDS))
@@ -119,7 +116,7 @@ class PPOPolicy:
     def decide(self, results: list[StepResult], update_norm: bool = False) -> tuple[Observation, Decision, torch.Tensor]:
         """(normalised observation, decision, value) for one step of every environment."""
         while len(self.generators) < len(results):
-            self.generators.append(torch.Generator().manual_seed(stream_seed(self.seed, len(self.generators), SAMPLING_STREAM)))
+            self.generators.append(torch.Generator().manual_seed(stream_seed(self.seed, len(self.generators), Stream.SAMPLING)))
         obs = self.agent.normalise(self.observer(results), update=update_norm)
         starts = torch.tensor([r.step == 0 for r in results])
         noise = None if self.greedy else self._noise(len(results), obs.n_slots)

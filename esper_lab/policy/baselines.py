@@ -1,4 +1,5 @@
-"""Baseline policies every cohort is compared with: masked uniform random and a rule-based one."""
+"""Baseline policies every cohort is compared with: the static host (always WAIT), masked uniform
+random and a rule-based one."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from esper_lab.contracts import Action, AlphaCurve, AlphaTarget, BlendAlgorithm, Blueprint, Op, Stage, Tempo
-from esper_lab.env import StepResult, stream_seed
+from esper_lab.contracts import SEED_STAGES, Action, AlphaCurve, AlphaTarget, BlendAlgorithm, Blueprint, Op, Stage, StepResult, Stream, Tempo, stream_seed
 
-_POLICY_STREAM = 4  # the env module's stream ids stop at 3
+
+class StaticPolicy:
+    """Always WAIT: the static host, the control every learned policy is compared with."""
+
+    def act(self, results: list[StepResult]) -> list[Action]:
+        return [Action(Op.WAIT) for _ in results]
 
 
 class RandomPolicy:
@@ -21,7 +26,7 @@ class RandomPolicy:
 
     def act(self, results: list[StepResult]) -> list[Action]:
         while len(self.generators) < len(results):
-            self.generators.append(torch.Generator().manual_seed(stream_seed(self.seed, len(self.generators), _POLICY_STREAM)))
+            self.generators.append(torch.Generator().manual_seed(stream_seed(self.seed, len(self.generators), Stream.RANDOM_POLICY)))
         return [self._one(r, g) for r, g in zip(results, self.generators)]
 
     @staticmethod
@@ -48,7 +53,6 @@ class RandomPolicy:
 
 # Rule thresholds. Metric gains are in the task metric's own units, signed so up is good.
 PLATEAU_GAIN = 0.01  # a step that gains less than this is a plateau: time for another seed
-_OCCUPIED = frozenset({Stage.GERMINATED, Stage.TRAINING, Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED})
 TRAINING_STEPS = 1  # incubate a seed one step: in short episodes, blending early is what pays
 HOLDING_STEPS = 2  # watch a blended seed this long before fossilising or pruning it
 HARM_TOLERANCE = 0.02  # prune a seed whose blending lost more metric than this since germination
@@ -112,7 +116,7 @@ class HeuristicPolicy:
                 if gain <= 0 and not rising and legal(Op.SHRINK_INTERNAL, slot) and report.column("internal_level")[slot] > 1:
                     return Action(Op.SHRINK_INTERNAL, slot)
 
-        nothing_growing = not any(Stage(s) in _OCCUPIED for s in stages)
+        nothing_growing = not any(Stage(s) in SEED_STAGES for s in stages)
         if nothing_growing or gain < PLATEAU_GAIN:
             for slot in reversed(range(len(stages))):  # deepest surface first: closest to the task
                 if legal(Op.GERMINATE, slot):

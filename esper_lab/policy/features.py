@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from esper_lab.contracts import BlendAlgorithm, Blueprint, Op, Role, Site, Stage
-from esper_lab.plane import EMBARGO_STEPS, SLOT_COLUMNS
+from esper_lab.contracts import SLOT_COLUMNS, BlendAlgorithm, Blueprint, Op, Role, Site, Stage
+from esper_lab.plane import EMBARGO_STEPS
 
 # Global fields read straight from `StepResult.metrics`, then the ones derived here.
 METRIC_FIELDS: tuple[str, ...] = (
@@ -39,7 +39,8 @@ _METRICS_READ = METRIC_FIELDS + ("occupied_slots", "n_slots", "host_params")
 # then one legal bit per op (WAIT is always legal, so it carries no information).
 RAW_COLUMNS: tuple[str, ...] = (
     "depth_norm", "alpha", "alpha_target", "internal_level_norm", "focus_internal_level_norm",
-    "internal_level_mean_norm", "internal_level_max_norm",
+    "internal_level_mean_norm", "internal_level_max_norm", "in_forward",
+    "contribution",  # the last measured counterfactual contribution (0 until measured)
 )  # fmt: skip
 LOG_COLUMNS: tuple[str, ...] = ("delta_l2_norm", "output_l2_norm", "seed_grad_norm", "grad_ratio", "germinations")
 DERIVED_SLOT_FIELDS: tuple[str, ...] = ("is_ladder", "param_share", "flop_share", "embargo_left")

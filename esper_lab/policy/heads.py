@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from esper_lab.contracts import Action, AlphaCurve, AlphaTarget, BlendAlgorithm, Blueprint, Op, Tempo
+from esper_lab.contracts import HEADS, Action, AlphaCurve, AlphaTarget, BlendAlgorithm, Blueprint, Op, Tempo, heads_used
 from esper_lab.policy.features import Observation
 
-HEADS = ("op", "slot", "blueprint", "blend", "curve", "tempo", "target")
 STYLE_HEADS = ("blend", "curve", "tempo", "target")
 CHOICES = {"op": Op, "blueprint": Blueprint, "blend": BlendAlgorithm, "curve": AlphaCurve, "tempo": Tempo, "target": AlphaTarget}
 _DEFAULT_ACTION = Action(Op.WAIT)  # what an unused head's field holds: Action's own defaults
@@ -30,16 +29,13 @@ GUMBEL_EPS = 1e-10  # keeps the Gumbel transform of a uniform draw finite at 0 a
 HEAD_INIT_GAIN = 0.01  # last layers start near zero: near-uniform first policy (Andrychowicz et al. 2021)
 
 
-def heads_used(op: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Which heads op [B] actually uses: slot unless WAIT; germination config only for GERMINATE;
-    the alpha target also for SET_ALPHA_TARGET."""
-    germinate = op == Op.GERMINATE
-    return {
-        "op": torch.ones_like(germinate),
-        "slot": op != Op.WAIT,
-        **{h: germinate for h in ("blueprint", "blend", "curve", "tempo")},
-        "target": germinate | (op == Op.SET_ALPHA_TARGET),
-    }
+_USED = torch.tensor([[h in heads_used(op) for h in HEADS] for op in Op])  # [n_ops, n_heads]
+
+
+def used_by(op: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Which heads each op in op [B] uses (`contracts.heads_used`), as [B] masks per head."""
+    used = _USED[op]
+    return {h: used[:, k] for k, h in enumerate(HEADS)}
 
 
 def noise_sizes(n_slots: int) -> dict[str, int]:
@@ -106,7 +102,7 @@ class FactoredHeads(nn.Module):
         rows = torch.arange(pooled.shape[0])
         out = Decision({}, {}, {}, {}, {})
         op = self._choose(out, "op", self.op(pooled), obs.op_mask.any(1), None, given, noise)
-        used = heads_used(op)
+        used = used_by(op)
         out.used.update(used)
         op_e = self.op_embed(op)
         slot_logits = self.slot(slot_emb + op_e[:, None]).squeeze(-1)

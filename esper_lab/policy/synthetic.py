@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from esper_lab.contracts import Action, AlphaTarget, Blueprint, Op, Stage, SurfaceDensity, Tempo
-from esper_lab.economy import OCCUPIED, RewardParts
-from esper_lab.env import StepResult
+from esper_lab.contracts import SEED_STAGES, Action, AlphaTarget, Blueprint, Op, RewardParts, Stage, StepResult, SurfaceDensity, Tempo
 from esper_lab.hosts import CNNConfig, CNNHost
 from esper_lab.plane import SeedPlane
 
@@ -58,7 +56,9 @@ class KnownAnswerEnv:
     def __len__(self) -> int:
         return self.n_envs
 
-    def reset(self) -> list[StepResult]:
+    def reset(self, episode: int = 0, seeds=None) -> list[StepResult]:
+        """Every episode is the same task (nothing random in it): `episode` and `seeds` are
+        accepted as `VecEnv.reset` takes them, and ignored."""
         self.planes = [SeedPlane(self.host, run_seed=i, max_seeds=self.max_seeds) for i in range(self.n_envs)]
         self.steps, self.previous = 0, [0.0] * self.n_envs
         return [self._result(i, plane.report(), 0.0, []) for i, plane in enumerate(self.planes)]
@@ -78,7 +78,7 @@ class KnownAnswerEnv:
 
     def potential(self, report) -> float:
         stage = [Stage(s) for s in report.column("stage").long().tolist()]
-        occupied = sum(s in OCCUPIED for s in stage)
+        occupied = sum(s in SEED_STAGES for s in stage)
         k = self.paying_slot
         if int(report.column("blueprint")[k]) != PAYING_BLUEPRINT:
             return -WRONG_RENT * occupied
@@ -97,13 +97,15 @@ class KnownAnswerEnv:
         active_params = plane.active_param_count()
         active_flops = float(report.column("seed_flops_active_est").sum())
         value = self.previous[i] + reward
+        forward = int(sum(slot.param_count_active() for slot in plane.slots if slot.in_forward))
         metrics = {
             "progress": self.steps / self.episode_length, "train_loss": 0.0, "val_loss": 0.0, "val_accuracy": 0.0,
-            "metric": value, "metric_gain": reward, "metric_since_start": value, "host_params": self.host_params,
-            "active_params": active_params, "active_flops": active_flops,
+            "metric": value, "metric_gain": reward, "metric_since_start": value, "full_metric": value,
+            "host_params": self.host_params, "forward_params": forward, "incubating_params": active_params - forward,
+            "forward_flops": 0.0, "incubating_flops": active_flops,
             "active_param_budget_util": active_params / self.host_params, "active_flops_budget_util": active_flops / self.host_flops,
-            "occupied_slots": sum(Stage(s) in OCCUPIED for s in stage), "n_slots": len(plane), "veto": 0.0,
-            "rollback": 0.0, "roi_params": 0.0, "roi_flops": 0.0, "level_change_rate": 0.0, "net_level_change": 0.0,
+            "occupied_slots": sum(Stage(s) in SEED_STAGES for s in stage), "n_slots": len(plane), "veto": 0.0,
+            "rollback": 0.0, "level_change_rate": 0.0, "net_level_change": 0.0,
         }  # fmt: skip
         parts = RewardParts(task=reward, rent=0.0, churn=0.0, intervention=0.0, total=reward)
-        return StepResult(self.steps, report, plane.action_masks(), metrics, parts, events, self.steps >= self.episode_length)
+        return StepResult(self.steps, report, plane.action_masks(), metrics, parts, events, self.steps >= self.episode_length, 0)

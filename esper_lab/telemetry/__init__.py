@@ -1,8 +1,7 @@
-"""Telemetry (Nissa/Karn): the Parquet flight recorder, the DuckDB store over it, and replay."""
+"""Telemetry (Nissa/Karn): the Parquet flight recorder and the DuckDB store over it."""
 
 from esper_lab.telemetry.recorder import Recorder
-from esper_lab.telemetry.replay import ReplayResult, branch, replay
-from esper_lab.telemetry.schema import HEADS, SCHEMA_VERSION, SCHEMAS, TABLES
+from esper_lab.telemetry.schema import SCHEMA_VERSION, SCHEMAS, TABLES
 from esper_lab.telemetry.store import CorruptPart, Store
 
-__all__ = ["HEADS", "SCHEMAS", "SCHEMA_VERSION", "TABLES", "CorruptPart", "Recorder", "ReplayResult", "Store", "branch", "replay"]
+__all__ = ["SCHEMAS", "SCHEMA_VERSION", "TABLES", "CorruptPart", "Recorder", "Store"]

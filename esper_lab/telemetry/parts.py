@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 COMPRESSION = "zstd"  # about as fast to write as snappy here, and smaller files
@@ -71,3 +72,17 @@ def compact_run(folder: Path, tables: tuple[str, ...]) -> None:
     for table in tables:
         if (folder / table).is_dir():
             compact_table(folder / table)
+
+
+def truncate_table(folder: Path, column: str, keep_below: int) -> int:
+    """Drop the rows whose `column` is >= `keep_below` from every part of one table folder (each
+    part rewritten atomically, or removed when nothing is left); return the next part number."""
+    parts = sorted(folder.glob("part-*.parquet"), key=part_number)
+    for part in parts:
+        table = pq.read_table(part)
+        kept = table.filter(pc.less(table[column], keep_below))
+        if kept.num_rows == 0:
+            part.unlink()
+        elif kept.num_rows < table.num_rows:
+            write_part(part, kept)
+    return part_number(parts[-1]) + 1 if parts else 0

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import secrets
 import signal
+import socket
 import subprocess
 import threading
 from datetime import UTC, datetime
@@ -27,31 +29,19 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Action, AlphaTarget, Op, Tempo
-from esper_lab.env import StepResult
-from esper_lab.telemetry.parts import compact_run, run_folder, write_part
-from esper_lab.telemetry.schema import HEADS, REWARD_PARTS, SCHEMA_VERSION, SCHEMAS, SLOT_TYPES, STEP_METRICS, UPDATE_STATS
+from esper_lab.contracts import GERMINATION_HEADS, HEADS, REWARD_PARTS, Action, AlphaTarget, Op, StepResult, Tempo, heads_used
+from esper_lab.telemetry.parts import compact_run, run_folder, truncate_table, write_part
+from esper_lab.telemetry.schema import SCHEMA_VERSION, SCHEMAS, SLOT_TYPES, STEP_TYPES, TABLES, UPDATE_STATS
 
 FLUSH_EVERY = 100  # env steps per part: a SIGKILL loses at most this many, and parts stay few
 STATUSES = ("running", "completed", "failed", "killed")
 
-_GERMINATION_HEADS = ("blueprint", "blend", "curve", "tempo", "target")
-_POLICY_FLOATS = (*(f"{h}_{p}" for h in HEADS for p in ("logp", "entropy")), "value", "logp")
-_DECISION_INPUTS = {*HEADS, *(f"{h}_mask" for h in HEADS), *_POLICY_FLOATS}
-
-
-def used_heads(op: Op) -> tuple[str, ...]:
-    """The heads whose values an op applies; the env ignores the others."""
-    if op is Op.WAIT:
-        return ()
-    if op is Op.GERMINATE:
-        return ("slot", *_GERMINATION_HEADS)
-    if op is Op.SET_ALPHA_TARGET:
-        return ("slot", "target")
-    return ("slot",)
+_HEAD_FLOATS = tuple(f"{h}_{p}" for h in HEADS for p in ("logp", "entropy"))
+_DECISION_INPUTS = {*HEADS, *(f"{h}_mask" for h in HEADS), *_HEAD_FLOATS, "value", "logp"}
 
 
 def new_run_id(config: RunConfig) -> str:
@@ -87,6 +77,9 @@ class Recorder:
         flush_every: int = FLUSH_EVERY,
         kind: str = "baseline",
         preset: str | None = None,
+        arm: str | None = None,
+        ppo_config: dict | None = None,
+        policy_config: dict | None = None,
     ):
         if not (isinstance(flush_every, int) and flush_every >= 1):
             raise ValueError(f"flush_every={flush_every!r} must be an integer >= 1")
@@ -97,21 +90,46 @@ class Recorder:
         if (self.folder / "runs").exists():
             raise FileExistsError(f"run {self.run_id!r} already has telemetry at {self.folder}")
         self.flush_every = flush_every
+        self._parts = dict.fromkeys(TABLES[1:], 0)
+        self._steps_recorded = 0
+        sha, dirty = _git_state()
+        self._manifest = {
+            "run_id": self.run_id, "kind": kind, "arm": arm, "preset": preset, "task": config.task, "seed": config.seed,
+            "config_json": config.to_json(), "ppo_config_json": _json(ppo_config), "policy_config_json": _json(policy_config),
+            "versions": json.dumps(_versions(), sort_keys=True), "git_sha": sha, "git_dirty": dirty,
+            "torch_threads": torch.get_num_threads(), "parent_run": parent_run, "branch_step": branch_step,
+            "started_at": datetime.now(UTC), "ended_at": None, "error": None,
+        }  # fmt: skip
+        self._start()
+
+    @classmethod
+    def resume(cls, root: str | Path, cohort: str, run_id: str, episodes: int, updates: int, flush_every: int = FLUSH_EVERY) -> Recorder:
+        """Continue recording run `run_id` after a kill: rows of episodes >= `episodes` and
+        updates >= `updates` (what the killed attempt recorded past its last checkpoint) are
+        dropped, so the resumed training writes each episode exactly once."""
+        self = cls.__new__(cls)
+        self.folder = run_folder(root, cohort, run_id)
+        manifest_part = self.folder / "runs" / "part-0.parquet"
+        if not manifest_part.is_file():
+            raise FileNotFoundError(f"no run {run_id!r} to resume at {self.folder}")
+        row = pq.read_table(manifest_part).to_pylist()[0]
+        self.run_id, self.cohort, self.flush_every = run_id, cohort, flush_every
+        self.config = RunConfig.from_json(row["config_json"])
+        self._manifest = {k: v for k, v in row.items() if k not in ("schema_version", "status", "steps_recorded", "pid", "host")}
+        self._manifest.update(ended_at=None, error=None)
+        self._parts = {table: truncate_table(self.folder / table, "update" if table == "updates" else "episode",
+                                             updates if table == "updates" else episodes) for table in TABLES[1:]}  # fmt: skip
+        steps = sorted((self.folder / "steps").glob("part-*.parquet"))
+        self._steps_recorded = sum(pq.read_metadata(p).num_rows for p in steps)
+        self._start()
+        return self
+
+    def _start(self) -> None:
         self.status = "running"
         self._buffer: list[_Step] = []
         self._updates: list[dict] = []
-        self._parts = {"steps": 0, "slots": 0, "decisions": 0, "events": 0, "updates": 0}
         self._slot_index: list[int] | None = None
-        self._steps_recorded = 0
         self._busy = self._sigterm_pending = self._closed = False
-        sha, dirty = _git_state()
-        self._manifest = {
-            "run_id": self.run_id, "kind": kind, "preset": preset, "task": config.task, "seed": config.seed,
-            "config_json": config.to_json(), "versions": json.dumps(_versions(), sort_keys=True),
-            "git_sha": sha, "git_dirty": dirty, "torch_threads": torch.get_num_threads(),
-            "parent_run": parent_run, "branch_step": branch_step,
-            "started_at": datetime.now(UTC), "ended_at": None, "error": None,
-        }  # fmt: skip
         self._write_manifest()
         self._previous_handler = None  # set while this recorder's SIGTERM handler is installed
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
@@ -124,7 +142,7 @@ class Recorder:
         if self._closed:
             raise RuntimeError(f"recorder for run {self.run_id!r} is closed ({self.status})")
         metrics, reward = result.metrics, result.reward
-        step = (env, episode, result.step, result.done, dict(metrics), tuple(getattr(reward, p) for p in REWARD_PARTS))
+        step = (env, episode, result.step, result.done, result.episode_seed, dict(metrics), tuple(getattr(reward, p) for p in REWARD_PARTS))
         events = [(i, int(e.kind), e.slot, e.surface_uid, e.name, e.value) for i, e in enumerate(result.events)]
         row = self._decision_row(action, metrics.get("veto", 0) > 0, decision)
         self._buffer.append(_Step(step, self._slot_values(result), row, events))
@@ -156,17 +174,21 @@ class Recorder:
             missing = sorted(_DECISION_INPUTS - set(decision))
             if missing:
                 raise ValueError(f"decision lacks keys {missing}")
-            for h in HEADS:
-                if h in ("op", *used_heads(op)) and int(decision[h]) != row[h]:
+            used = heads_used(op)
+            for h in used:
+                if int(decision[h]) != row[h]:
                     raise ValueError(f"decision sampled {h}={decision[h]} but the action has {h}={row[h]}")
             row.update({h: int(decision[h]) for h in HEADS})
             row.update({f"{h}_mask": [bool(m) for m in decision[f"{h}_mask"]] for h in HEADS})
-            row.update({k: float(decision[k]) for k in _POLICY_FLOATS})
+            # a head the op did not use decided nothing: its log-prob and entropy are null, so
+            # per-head means count only the decisions that head made
+            row.update({f"{h}_{p}": float(decision[f"{h}_{p}"]) if h in used else None for h in HEADS for p in ("logp", "entropy")})
+            row.update(value=float(decision["value"]), logp=float(decision["logp"]))
             row["sampled_legal"] = all(0 <= row[h] < len(row[f"{h}_mask"]) and row[f"{h}_mask"][row[h]] for h in HEADS)
         executed = Op.WAIT if vetoed else op
         row.update(executed_op=int(executed), vetoed=vetoed, executed_slot=None if executed is Op.WAIT else action.slot)
-        used = used_heads(executed)
-        for h in _GERMINATION_HEADS:
+        used = heads_used(executed)
+        for h in GERMINATION_HEADS:
             row[f"resolved_{h}"] = int(getattr(action, h)) if h in used else None
         row["resolved_tempo_steps"] = Tempo(action.tempo).steps if "tempo" in used else None
         row["resolved_alpha_target"] = AlphaTarget(action.target).alpha if "target" in used else None
@@ -188,7 +210,8 @@ class Recorder:
             self._write_manifest()
 
     def _write_manifest(self) -> None:
-        row = {**self._manifest, "schema_version": SCHEMA_VERSION, "status": self.status, "steps_recorded": self._steps_recorded}
+        row = {**self._manifest, "schema_version": SCHEMA_VERSION, "status": self.status, "steps_recorded": self._steps_recorded,
+               "pid": os.getpid(), "host": socket.gethostname()}  # fmt: skip
         write_part(self.folder / "runs" / "part-0.parquet", pa.Table.from_pylist([row], schema=SCHEMAS["runs"]))
 
     def close(self, status: str = "completed", error: str | None = None) -> None:
@@ -260,11 +283,11 @@ def _column(values: list, type_: pa.DataType) -> pa.Array:
 
 def _tables(run_id: str, buffer: list[_Step]) -> dict[str, pa.Table]:
     n = len(buffer)
-    env, episode, step, done, metrics, rewards = zip(*(b.steps for b in buffer))
-    steps = {"env": env, "episode": episode, "step": step, "done": done}
-    steps |= {k: [m.get(k) for m in metrics] for k in STEP_METRICS}
+    env, episode, step, done, episode_seed, metrics, rewards = zip(*(b.steps for b in buffer))
+    steps = {"env": env, "episode": episode, "step": step, "done": done, "episode_seed": episode_seed}
+    steps |= {k: [m.get(k) for m in metrics] for k in STEP_TYPES}
     steps |= {f"reward_{p}": [r[i] for r in rewards] for i, p in enumerate(REWARD_PARTS)}
-    steps["extra_metrics"] = [[(k, float(v)) for k, v in m.items() if k not in STEP_METRICS] or None for m in metrics]
+    steps["extra_metrics"] = [[(k, float(v)) for k, v in m.items() if k not in STEP_TYPES] or None for m in metrics]
 
     values = np.concatenate([b.slots for b in buffer])
     counts = np.array([len(b.slots) for b in buffer])
@@ -303,7 +326,38 @@ def _updates_table(run_id: str, updates: list[dict]) -> pa.Table:
     return _table(run_id, "updates", columns, len(updates))
 
 
+def mark_stale_runs(root: str | Path) -> list[str]:
+    """Mark `killed` every run under `root` that still reads `running` although its writer, a
+    process on this host, is gone (a SIGKILL leaves no chance to say so); return their ids."""
+    stale = []
+    for manifest in Path(root).glob("cohort=*/run=*/runs/part-0.parquet"):
+        try:
+            row = pq.read_table(manifest).to_pylist()[0]
+        except (pa.ArrowException, OSError, IndexError):
+            continue  # unreadable: the store reports it
+        if row["status"] != "running" or row.get("host") != socket.gethostname() or row.get("pid") is None or _alive(row["pid"]):
+            continue
+        row.update(status="killed", error=f"stale: its writer (pid {row['pid']}) is gone", ended_at=datetime.now(UTC))
+        write_part(manifest, pa.Table.from_pylist([row], schema=SCHEMAS["runs"]))
+        stale.append(row["run_id"])
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 # --- provenance ---------------------------------------------------------------------------------
+def _json(config: dict | None) -> str | None:
+    return None if config is None else json.dumps(config, sort_keys=True, default=str)
+
+
 def _versions() -> dict[str, str]:
     return {
         "esper_lab": metadata.version("esper_lab"), "python": platform.python_version(),

@@ -14,10 +14,27 @@ import enum
 
 import pyarrow as pa
 
-from esper_lab.contracts import AlphaCurve, AlphaTarget, BlendAlgorithm, Blueprint, EventKind, Op, Role, Site, Stage, Subtarget, Tempo
-from esper_lab.policy.heads import HEADS  # the policy's factored heads, in sampling order
+from esper_lab.contracts import (
+    HEADS,
+    REWARD_PARTS,
+    SLOT_COLUMN_TYPES,
+    STEP_METRIC_TYPES,
+    AlphaCurve,
+    AlphaTarget,
+    BlendAlgorithm,
+    Blueprint,
+    EventKind,
+    Op,
+    Role,
+    Site,
+    Stage,
+    Subtarget,
+    Tempo,
+)
 
-SCHEMA_VERSION = 1  # bump when a column changes type or meaning; readers union parts by name
+# 2: in-forward/incubating params, contributions, full_metric, episode seeds, the run's three
+# configs and its eval arm; head entropies null where the head was not used
+SCHEMA_VERSION = 2  # bump when a column changes type or meaning; readers union parts by name
 TABLES = ("runs", "steps", "slots", "decisions", "events", "updates")
 METADATA_KEY = b"esper_lab.schema_version"  # written into every part's Parquet metadata
 
@@ -29,31 +46,9 @@ ENUMS: dict[str, type[enum.IntEnum]] = {
 
 KEYS = [("run_id", pa.string()), ("env", pa.int32()), ("episode", pa.int32()), ("step", pa.int32())]
 
-# `MorphEnv` step metrics and their types; keys outside this list go to `extra_metrics`.
-STEP_METRICS: dict[str, pa.DataType] = {
-    "progress": pa.float64(), "train_loss": pa.float64(), "val_loss": pa.float64(),
-    "val_accuracy": pa.float64(), "metric": pa.float64(), "metric_gain": pa.float64(),
-    "metric_since_start": pa.float64(), "host_params": pa.int64(), "active_params": pa.int64(),
-    "active_flops": pa.float64(), "active_param_budget_util": pa.float64(),
-    "active_flops_budget_util": pa.float64(), "occupied_slots": pa.int32(), "n_slots": pa.int32(),
-    "veto": pa.bool_(), "rollback": pa.bool_(), "roi_params": pa.float64(), "roi_flops": pa.float64(),
-    "level_change_rate": pa.float64(), "net_level_change": pa.float64(),
-}  # fmt: skip
-REWARD_PARTS = ("task", "rent", "churn", "intervention", "total")
-
-# Types of the plane report's columns, `plane.SLOT_COLUMNS` in order (the report is float32;
-# ids and counts below 2**24 are exact in it). A test keeps the two in step.
-SLOT_TYPES: dict[str, pa.DataType] = {
-    "surface_uid": pa.int32(), "depth_norm": pa.float32(), "site": pa.int8(), "role": pa.int8(),
-    "stage": pa.int8(), "blueprint": pa.int8(), "alpha": pa.float32(), "alpha_target": pa.float32(),
-    "blend": pa.int8(), "internal_level": pa.int16(), "internal_level_norm": pa.float32(),
-    "max_level": pa.int16(), "focus_idx": pa.int16(), "focus_subtarget": pa.int8(),
-    "focus_internal_level_norm": pa.float32(), "internal_level_mean_norm": pa.float32(),
-    "internal_level_max_norm": pa.float32(), "seed_param_count_active": pa.int64(),
-    "seed_flops_active_est": pa.float32(), "delta_l2_norm": pa.float32(), "output_l2_norm": pa.float32(),
-    "seed_grad_norm": pa.float32(), "grad_ratio": pa.float32(), "embargo_remaining": pa.int16(),
-    "germinations": pa.int32(),
-}  # fmt: skip
+# The env's step metrics and the plane report's columns, typed as `contracts` declares them.
+STEP_TYPES: dict[str, pa.DataType] = {name: pa.type_for_alias(alias) for name, alias in STEP_METRIC_TYPES.items()}
+SLOT_TYPES: dict[str, pa.DataType] = {name: pa.type_for_alias(alias) for name, alias in SLOT_COLUMN_TYPES.items()}
 
 # Columns that come from the policy's internals (null for baseline policies).
 POLICY_COLUMNS = (*(f"{h}_{part}" for h in HEADS for part in ("logp", "entropy", "mask")), "value", "logp", "sampled_legal")
@@ -77,16 +72,19 @@ def _schema(fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
 SCHEMAS: dict[str, pa.Schema] = {
     "runs": _schema([
         ("schema_version", pa.int32()), ("run_id", pa.string()), ("kind", pa.string()),
+        ("arm", pa.string()),  # eval runs: which policy played the held-out episodes
         ("preset", pa.string()), ("task", pa.string()), ("seed", pa.int64()), ("config_json", pa.string()),
+        ("ppo_config_json", pa.string()), ("policy_config_json", pa.string()),  # null without a learned policy
         ("versions", pa.string()), ("git_sha", pa.string()), ("git_dirty", pa.bool_()),
         ("torch_threads", pa.int32()),  # float reductions depend on it: replay uses the same count
         ("parent_run", pa.string()), ("branch_step", pa.int32()),
         ("started_at", _TIME), ("ended_at", _TIME), ("status", pa.string()), ("error", pa.string()),
         ("steps_recorded", pa.int64()),
+        ("pid", pa.int64()), ("host", pa.string()),  # who writes it: a `running` run whose process is gone is stale
     ]),
     "steps": _schema([
-        *KEYS, ("done", pa.bool_()),
-        *STEP_METRICS.items(),
+        *KEYS, ("done", pa.bool_()), ("episode_seed", pa.int64()),
+        *STEP_TYPES.items(),
         *((f"reward_{p}", pa.float64()) for p in REWARD_PARTS),
         ("extra_metrics", _MAP),
     ]),

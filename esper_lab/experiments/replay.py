@@ -1,7 +1,8 @@
 """Forensic replay (seed 003 §8.2): re-run a recorded run from its manifest, or branch it.
 
-Every episode starts from `MorphEnv.reset()`, which rebuilds host, plane, optimizer and data
-order from (run seed, env index), and every step after that is a function of the actions taken.
+Every episode starts from `MorphEnv.reset(episode_seed)`, which rebuilds host, plane, optimizer
+and data order from the episode's seed (recorded in `steps`), and every step after that is a
+function of the actions taken.
 So re-applying the recorded chosen actions (the `decisions` table) to fresh envs reproduces the
 run on the same machine with the recorded torch thread count, each (env, episode) on its own.
 `branch` replays one (env, episode) to a step, injects a different action there, lets a policy
@@ -20,11 +21,11 @@ import polars as pl
 import torch
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Action, AlphaCurve, AlphaTarget, BlendAlgorithm, Blueprint, Op, Tempo
-from esper_lab.env import MorphEnv, StepResult
-from esper_lab.telemetry.recorder import FLUSH_EVERY, Recorder
+from esper_lab.contracts import Action, AlphaCurve, AlphaTarget, BlendAlgorithm, Blueprint, Op, StepResult, Tempo
+from esper_lab.env import MorphEnv
+from esper_lab.telemetry import Recorder, Store
+from esper_lab.telemetry.recorder import FLUSH_EVERY
 from esper_lab.telemetry.schema import POLICY_COLUMNS
-from esper_lab.telemetry.store import Store
 
 # What a replay must reproduce exactly: every recorded column except the policy's internals
 # (log-probs, entropies, masks, value), which a replay without the policy cannot know.
@@ -64,10 +65,18 @@ def action_from_row(row: dict) -> Action:
                   AlphaCurve(row["curve"]), Tempo(row["tempo"]), AlphaTarget(row["target"]))  # fmt: skip
 
 
-def _play(config: RunConfig, env_index: int, episode: int, decisions: pl.DataFrame, recorder: Recorder) -> tuple[MorphEnv, StepResult]:
-    """Reset env `env_index` and re-apply one episode's recorded actions, recording each step."""
+def episode_seeds(store: Store, run_id: str) -> dict[tuple[int, int], int]:
+    """(env, episode) -> the seed that episode was played from."""
+    frame = store.episodes(run=run_id)
+    return {(e, k): seed for e, k, seed in frame.select("env", "episode", "episode_seed").iter_rows()}
+
+
+def _play(config: RunConfig, env_index: int, episode: int, seed: int, decisions: pl.DataFrame,
+          recorder: Recorder) -> tuple[MorphEnv, StepResult]:  # fmt: skip
+    """Reset env `env_index` to episode seed `seed` and re-apply one episode's recorded actions,
+    recording each step."""
     env = MorphEnv(config, env_index)
-    result = env.reset()
+    result = env.reset(seed)
     for row in decisions.iter_rows(named=True):
         if row["step"] != result.step + 1:
             raise ReplayError(f"env {env_index} episode {episode}: recording jumps from step {result.step} to {row['step']}")
@@ -95,12 +104,13 @@ def replay(store_or_root: Store | str | Path, run_id: str, recorder_root: str | 
     store = store_or_root if isinstance(store_or_root, Store) else Store(store_or_root)
     manifest, config = recorded_run(store, run_id)
     decisions = store.rows("decisions", run=run_id)
+    seeds = episode_seeds(store, run_id)
     replay_id = f"{run_id}-replay-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory() as scratch, _threads(manifest["torch_threads"]):
         root = Path(recorder_root or scratch)
         with Recorder(root, manifest["cohort"], config, run_id=replay_id, parent_run=run_id, kind="replay") as recorder:
             for (env_index, episode), rows in decisions.group_by(["env", "episode"], maintain_order=True):
-                _play(config, env_index, episode, rows, recorder)
+                _play(config, env_index, episode, seeds[env_index, episode], rows, recorder)
         replayed = Store(root)
         mismatches = [line for table in COMPARED for line in _compare(table, store, run_id, replayed, replay_id)]
         return ReplayResult(run_id, replay_id, mismatches, replayed.rows("steps", run=replay_id))
@@ -146,11 +156,14 @@ def branch(
     )
     if decisions.height != step - 1:
         raise ReplayError(f"run {run_id!r} env {env} episode {episode} has {decisions.height} recorded steps before step {step}")
+    seed = episode_seeds(store, run_id).get((env, episode))
+    if seed is None:
+        raise ReplayError(f"run {run_id!r} has no env {env} episode {episode}")
     branch_id = f"{run_id}-b{step}-{secrets.token_hex(3)}"
     with _threads(manifest["torch_threads"]):
         with Recorder(root, cohort or manifest["cohort"], config, run_id=branch_id, parent_run=run_id,
                       branch_step=step, flush_every=flush_every, kind="branch") as recorder:  # fmt: skip
-            morph, result = _play(config, env, episode, decisions, recorder)
+            morph, result = _play(config, env, episode, seed, decisions, recorder)
             while not result.done:
                 result = morph.step(action)
                 recorder.record_step(env, episode, action, result)

@@ -1,7 +1,7 @@
 """Telemetry benchmark: recorder rows/second on real env steps, and the latency of every store
 query on a generated root (default 10 M `slots` rows).
 
-    python -m esper_lab.telemetry.bench --rows 10_000_000 --root /tmp/esper_bench
+    python -m benchmarks.telemetry_bench --rows 10_000_000 --root /tmp/esper_bench
 
 The generated root has the recorder's schemas and closed-run layout (one part per table per
 run) with plausible values: lifecycle stages, ladder levels, ops (GROW/SHRINK among them),
@@ -28,7 +28,8 @@ from esper_lab.env import VecEnv
 from esper_lab.policy import RandomPolicy
 from esper_lab.telemetry.parts import run_folder, write_part
 from esper_lab.telemetry.recorder import FLUSH_EVERY, Recorder
-from esper_lab.telemetry.schema import HEADS, SCHEMA_VERSION, SCHEMAS
+from esper_lab.contracts import HEADS
+from esper_lab.telemetry.schema import SCHEMA_VERSION, SCHEMAS
 from esper_lab.telemetry.store import Store
 
 COHORTS, RUNS_PER_COHORT, ENVS, SLOTS, EPISODE_LENGTH = 4, 5, 4, 8, 50  # a Pack-0-sized grid
@@ -62,7 +63,8 @@ def synthetic_run(root: Path, cohort: str, run_id: str, env_steps: int, rng: np.
     folder = run_folder(root, cohort, run_id)
     write_part(folder / "steps" / "part-0.parquet", _table(
         "steps", run_id, n, **keys, done=keys["step"] == EPISODE_LENGTH, metric=rng.random(n), metric_gain=gain,
-        active_params=rng.integers(0, 20_000, n), veto=veto, rollback=rng.random(n) < 0.002,
+        full_metric=np.where(keys["step"] == EPISODE_LENGTH, rng.random(n), np.nan),
+        forward_params=rng.integers(0, 20_000, n), veto=veto, rollback=rng.random(n) < 0.002,
         reward_rent=rng.random(n) * 0.1, reward_churn=rng.random(n) * 0.2, reward_total=rng.normal(0, 1, n),
         level_change_rate=rng.random(n) * 0.3, net_level_change=rng.integers(-3, 4, n).astype(float)))  # fmt: skip
     masks = {f"{h}_mask": pa.FixedSizeListArray.from_arrays(rng.random(n * len(Op)) < 0.95, len(Op)).cast(pa.list_(pa.bool_())) for h in HEADS}
@@ -78,6 +80,8 @@ def synthetic_run(root: Path, cohort: str, run_id: str, env_steps: int, rng: np.
         "slots", run_id, m, **{k: np.repeat(v, SLOTS) for k, v in keys.items()}, slot=np.tile(np.arange(SLOTS), n),
         stage=stage, blueprint=blueprint, max_level=np.where(ladder, 4, 0),
         internal_level=np.where(ladder, rng.integers(0, 5, m), 0), seed_param_count_active=rng.integers(0, 5000, m),
+        in_forward=np.isin(stage, [Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED]).astype(np.int8),
+        contribution_measured=(rng.random(m) < 0.25).astype(np.int8), contribution=rng.normal(0, 0.01, m).astype(np.float32),
         delta_l2_norm=rng.random(m, dtype=np.float32), alpha=rng.random(m, dtype=np.float32)))  # fmt: skip
     # events: a transition every other step or so, a level change per executed grow/shrink, a veto per veto
     level = np.flatnonzero(~veto & np.isin(op, [Op.GROW_INTERNAL, Op.SHRINK_INTERNAL]))
@@ -107,13 +111,14 @@ def synthetic_root(root: Path, slot_rows: int, seed: int = 0) -> None:
 
 def time_queries(store: Store, cohort: str, run: str) -> list[tuple[str, str, float, int]]:
     """(query, scope, median seconds, result rows) for every named query, whole root and one run."""
-    queries = ["runs", "rent_churn", "conv_heavy_share", "cohort_summary", "run_outcomes", "lifecycle_op_counts",
-               "grow_shrink_share", "policy_entropy", "invalid_action_rate", "governor_counts", "level_change",
-               "grow_lagged_correlation", "delta_norm_by_level", "fossilisation_ratio"]  # fmt: skip
+    queries = ["runs", "rent_churn", "conv_heavy_share", "episode_outcomes", "learning_curve", "cohort_behaviour",
+               "lifecycle_op_counts", "grow_shrink_share", "policy_entropy", "invalid_action_rate", "governor_counts",
+               "level_change", "oscillation", "contributions", "grow_lagged_correlation", "delta_norm_by_level",
+               "fossilisation_ratio"]  # fmt: skip
     results = []
     for name in queries:
         method = getattr(store, name)
-        scopes = [("all", {}), ("cohort", {"cohort": cohort})] + ([("run", {"run": run})] if name != "cohort_summary" else [])
+        scopes = [("all", {}), ("cohort", {"cohort": cohort})] + ([("run", {"run": run})] if name != "cohort_behaviour" else [])
         for scope, kwargs in scopes:
             times = []
             for _ in range(REPEATS):
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"generated {args.rows:,} slots rows under {root} in {time.perf_counter() - start:.1f} s")
         start = time.perf_counter()
         store = Store(root)
-        print(f"Store(root) with footer validation: {(time.perf_counter() - start) * 1e3:.0f} ms")
+        print(f"Store(root), every part's footer checked: {(time.perf_counter() - start) * 1e3:.0f} ms")
         print(f"{'query':<26} {'scope':<7} {'median ms':>10} {'rows':>10}")
         for name, scope, seconds, rows in time_queries(store, "cohort1", "run1-2"):
             print(f"{name:<26} {scope:<7} {seconds * 1e3:>10.0f} {rows:>10}")

@@ -1,13 +1,12 @@
 """Policy measurements (not timed tests), printed as markdown tables:
 
-    python -m esper_lab.policy.bench forward             # flat vs slot transformer at S = 8..256
-    python -m esper_lab.policy.bench compare CKPT --task digits_cnn --envs 8
+    python -m benchmarks.policy_bench forward             # flat vs slot transformer at S = 8..256
 
 `forward` times one batched decision (B environments) and measures its peak memory as the growth
 of the process's peak RSS over a one-slot warm-up forward, in a fresh process per (encoder, S) so
 one configuration's allocations cannot hide another's (page-granular: small values read as ~0).
-`compare` plays one episode per environment with a trained checkpoint (greedy and sampled) and
-with the heuristic and random baselines, on the same environment seeds.
+(Comparing a trained policy with the baselines is the held-out evaluation's job:
+`esper_lab.experiments.evaluation`.)
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import Counter
 
 import torch
 
@@ -79,67 +77,24 @@ def forward_table() -> None:
     print("|---|---|---|---|---|")
     for encoder in ("flat", "slot_transformer"):
         for n_slots in SLOT_COUNTS:
-            out = subprocess.run([sys.executable, "-m", "esper_lab.policy.bench", "forward-one", encoder, str(n_slots)],
+            out = subprocess.run([sys.executable, "-m", "benchmarks.policy_bench", "forward-one", encoder, str(n_slots)],
                                  capture_output=True, text=True, check=True)  # fmt: skip
             row = json.loads(out.stdout)
             print(f"| {encoder} | {n_slots} | {row['params']:,} | {row['forward_ms']:.2f} | {row['peak_mib']:.1f} |")
 
 
-def compare(checkpoint: str, task: str, envs: int, seed: int, episode_length: int | None) -> None:
-    from esper_lab.config import RunConfig
-    from esper_lab.env import VecEnv
-    from esper_lab.episodes import run_episodes
-    from esper_lab.policy import HeuristicPolicy, PPOPolicy, RandomPolicy
-    from esper_lab.policy.agent import Agent, PolicyConfig
-
-    torch.set_num_threads(1)
-    payload = torch.load(checkpoint, weights_only=True)
-    agent = Agent(PolicyConfig(**payload["policy_config"]))
-    agent.load_state_dict(payload["agent"])
-    overrides = {} if episode_length is None else {"episode_length": episode_length}
-    vec = VecEnv(RunConfig(task=task, seed=seed, **overrides), envs)
-    policies = {
-        f"ppo greedy (round {payload['round']})": PPOPolicy(agent, greedy=True),
-        f"ppo sampled (round {payload['round']})": PPOPolicy(agent, seed=seed + 1),
-        "heuristic": HeuristicPolicy(),
-        "random": RandomPolicy(seed=seed),
-    }
-    print(f"| policy ({task}, {envs} envs, seed {seed}) | mean return | min | max | mean final metric | mean active params | "
-          "ops executed, all envs | wall (s) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
-    for name, policy in policies.items():
-        start = time.perf_counter()
-        runs = run_episodes(vec, policy)
-        wall = time.perf_counter() - start
-        returns = [r.episode_return for r in runs]
-        metric = statistics.mean(r.final_metric for r in runs)
-        params = statistics.mean(r.active_params for r in runs)
-        ops = sum((Counter(r.ops) for r in runs), Counter())
-        ops_text = " ".join(f"{op.lower()}={n}" for op, n in sorted(ops.items()))
-        print(f"| {name} | {statistics.mean(returns):.2f} | {min(returns):.2f} | {max(returns):.2f} | {metric:.4f} | "
-              f"{params:.0f} | {ops_text} | {wall:.0f} |", flush=True)  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m esper_lab.policy.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.policy_bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("forward")
     one = commands.add_parser("forward-one")
     one.add_argument("encoder")
     one.add_argument("slots", type=int)
-    versus = commands.add_parser("compare")
-    versus.add_argument("checkpoint")
-    versus.add_argument("--task", default="digits_cnn")
-    versus.add_argument("--envs", type=int, default=8)
-    versus.add_argument("--seed", type=int, default=0)
-    versus.add_argument("--episode-length", type=int, default=None)
     args = parser.parse_args(argv)
     if args.command == "forward":
         forward_table()
-    elif args.command == "forward-one":
-        print(json.dumps(forward_one(args.encoder, args.slots)))
     else:
-        compare(args.checkpoint, args.task, args.envs, args.seed, args.episode_length)
+        print(json.dumps(forward_one(args.encoder, args.slots)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""Held-out, paired evaluation (DESIGN rule 10): every arm plays the same evaluation episodes.
+
+After training, the trained policy (greedy and sampled), the static host (always WAIT), the
+heuristic and the masked random policy each play the run's evaluation episodes: seeds
+`contracts.eval_episode_seed(run seed, k)`, k = 0..n-1, a range no training episode ever draws
+from. Each arm is recorded as a run of kind `eval` with its `arm` and the training run as
+`parent_run`, so the store pairs arms episode by episode on (cohort, seed, episode_seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+from esper_lab.contracts import Stream, eval_episode_seed, stream_seed
+from esper_lab.env import VecEnv
+from esper_lab.episodes import run_episodes
+from esper_lab.experiments.settings import Settings
+from esper_lab.policy import Agent, HeuristicPolicy, PPOPolicy, RandomPolicy, StaticPolicy
+from esper_lab.telemetry import Recorder
+
+ARMS = ("ppo_greedy", "ppo_sampled", "static", "heuristic", "random")
+BASELINE_ARMS = ("static", "heuristic", "random")  # the arms that need no trained agent
+CONTROL = "static"  # the arm every other is paired against
+
+
+def eval_seeds(run_seed: int, episodes: int) -> list[int]:
+    """The held-out episode seeds of a run seed (a fixed, documented set)."""
+    return [eval_episode_seed(run_seed, k) for k in range(episodes)]
+
+
+def arm_policy(arm: str, agent: Agent | None, run_seed: int):
+    """The policy an arm plays with; sampling draws from the run seed's evaluation stream."""
+    if arm in ("ppo_greedy", "ppo_sampled"):
+        if agent is None:
+            raise ValueError(f"arm {arm!r} needs a trained agent")
+        return PPOPolicy(agent, seed=stream_seed(run_seed, 0, Stream.EVALUATION), greedy=arm == "ppo_greedy")
+    makers: dict[str, Callable] = {"static": StaticPolicy, "heuristic": HeuristicPolicy,
+                                   "random": lambda: RandomPolicy(seed=stream_seed(run_seed, 0, Stream.EVALUATION))}  # fmt: skip
+    if arm not in makers:
+        raise ValueError(f"arm={arm!r} is not one of: {', '.join(ARMS)}")
+    return makers[arm]()
+
+
+def batch_size(episodes: int, envs: int) -> int:
+    """Environments per batch: the largest divisor of `episodes` that is at most `envs`."""
+    return max(n for n in range(1, min(episodes, envs) + 1) if episodes % n == 0)
+
+
+def evaluate_arms(settings: Settings, agent: Agent | None, root: str | Path, cohort: str, parent_run: str,
+                  preset: str | None = None, arms: tuple[str, ...] = ARMS,
+                  on_episode: Callable[[str], None] | None = None) -> list[str]:  # fmt: skip
+    """Play `settings.eval_episodes` held-out episodes with each arm, recorded as eval runs
+    `<parent_run>-eval-<arm>`; returns their run ids. `on_episode(arm)` after each batch."""
+    episodes = settings.eval_episodes
+    if episodes < 1:
+        raise ValueError(f"eval_episodes={episodes} must be >= 1 to evaluate")
+    config, seeds = settings.run, eval_seeds(settings.run.seed, episodes)
+    n = batch_size(episodes, settings.envs)
+    run_ids = []
+    with VecEnv(config, n, min(settings.workers, n)) as vec:
+        for arm in arms:
+            policy = arm_policy(arm, agent, config.seed)
+            run_id = f"{parent_run}-eval-{arm}"
+            learned = dataclasses.asdict(settings.policy) if arm.startswith("ppo") else None
+            with Recorder(root, cohort, config, run_id=run_id, parent_run=parent_run, kind="eval", arm=arm, preset=preset,
+                          policy_config=learned) as recorder:  # fmt: skip
+                run_episodes(vec, policy, recorder=recorder, seeds=seeds,
+                             on_step=lambda _, __, results: on_episode(arm) if on_episode and results[0].done else None)  # fmt: skip
+            run_ids.append(run_id)
+    return run_ids

@@ -1,0 +1,121 @@
+"""Every knob of a study in one place: the run config, PPO, the policy and the loop's budget.
+
+Keys are spelled the same everywhere: in a pack file's cohorts and presets, and on the command
+line as `--set KEY=VALUE`:
+
+    batch_size=32  economy.rent_weight=0.5  ppo.lr=1e-3  policy.encoder=slot_transformer  rounds=40
+
+Top-level keys are `RunConfig` fields or the loop's own (`LOOP_KEYS`); `economy.*`, `ppo.*` and
+`policy.*` reach `EconomyConfig`, `PPOConfig` and `PolicyConfig`. Values are TOML literals
+(`[4, 8]`, `{op = 0.02}`, `1e-3`, `true`); anything else is a string. Every key and value is
+checked before any compute, and an error names the key and what it allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+from esper_lab.config import EconomyConfig, RunConfig
+from esper_lab.env import slot_count
+from esper_lab.policy import PolicyConfig
+from esper_lab.ppo import PPOConfig
+
+# The training loop's budget: PPO rounds, environments (and worker processes stepping them), and
+# held-out evaluation episodes per arm after training.
+LOOP_KEYS = {"rounds": 10, "envs": 4, "workers": 0, "eval_episodes": 0}
+SECTIONS = {"economy": EconomyConfig, "ppo": PPOConfig, "policy": PolicyConfig}
+RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "economy")
+
+
+@dataclass(frozen=True)
+class Settings:
+    run: RunConfig
+    ppo: PPOConfig
+    policy: PolicyConfig
+    rounds: int
+    envs: int
+    workers: int
+    eval_episodes: int
+
+    @classmethod
+    def build(cls, values: dict[str, Any]) -> Settings:
+        """Settings from nested values (as a pack file or `parse_assignments` gives them)."""
+        values = dict(values)
+        unknown = sorted(set(values) - set(RUN_KEYS) - set(SECTIONS) - set(LOOP_KEYS))
+        if unknown:
+            allowed = ", ".join([*RUN_KEYS, *(f"{s}.*" for s in SECTIONS), *LOOP_KEYS])
+            raise ValueError(f"unknown keys {unknown} (allowed: {allowed})")
+        sections = {name: values.pop(name, {}) or {} for name in SECTIONS}
+        for name, section in sections.items():
+            _known(name, section, SECTIONS[name])
+        loop = {key: values.pop(key, default) for key, default in LOOP_KEYS.items()}
+        for key, value in loop.items():
+            low = 1 if key in ("rounds", "envs") else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{key}={value!r} must be an integer >= {low}")
+        if loop["workers"] > loop["envs"]:
+            raise ValueError(f"workers={loop['workers']} must be at most envs={loop['envs']}")
+        run = RunConfig(**values, economy=_section("economy", EconomyConfig, sections["economy"]))
+        ppo = _section("ppo", PPOConfig, {"seed": run.seed, **sections["ppo"]})
+        policy_values = sections["policy"]
+        if policy_values.get("encoder", PolicyConfig.encoder) == "flat" and "max_slots" not in policy_values:
+            policy_values = {**policy_values, "max_slots": slot_count(run)}  # the flat encoder's fixed S
+        return cls(run, ppo, _section("policy", PolicyConfig, policy_values), **loop)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The nested values `build` takes back (what a manifest or a report shows)."""
+        run = {k: v for k, v in dataclasses.asdict(self.run).items() if k != "economy"}
+        return {**run, "economy": dataclasses.asdict(self.run.economy), "ppo": dataclasses.asdict(self.ppo),
+                "policy": dataclasses.asdict(self.policy), **{k: getattr(self, k) for k in LOOP_KEYS}}  # fmt: skip
+
+
+def _known(name: str, values: dict, cls: type) -> None:
+    if not isinstance(values, dict):
+        raise ValueError(f"{name} must be a table of {cls.__name__} fields, got {values!r}")
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown keys {[f'{name}.{k}' for k in unknown]} (allowed: {', '.join(f'{name}.{f}' for f in fields)})")
+
+
+def _section(name: str, cls: type, values: dict):
+    try:
+        return cls(**values)
+    except ValueError as error:  # the dataclass names the field; say which section it belongs to
+        message = str(error)
+        raise ValueError(message if message.startswith(f"{name}.") else f"{name}.{message}") from None
+
+
+def parse_value(text: str) -> Any:
+    """A TOML literal (number, bool, list, inline table, quoted string), else the text itself."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """`["ppo.lr=1e-3", "batch_size=32"]` -> `{"ppo": {"lr": 0.001}, "batch_size": 32}`."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r} must look like KEY=VALUE (e.g. economy.rent_weight=0.5)")
+        *sections, name = key.strip().split(".")
+        if len(sections) > 1 or (sections and sections[0] not in SECTIONS):
+            raise ValueError(f"--set key {key!r}: a dotted key starts with one of {', '.join(SECTIONS)}")
+        target = values.setdefault(sections[0], {}) if sections else values
+        target[name] = parse_value(text.strip())
+    return values
+
+
+def merge(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win; the `economy`, `ppo` and `policy` tables merge key by key."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            out[key] = {**out.get(key, {}), **value} if key in SECTIONS else value
+    return out

@@ -1,0 +1,103 @@
+"""Verdicts with uncertainty: paired differences, cluster-bootstrap confidence intervals, gates.
+
+A result is a paired comparison: two arms (say the trained policy and the static host) play the
+same held-out evaluation episodes, and each episode gives one difference. Episodes of one
+training seed share that seed's policy, so they are not independent: the bootstrap resamples
+seeds (clusters) with replacement, then episodes within each drawn seed (a two-stage cluster
+bootstrap), and reads the CI from the percentiles of the statistic over the resamples.
+
+A gate compares a statistic with a threshold: PASS when the whole 95% CI is on the passing side,
+FAIL when it is all on the failing side, INCONCLUSIVE when it straddles the threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+BOOTSTRAP_RESAMPLES = 2000  # enough for stable 2.5/97.5 percentiles (Efron & Tibshirani 1993, ch. 13)
+CONFIDENCE = 0.95
+PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A statistic with its bootstrap CI and the sample behind it."""
+
+    value: float
+    low: float
+    high: float
+    n: int  # observations (episodes)
+    clusters: int  # independent units resampled (training seeds)
+
+    def __str__(self) -> str:
+        return f"{self.value:+.4g} [{self.low:+.4g}, {self.high:+.4g}] (n={self.n}, seeds={self.clusters})"
+
+
+def bootstrap(values: Sequence[float], clusters: Sequence | None = None, statistic: Callable = np.mean,
+              resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0) -> Estimate:  # fmt: skip
+    """`statistic` of `values` with a percentile CI from a two-stage cluster bootstrap (clusters,
+    then values within each drawn cluster); without `clusters` every value is its own cluster."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        raise ValueError("bootstrap of an empty sample")
+    labels = np.arange(values.size) if clusters is None else np.asarray(clusters)
+    if labels.shape != values.shape:
+        raise ValueError(f"clusters has shape {labels.shape}, values {values.shape}")
+    groups = [values[labels == label] for label in np.unique(labels)]
+    rng = np.random.default_rng(seed)
+    draws = np.empty(resamples)
+    for r in range(resamples):
+        picked = rng.integers(len(groups), size=len(groups))
+        sample = [groups[g][rng.integers(len(groups[g]), size=len(groups[g]))] for g in picked]
+        draws[r] = statistic(np.concatenate(sample))
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return Estimate(float(statistic(values)), float(low), float(high), int(values.size), len(groups))
+
+
+def paired(a: pl.DataFrame, b: pl.DataFrame, column: str, on: Sequence[str] = ("seed", "episode_seed")) -> pl.DataFrame:
+    """Per held-out episode, `column` of `a` minus `column` of `b` on the same (training seed,
+    episode seed): the frame `on` + `diff`. Episodes either side lacks are left out."""
+    on = list(on)
+    left = a.select(*on, pl.col(column).alias("a"))
+    right = b.select(*on, pl.col(column).alias("b"))
+    return left.join(right, on=on).select(*on, (pl.col("a") - pl.col("b")).alias("diff")).sort(on)
+
+
+def paired_estimate(a: pl.DataFrame, b: pl.DataFrame, column: str, statistic: Callable = np.mean,
+                    on: Sequence[str] = ("seed", "episode_seed")) -> Estimate | None:  # fmt: skip
+    """The bootstrap estimate of `statistic` over the paired differences, clustered by training
+    seed; None when the two sides share no episode (or seed, with `on=("seed",)`)."""
+    diffs = paired(a, b, column, on)
+    if diffs.is_empty():
+        return None
+    return bootstrap(diffs["diff"].to_numpy(), diffs["seed"].to_numpy(), statistic)
+
+
+def estimate(frame: pl.DataFrame, column: str, statistic: Callable = np.mean) -> Estimate | None:
+    """The bootstrap estimate of `statistic` of one column, clustered by training seed."""
+    frame = frame.drop_nulls(column)
+    if frame.is_empty():
+        return None
+    return bootstrap(frame[column].to_numpy(), frame["seed"].to_numpy(), statistic)
+
+
+def verdict(estimate: Estimate | None, threshold: float, higher_passes: bool = True) -> str:
+    """PASS / FAIL / INCONCLUSIVE for "statistic > threshold" (`higher_passes`) or "statistic <=
+    threshold": PASS when the whole CI satisfies it, FAIL when none of it does."""
+    if estimate is None:
+        return INCONCLUSIVE
+    if higher_passes:
+        return PASS if estimate.low > threshold else FAIL if estimate.high <= threshold else INCONCLUSIVE
+    return PASS if estimate.high <= threshold else FAIL if estimate.low > threshold else INCONCLUSIVE
+
+
+def combine(verdicts: Sequence[str]) -> str:
+    """All parts of a gate must pass: any FAIL fails it, else any INCONCLUSIVE leaves it open."""
+    if FAIL in verdicts:
+        return FAIL
+    return INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS

@@ -1,0 +1,388 @@
+"""The named queries: every number a report, dashboard or notebook shows (DESIGN rule 5).
+
+`Queries` is the SQL half of `Store`: each method fills `{where}` with the cohort/run filter
+through `Store._query` and returns a polars frame. One definition per metric:
+
+- a head's entropy is the mean over the decisions where that head was used (the recorder leaves
+  it null elsewhere), with how many there were;
+- params and FLOPs are split into *in forward* (the seed's output reaches the host: alpha > 0 or
+  fossilised) and *incubating*; conv_heavy share and ROI count in-forward params only;
+- a seed's contribution is measured, not inferred (the env's counterfactual probe);
+- outcomes are read at each finished episode's last step on the whole validation split.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from esper_lab.contracts import HEADS, MODULE_STAGES, VETO_GERMINATE, VETO_INTERNAL_GROW, Blueprint, EventKind, Op, Stage
+
+LAGS = (1, 2, 3, 5)  # env steps after a grow over which the task improvement is summed
+_KEYS = "cohort, run_id, env, episode, step"
+_EPISODE = "cohort, run_id, env, episode"
+
+
+class Queries:
+    """Named queries over the views `runs, steps, slots, decisions, events, updates`."""
+
+    def _query(self, query: str, cohort: str | None, run: str | None, **params) -> pl.DataFrame:  # pragma: no cover
+        raise NotImplementedError  # supplied by Store
+
+    # --- runs ---------------------------------------------------------------------------------
+    def runs(self, cohort: str | None = None, run: str | None = None, kind: str | None = None) -> pl.DataFrame:
+        """The run manifests: configs, versions, lineage, kind/arm and status."""
+        extra = " AND kind = $kind" if kind is not None else ""
+        params = {"kind": kind} if kind is not None else {}
+        return self._query("SELECT * EXCLUDE (run) FROM runs WHERE {where}" + extra + " ORDER BY started_at, run_id",
+                           cohort, run, **params)  # fmt: skip
+
+    def rows(self, table: str, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """One table's rows in key order (what replay compares)."""
+        if table not in ("steps", "slots", "decisions", "events", "updates"):
+            raise ValueError(f"table={table!r} is not one of: steps, slots, decisions, events, updates")
+        order = {"slots": ", slot", "events": ", seq"}.get(table, "")
+        keys = "cohort, run_id, update" if table == "updates" else _KEYS
+        return self._query(f"SELECT * EXCLUDE (run) FROM {table} WHERE {{where}} ORDER BY {keys}{order}", cohort, run)
+
+    def episodes(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """Each run's (env, episode) pairs, their seed, recorded steps and whether they finished."""
+        return self._query(f"""
+            SELECT {_EPISODE}, any_value(episode_seed) AS episode_seed, count(*) AS steps, bool_or(done) AS done
+            FROM steps WHERE {{where}} GROUP BY {_EPISODE} ORDER BY {_EPISODE}""", cohort, run)  # fmt: skip
+
+    # --- outcomes -----------------------------------------------------------------------------
+    def episode_outcomes(self, cohort: str | None = None, run: str | None = None, kind: str | None = None) -> pl.DataFrame:
+        """One row per finished episode of a completed run, with the run's kind, arm, parent and
+        seed: final metric (whole validation split), return and its parts, in-forward params at
+        the end and on average, conv_heavy's in-forward params at the end, vetoes and rollbacks.
+        Held-out evaluation arms pair up on (cohort, seed, episode_seed)."""
+        return self._query(_OUTCOMES + " ORDER BY cohort, run_id, env, episode", cohort, run, kind=kind,
+                           conv_heavy=int(Blueprint.CONV_HEAVY))
+
+    def arm_summary(self, cohort: str | None = None) -> pl.DataFrame:
+        """Per cohort and held-out arm, across its evaluation episodes: how many (and seeds), the
+        final metric's median with q25 and q75, the mean return and in-forward params (the
+        dashboards' view; the report's paired CIs come from `experiments.stats`)."""
+        return self._query(f"""
+            WITH o AS ({_OUTCOMES})
+            SELECT cohort, arm, count(*) AS episodes, count(DISTINCT seed) AS seeds, median(final_metric) AS final_metric_median,
+                   quantile_cont(final_metric, 0.25) AS final_metric_q25, quantile_cont(final_metric, 0.75) AS final_metric_q75,
+                   avg(episode_return) AS return_mean, avg(forward_params) AS forward_params_mean
+            FROM o GROUP BY cohort, arm ORDER BY cohort, arm""", cohort, None, conv_heavy=int(Blueprint.CONV_HEAVY), kind="eval")  # fmt: skip
+
+    def learning_curve(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """Per training episode (one PPO round plays one per env), means over envs: return, final
+        metric, WAIT share of decisions, in-forward and incubating params, and each head's entropy
+        over the decisions that used it."""
+        entropy = ", ".join(f"avg({h}_entropy) AS entropy_{h}" for h in HEADS)
+        return self._query(f"""
+            WITH s AS (SELECT cohort, run_id, episode, avg(ret) AS episode_return, avg(final_metric) AS final_metric,
+                              avg(fwd) AS forward_params, avg(inc) AS incubating_params, count(*) AS envs
+                       FROM (SELECT cohort, run_id, env, episode, sum(reward_total) AS ret, arg_max(full_metric, step) AS final_metric,
+                                    avg(forward_params) AS fwd, avg(incubating_params) AS inc
+                             FROM steps WHERE {{where}} GROUP BY ALL HAVING bool_or(done)) GROUP BY ALL),
+                 d AS (SELECT cohort, run_id, episode, avg((op = $wait)::DOUBLE) AS wait_share, {entropy}
+                       FROM decisions WHERE {{where}} GROUP BY ALL)
+            SELECT * FROM s LEFT JOIN d USING (cohort, run_id, episode) ORDER BY cohort, run_id, episode""",
+            cohort, run, wait=int(Op.WAIT))  # fmt: skip
+
+    # --- economy ------------------------------------------------------------------------------
+    def rent_churn(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """Per step (mean over envs): C_rent, C_churn, total reward, in-forward and incubating seed
+        params and FLOPs."""
+        return self._query("""
+            SELECT cohort, run_id, episode, step, avg(reward_rent) AS rent, avg(reward_churn) AS churn,
+                   avg(reward_total) AS reward, avg(forward_params) AS forward_params,
+                   avg(incubating_params) AS incubating_params, avg(forward_flops) AS forward_flops,
+                   avg(incubating_flops) AS incubating_flops, count(*) AS envs
+            FROM steps WHERE {where} GROUP BY ALL ORDER BY cohort, run_id, episode, step""", cohort, run)
+
+    def conv_heavy_share(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """`conv_heavy_forward_param_share` per step: conv_heavy's share of the in-forward seed
+        params, summed over envs and slots (0 when none is in forward). `run_step` counts env steps
+        from the run's start (episodes, then steps), so seeds of one preset line up."""
+        return self._query(_CONV_HEAVY_SHARE + " ORDER BY cohort, run_id, episode, step", cohort, run,
+                           conv_heavy=int(Blueprint.CONV_HEAVY))  # fmt: skip
+
+    def conv_heavy_share_bands(self, cohort: str | None = None) -> pl.DataFrame:
+        """Per cohort and `run_step`, across its completed training runs (seeds): median, q25 and
+        q75 of the conv_heavy share: reliability across seeds, not the lucky run (seed 003)."""
+        return self._query(f"""
+            SELECT cohort, run_step, min(episode) AS episode, min(step) AS step, count(*) AS runs,
+                   median(conv_heavy_forward_param_share) AS median,
+                   quantile_cont(conv_heavy_forward_param_share, 0.25) AS q25,
+                   quantile_cont(conv_heavy_forward_param_share, 0.75) AS q75
+            FROM ({_CONV_HEAVY_SHARE}) WHERE run_id IN (SELECT run_id FROM runs WHERE kind = 'ppo' AND status = 'completed')
+            GROUP BY cohort, run_step ORDER BY cohort, run_step""", cohort, None, conv_heavy=int(Blueprint.CONV_HEAVY))  # fmt: skip
+
+    # --- decisions ----------------------------------------------------------------------------
+    def lifecycle_op_counts(self, cohort: str | None = None, run: str | None = None, by_episode: bool = False) -> pl.DataFrame:
+        """Every op (GROW/SHRINK/FOCUS included, zeros too): times chosen and times executed."""
+        by = _by(by_episode)
+        same = " AND ".join(f"c.{k} = k.{k}" for k in by.split(", "))
+        return self._query(f"""
+            WITH counts AS (
+                SELECT {by}, op, count(*) AS chosen, count(*) FILTER (WHERE NOT vetoed) AS executed
+                FROM decisions WHERE {{where}} GROUP BY ALL)
+            SELECT k.*, n.value AS op, n.name AS op_name,
+                   coalesce(c.chosen, 0) AS chosen, coalesce(c.executed, 0) AS executed
+            FROM (SELECT DISTINCT {by} FROM counts) k CROSS JOIN op_names n
+            LEFT JOIN counts c ON {same} AND c.op = n.value
+            ORDER BY {by}, op""", cohort, run)  # fmt: skip
+
+    def grow_shrink_share(self, cohort: str | None = None, run: str | None = None, by_episode: bool = False) -> pl.DataFrame:
+        """GROW_INTERNAL + SHRINK_INTERNAL as a share of chosen non-WAIT ops (seed 002 gate: >= 10%),
+        and the WAIT share of all decisions."""
+        by = _by(by_episode)
+        return self._query(f"""
+            SELECT {by}, count(*) AS decisions, count(*) FILTER (WHERE op = $grow) AS grow,
+                   count(*) FILTER (WHERE op = $shrink) AS shrink, count(*) FILTER (WHERE op <> $wait) AS non_wait,
+                   (grow + shrink) / nullif(non_wait, 0) AS grow_shrink_share, 1 - non_wait / count(*) AS wait_share
+            FROM decisions WHERE {{where}} GROUP BY ALL ORDER BY {by}""",
+            cohort, run, grow=int(Op.GROW_INTERNAL), shrink=int(Op.SHRINK_INTERNAL), wait=int(Op.WAIT))  # fmt: skip
+
+    def policy_entropy(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """Each head's mean entropy per episode over the decisions where the head was used
+        (`decisions`), and over those where it also had at least two legal choices (`open`),
+        where an entropy near 0 means collapse rather than a forced choice. Learned policies only:
+        baselines record no entropy."""
+        parts = " UNION ALL ".join(
+            f"SELECT cohort, run_id, episode, '{h}' AS head, count({h}_entropy) AS decisions, avg({h}_entropy) AS entropy, "
+            f"count({h}_entropy) FILTER (WHERE len(list_filter({h}_mask, lambda x: x)) >= 2) AS open_decisions, "
+            f"avg({h}_entropy) FILTER (WHERE len(list_filter({h}_mask, lambda x: x)) >= 2) AS open_entropy "
+            f"FROM decisions WHERE {{where}} AND op_entropy IS NOT NULL GROUP BY cohort, run_id, episode"
+            for h in HEADS
+        )
+        order = ", ".join(f"'{h}'" for h in HEADS)
+        return self._query(f"SELECT * FROM ({parts}) ORDER BY cohort, run_id, episode, list_position([{order}], head)", cohort, run)
+
+    def invalid_action_rate(self, cohort: str | None = None, run: str | None = None, by_episode: bool = False) -> pl.DataFrame:
+        """Share of decisions with masks where some head's sampled value is outside its mask."""
+        by = _by(by_episode)
+        return self._query(f"""
+            SELECT {by}, count(sampled_legal) AS masked_decisions, count(*) FILTER (WHERE NOT sampled_legal) AS invalid,
+                   invalid / nullif(masked_decisions, 0) AS invalid_action_rate
+            FROM decisions WHERE {{where}} GROUP BY ALL ORDER BY {by}""", cohort, run)  # fmt: skip
+
+    def governor_counts(self, cohort: str | None = None, run: str | None = None, by_episode: bool = False) -> pl.DataFrame:
+        """Governor vetoes (all, internal-grow, germinate) and rollbacks, with the veto rate."""
+        by = _by(by_episode)
+        return self._query(f"""
+            WITH s AS (SELECT {by}, count(*) AS steps, count(*) FILTER (WHERE veto) AS vetoes,
+                              count(*) FILTER (WHERE rollback) AS rollbacks
+                       FROM steps WHERE {{where}} GROUP BY ALL),
+                 e AS (SELECT {by}, count(*) FILTER (WHERE name = $grow) AS grow_vetoes,
+                              count(*) FILTER (WHERE name = $germinate) AS germinate_vetoes
+                       FROM events WHERE kind = $veto AND {{where}} GROUP BY ALL)
+            SELECT s.*, coalesce(e.grow_vetoes, 0) AS grow_vetoes, coalesce(e.germinate_vetoes, 0) AS germinate_vetoes,
+                   vetoes / steps AS veto_rate
+            FROM s LEFT JOIN e USING ({by}) ORDER BY {by}""",
+            cohort, run, grow=VETO_INTERNAL_GROW, germinate=VETO_GERMINATE, veto=int(EventKind.VETO))  # fmt: skip
+
+    # --- ladders, lifecycle and credit --------------------------------------------------------
+    def level_change(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """`level_change_rate` and `net_level_change` per step (mean over envs; seed 002 anti-thrash)."""
+        return self._query("""
+            SELECT cohort, run_id, episode, step, avg(level_change_rate) AS level_change_rate,
+                   avg(net_level_change) AS net_level_change
+            FROM steps WHERE {where} GROUP BY ALL ORDER BY cohort, run_id, episode, step""", cohort, run)
+
+    def oscillation(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """Per finished (run, env, episode), the thrash seed 003 §5.1's churn is meant to price:
+        `regerminations` (a slot germinated again after a prune in the same episode), `alpha_reversals`
+        (a slot's alpha turning from rising to falling or back) and `level_flips` (a GROW followed by
+        a SHRINK on the same slot, or the reverse)."""
+        return self._query(f"""
+            WITH ep AS (SELECT {_EPISODE} FROM steps WHERE {{where}} GROUP BY ALL HAVING bool_or(done)),
+            g AS (SELECT {_EPISODE}, slot, step, value AS stage,
+                         count(*) FILTER (WHERE value = $pruned) OVER w AS prunes_before
+                  FROM events WHERE kind = $transition AND {{where}}
+                  WINDOW w AS (PARTITION BY {_EPISODE}, slot ORDER BY step, seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)),
+            regerm AS (SELECT {_EPISODE}, count(*) AS regerminations FROM g
+                       WHERE stage = $germinated AND prunes_before > 0 GROUP BY ALL),
+            a AS (SELECT {_EPISODE}, slot, step, sign(alpha - lag(alpha) OVER (PARTITION BY {_EPISODE}, slot ORDER BY step)) AS move
+                  FROM slots WHERE {{where}}),
+            moves AS (SELECT *, lag(move) OVER (PARTITION BY {_EPISODE}, slot ORDER BY step) AS previous FROM a WHERE move <> 0),
+            rev AS (SELECT {_EPISODE}, count(*) FILTER (WHERE move * previous < 0) AS alpha_reversals FROM moves GROUP BY ALL),
+            lv AS (SELECT {_EPISODE}, slot, name, lag(name) OVER (PARTITION BY {_EPISODE}, slot ORDER BY step, seq) AS previous
+                   FROM events WHERE kind = $level_changed AND {{where}}),
+            flips AS (SELECT {_EPISODE}, count(*) FILTER (WHERE name <> previous) AS level_flips FROM lv GROUP BY ALL)
+            SELECT ep.*, coalesce(regerminations, 0) AS regerminations, coalesce(alpha_reversals, 0) AS alpha_reversals,
+                   coalesce(level_flips, 0) AS level_flips
+            FROM ep LEFT JOIN regerm USING ({_EPISODE}) LEFT JOIN rev USING ({_EPISODE}) LEFT JOIN flips USING ({_EPISODE})
+            ORDER BY {_EPISODE}""",
+            cohort, run, transition=int(EventKind.TRANSITION), level_changed=int(EventKind.LEVEL_CHANGED),
+            pruned=int(Stage.PRUNED), germinated=int(Stage.GERMINATED))  # fmt: skip
+
+    def contributions(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """Every measured counterfactual contribution (seed 003 §8.2): the metric as is minus the
+        metric with that seed's alpha forced to 0, signed so helping is > 0, with the seed's
+        in-forward params and ROI = contribution per 1,000 of them."""
+        return self._query(f"""
+            SELECT s.cohort, s.run_id, s.env, s.episode, s.step, s.slot, s.surface_uid, s.blueprint, b.name AS blueprint_name,
+                   s.stage, s.alpha, s.internal_level, s.contribution::DOUBLE AS contribution, s.seed_param_count_active AS params,
+                   1000 * s.contribution / nullif(s.seed_param_count_active, 0) AS roi_per_kparam
+            FROM slots s LEFT JOIN blueprint_names b ON b.value = s.blueprint
+            WHERE s.contribution_measured = 1 AND {{where}} ORDER BY {", ".join(f"s.{k}" for k in _KEYS.split(", "))}, s.slot""",
+            cohort, run)  # fmt: skip
+
+    def grow_lagged_correlation(self, cohort: str | None = None, run: str | None = None, lags: tuple[int, ...] = LAGS) -> pl.DataFrame:
+        """Correlation between "a grow event (an executed GROW_INTERNAL) at step t" and the task
+        improvement over steps t .. t+lag-1 (summed signed `metric_gain`), per run and lag; null
+        without variance. Windows over `steps` alone, then a join with the few grow events."""
+        if not lags or not all(isinstance(k, int) and k >= 1 for k in lags):
+            raise ValueError(f"lags={lags!r} must be integers >= 1")
+        window = f"OVER (PARTITION BY {_EPISODE} ORDER BY step)"
+        leads = "".join(f", lead(metric_gain, {k}) {window} AS g{k}" for k in range(1, max(lags)))
+        sums = ", ".join(f"metric_gain{''.join(f' + g{j}' for j in range(1, k))} AS f{k}" for k in lags)
+        stats = ", ".join(
+            f"count(f{k}) AS n{k}, sum(grew) FILTER (WHERE f{k} IS NOT NULL) AS grows{k}, "
+            f"CASE WHEN var_pop(grew) FILTER (WHERE f{k} IS NOT NULL) > 0 AND var_pop(f{k}) > 0 "
+            f"THEN corr(grew, f{k}) END AS c{k}"
+            for k in lags
+        )
+        per_lag = " UNION ALL ".join(
+            f"SELECT cohort, run_id, {k} AS lag, n{k} AS n, grows{k}::BIGINT AS grows, c{k} AS correlation FROM a" for k in lags
+        )
+        return self._query(f"""
+            WITH g AS (SELECT DISTINCT {_KEYS} FROM events WHERE kind = $level_changed AND name = $grow AND {{where}}),
+                 s AS (SELECT {_KEYS}, metric_gain{leads} FROM steps WHERE {{where}}),
+                 f AS (SELECT cohort, run_id, (g.step IS NOT NULL)::DOUBLE AS grew, {sums} FROM s LEFT JOIN g USING ({_KEYS})),
+                 a AS MATERIALIZED (SELECT cohort, run_id, {stats} FROM f GROUP BY cohort, run_id)
+            SELECT * FROM ({per_lag}) ORDER BY cohort, run_id, lag""",
+            cohort, run, level_changed=int(EventKind.LEVEL_CHANGED), grow=Op.GROW_INTERNAL.name)  # fmt: skip
+
+    def delta_norm_by_level(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """`delta_l2_norm` distribution per ladder blueprint and internal level (ladder seeds whose
+        module runs, so their sensors are live)."""
+        stages = ", ".join(str(int(s)) for s in sorted(MODULE_STAGES))
+        return self._query(f"""
+            SELECT cohort, blueprint, any_value(b.name) AS blueprint_name, internal_level, count(*) AS n,
+                   avg(delta) AS mean, quantile_cont(delta, 0.25) AS q25, median(delta) AS median,
+                   quantile_cont(delta, 0.75) AS q75
+            FROM (SELECT *, delta_l2_norm::DOUBLE AS delta FROM slots) JOIN blueprint_names b ON b.value = blueprint
+            WHERE max_level > 0 AND stage IN ({stages}) AND {{where}}
+            GROUP BY cohort, blueprint, internal_level ORDER BY cohort, blueprint, internal_level""", cohort, run)  # fmt: skip
+
+    def fossilisation_ratio(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """Seeds fossilised per seed germinated (and pruned), from lifecycle transition events."""
+        return self._query("""
+            SELECT r.cohort, r.run_id,
+                   count(e.value) FILTER (WHERE e.value = $germinated) AS germinated,
+                   count(e.value) FILTER (WHERE e.value = $fossilized) AS fossilized,
+                   count(e.value) FILTER (WHERE e.value = $pruned) AS pruned,
+                   fossilized / nullif(germinated, 0) AS fossilisation_ratio
+            FROM (SELECT cohort, run, run_id FROM runs WHERE {where}) r
+            LEFT JOIN events e ON e.run = r.run AND e.cohort = r.cohort AND e.kind = $transition
+            GROUP BY ALL ORDER BY r.cohort, r.run_id""",
+            cohort, run, germinated=int(Stage.GERMINATED), fossilized=int(Stage.FOSSILIZED),
+            pruned=int(Stage.PRUNED), transition=int(EventKind.TRANSITION))  # fmt: skip
+
+    # --- dashboards ---------------------------------------------------------------------------
+    def slot_series(self, cohort: str | None = None, run: str | None = None, env: int | None = None,
+                    episode: int | None = None) -> pl.DataFrame:  # fmt: skip
+        """Per step and slot, with names: stage, blueprint, alpha, ladder level, sensors, whether
+        the seed is in forward, its contribution and the params/FLOPs rent is charged on."""
+        extra, params = _env_episode(env, episode)
+        return self._query(f"""
+            SELECT s.cohort, s.run_id, s.env, s.episode, s.step, s.slot, s.surface_uid,
+                   concat_ws(' · ', 'slot ' || s.slot, si.name, CASE WHEN s.role <> 0 THEN ro.name END,
+                             printf('depth %.2f', s.depth_norm)) AS surface,
+                   s.stage, st.name AS stage_name, s.blueprint, b.name AS blueprint_name, s.alpha, s.alpha_target,
+                   s.internal_level, s.max_level, s.delta_l2_norm, s.output_l2_norm, s.seed_param_count_active,
+                   s.seed_flops_active_est, s.in_forward, s.contribution, s.germinations
+            FROM slots s LEFT JOIN stage_names st ON st.value = s.stage  -- blueprint -1: no seed (null name)
+                 LEFT JOIN blueprint_names b ON b.value = s.blueprint LEFT JOIN site_names si ON si.value = s.site
+                 LEFT JOIN role_names ro ON ro.value = s.role
+            WHERE {{where}}{extra} ORDER BY s.cohort, s.run_id, s.env, s.episode, s.step, s.slot""",
+            cohort, run, **params)  # fmt: skip
+
+    def event_log(self, cohort: str | None = None, run: str | None = None, env: int | None = None,
+                  episode: int | None = None) -> pl.DataFrame:  # fmt: skip
+        """Events in order with their kind's name (lifecycle transitions, level changes, vetoes...)."""
+        extra, params = _env_episode(env, episode)
+        return self._query(f"""
+            SELECT e.cohort, e.run_id, e.env, e.episode, e.step, e.seq, e.slot, e.surface_uid,
+                   k.name AS kind_name, e.name, e.value
+            FROM events e JOIN event_kind_names k ON k.value = e.kind
+            WHERE {{where}}{extra} ORDER BY e.cohort, e.run_id, e.env, e.episode, e.step, e.seq""", cohort, run, **params)  # fmt: skip
+
+    # --- pack reports (esper_lab.experiments.report) ------------------------------------------
+    def cohort_behaviour(self, cohort: str | None = None, kind: str = "ppo") -> pl.DataFrame:
+        """Per cohort, over its completed runs of `kind` (failed, killed and other kinds are not
+        counted): how many runs; decisions (non-WAIT count, grow/shrink share, WAIT share);
+        germinations and conv_heavy's share of them; op-head entropy in each run's first and last
+        episode (averaged over runs); vetoes, rollbacks and the level-change rate."""
+        return self._query(f"""
+            WITH r AS (SELECT cohort, run FROM runs WHERE kind = $kind AND status = 'completed' AND {{where}}),
+            d AS (SELECT decisions.* FROM decisions JOIN r USING (cohort, run)),
+            s AS (SELECT steps.* FROM steps JOIN r USING (cohort, run)),
+            runs_ AS (SELECT cohort, count(*) AS runs FROM r GROUP BY cohort),
+            ops AS (
+                SELECT cohort, count(*) FILTER (WHERE op <> $wait) AS non_wait, avg((op = $wait)::DOUBLE) AS wait_share,
+                       count(*) FILTER (WHERE op IN ($grow, $shrink)) / nullif(non_wait, 0) AS grow_shrink_share,
+                       count(*) FILTER (WHERE executed_op = $germinate) AS germinations,
+                       count(*) FILTER (WHERE executed_op = $germinate AND resolved_blueprint = $conv_heavy)
+                           / nullif(germinations, 0) AS conv_heavy_germination_share
+                FROM d GROUP BY cohort),
+            entropy AS (
+                SELECT cohort, avg(first_entropy) AS op_entropy_first, avg(last_entropy) AS op_entropy_last
+                FROM (SELECT cohort, run_id, arg_min(e, episode) AS first_entropy, arg_max(e, episode) AS last_entropy
+                      FROM (SELECT cohort, run_id, episode, avg(op_entropy) AS e FROM d GROUP BY ALL)
+                      GROUP BY cohort, run_id) GROUP BY cohort),
+            governor AS (
+                SELECT cohort, count(*) FILTER (WHERE veto) AS vetoes, count(*) FILTER (WHERE rollback) AS rollbacks,
+                       avg(level_change_rate) AS level_change_rate
+                FROM s GROUP BY cohort)
+            SELECT * FROM runs_ LEFT JOIN ops USING (cohort) LEFT JOIN entropy USING (cohort)
+                 LEFT JOIN governor USING (cohort) ORDER BY cohort""",
+            cohort, None, kind=kind, wait=int(Op.WAIT), grow=int(Op.GROW_INTERNAL), shrink=int(Op.SHRINK_INTERNAL),
+            germinate=int(Op.GERMINATE), conv_heavy=int(Blueprint.CONV_HEAVY))  # fmt: skip
+
+    def run_status_counts(self) -> pl.DataFrame:
+        """Runs per (kind, status): the report shows failed, killed and running ones apart."""
+        return self._query("SELECT kind, status, count(*) AS runs FROM runs WHERE {where} GROUP BY ALL ORDER BY kind, status",
+                           None, None)  # fmt: skip
+
+
+def _by(by_episode: bool) -> str:
+    return "cohort, run_id, episode" if by_episode else "cohort, run_id"
+
+
+def _env_episode(env: int | None, episode: int | None) -> tuple[str, dict]:
+    """Extra `AND` filters (and their parameters) for one env and/or episode of a run."""
+    pairs = {k: int(v) for k, v in (("env", env), ("episode", episode)) if v is not None}
+    return "".join(f" AND {k} = ${k}" for k in pairs), pairs
+
+
+# conv_heavy's share of in-forward seed params per step (summed over envs and slots), with the
+# run's env-step counter; shared by the per-run and the per-cohort queries.
+_CONV_HEAVY_SHARE = """
+    SELECT cohort, run_id, episode, step,
+           dense_rank() OVER (PARTITION BY cohort, run_id ORDER BY episode, step) AS run_step,
+           coalesce(sum(seed_param_count_active) FILTER (WHERE in_forward = 1 AND blueprint = $conv_heavy)
+                    / nullif(sum(seed_param_count_active) FILTER (WHERE in_forward = 1), 0), 0) AS conv_heavy_forward_param_share,
+           coalesce(sum(seed_param_count_active) FILTER (WHERE in_forward = 1), 0)::BIGINT AS forward_seed_params
+    FROM slots WHERE {where} GROUP BY cohort, run_id, episode, step"""
+
+
+# Every finished episode of a completed run (of kind $kind, or any when it is NULL), read at its
+# last step; shared by `episode_outcomes` and `arm_summary`.
+_OUTCOMES = """
+            WITH r AS (SELECT cohort, run, kind, arm, parent_run, task, seed, preset FROM runs
+                       WHERE status = 'completed' AND {where} AND (CAST($kind AS VARCHAR) IS NULL OR kind = $kind)),
+            e AS (SELECT cohort, run, run_id, env, episode, any_value(episode_seed) AS episode_seed, max(step) AS last_step,
+                         arg_max(full_metric, step) AS final_metric, sum(reward_total) AS episode_return,
+                         sum(reward_task) AS reward_task, sum(reward_rent) AS rent, sum(reward_churn) AS churn,
+                         arg_max(forward_params, step) AS forward_params, avg(forward_params) AS forward_params_mean,
+                         avg(incubating_params) AS incubating_params_mean, any_value(host_params) AS host_params,
+                         avg(level_change_rate) AS level_change_rate,
+                         count(*) FILTER (WHERE veto) AS vetoes, count(*) FILTER (WHERE rollback) AS rollbacks
+                  FROM steps WHERE {where} GROUP BY cohort, run, run_id, env, episode HAVING bool_or(done)),
+            h AS (SELECT cohort, run, env, episode,
+                         coalesce(sum(s.seed_param_count_active) FILTER (WHERE s.in_forward = 1 AND s.blueprint = $conv_heavy), 0)
+                             AS conv_heavy_params
+                  FROM slots s JOIN e USING (cohort, run, env, episode)
+                  WHERE s.step = e.last_step AND {where} GROUP BY ALL)
+            SELECT r.kind, r.arm, r.parent_run, r.task, r.seed, r.preset, e.* EXCLUDE (run), coalesce(h.conv_heavy_params, 0) AS conv_heavy_params
+            FROM e JOIN r USING (cohort, run) LEFT JOIN h USING (cohort, run, env, episode)"""
