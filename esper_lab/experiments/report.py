@@ -10,12 +10,13 @@ comes from a store query or `stats`; this module arranges them.
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from esper_lab.experiments.evaluation import ARMS, CONTROL
-from esper_lab.experiments.gates import GATE_SETS, Gate, evidence
+from esper_lab.experiments.gates import GATE_SETS, Evidence, Gate, evidence
 from esper_lab.experiments.packs import Pack
 from esper_lab.experiments.stats import Estimate, estimate, paired_estimate
 from esper_lab.telemetry import Store
@@ -36,6 +37,29 @@ def report_path(reports_dir: Path, pack: Pack, preset: str, root: Path) -> Path:
     return Path(reports_dir) / pack.name / f"{Path(root).resolve().name}-{preset}.html"
 
 
+@dataclass(frozen=True)
+class Report:
+    """What a report page shows, before it is drawn (the page arranges exactly these)."""
+
+    header: str  # markdown: what this is
+    gates: list[Gate]
+    outcomes: pl.DataFrame  # `outcome_table`
+    behaviour: pl.DataFrame  # `Store.cohort_behaviour`
+    evidence: Evidence
+
+
+def build_report(pack: Pack, root: str | Path, preset: str) -> Report:
+    """The report of `preset`'s runs under `root` (only those: a store scoped to the preset)."""
+    store = Store(root, preset=preset)
+    runs = store.runs()
+    if runs.is_empty():
+        raise ValueError(f"no runs of preset {preset!r} under {root}: run `esper-lab pack run {pack.name} --preset {preset}` first")
+    ev = evidence(store)
+    gates = GATE_SETS[pack.gates](pack, ev) if not ev.outcomes.is_empty() else []
+    outcomes = outcome_table(ev.outcomes) if not ev.outcomes.is_empty() else pl.DataFrame()
+    return Report(_header(pack, preset, root, store, runs), gates, outcomes, store.cohort_behaviour(), ev)
+
+
 def write_report(pack: Pack, root: str | Path, preset: str, path: Path) -> Path:
     """Write `path` (HTML, every resource inlined) from the runs of `preset` under `root`."""
     import holoviews as hv
@@ -44,24 +68,19 @@ def write_report(pack: Pack, root: str | Path, preset: str, path: Path) -> Path:
     from esper_lab.dashboards.app import save_offline
 
     hv.extension("bokeh")
-    store = Store(root, preset=preset)
-    runs = store.runs()
-    if runs.is_empty():
-        raise ValueError(f"no runs of preset {preset!r} under {root}: run `esper-lab pack run {pack.name} --preset {preset}` first")
-    ev = evidence(store)
-    outcomes = ev.outcomes
-    gates = GATE_SETS[pack.gates](pack, ev) if not outcomes.is_empty() else []
+    report = build_report(pack, root, preset)
     page = pn.Column(
         pn.pane.HTML(f"<style>{CSS}</style>"),
-        pn.pane.Markdown(_header(pack, preset, root, store, runs), width=PAGE_WIDTH),
+        pn.pane.Markdown(report.header, width=PAGE_WIDTH),
         pn.pane.Markdown(f"## Exit gates ({pack.gates}), on held-out episodes", width=PAGE_WIDTH),
-        pn.pane.HTML(_gate_table(gates) if gates else "<p>No held-out evaluation episodes yet: no verdicts.</p>", width=PAGE_WIDTH),
+        pn.pane.HTML(_gate_table(report.gates) if report.gates else "<p>No held-out evaluation episodes yet: no verdicts.</p>",
+                     width=PAGE_WIDTH),
         pn.pane.Markdown("## Held-out outcomes: every arm against the static host on the same episodes", width=PAGE_WIDTH),
-        pn.pane.HTML(_table(outcome_table(outcomes)) if not outcomes.is_empty() else "<p>none</p>", width=PAGE_WIDTH),
+        pn.pane.HTML(_table(report.outcomes), width=PAGE_WIDTH),
         pn.pane.Markdown("## Training behaviour (completed training runs)", width=PAGE_WIDTH),
-        pn.pane.HTML(_table(store.cohort_behaviour()), width=PAGE_WIDTH),
-        pn.pane.HoloViews(_plots(store, outcomes), width=PAGE_WIDTH),
-    )
+        pn.pane.HTML(_table(report.behaviour), width=PAGE_WIDTH),
+        pn.pane.HoloViews(_plots(Store(root, preset=preset), report.evidence.outcomes), width=PAGE_WIDTH),
+    )  # fmt: skip
     return save_offline(page, path, title=f"{pack.title} · {preset}")
 
 

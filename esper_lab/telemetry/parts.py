@@ -3,6 +3,11 @@
 Layout: `<root>/cohort=<c>/run=<id>/<table>/part-<n>.parquet`. Readers glob `*.parquet`, so a
 part is written under a hidden `.part-<n>.parquet.tmp` name and renamed into place.
 
+A path, once written, never changes: a reader that listed a part reads what was listed, or finds
+it gone (and lists again), never other bytes under the same name. So every rewrite takes a new
+part number: the run manifest (`runs/part-<n>.parquet`, the highest is current), a truncated part
+on resume, and the merged part of a compaction.
+
 A run writes many small parts (one per flush, so a crash loses little); DuckDB pays per file, so
 a closed run's parts are compacted into one part per table. Compaction writes the merged part
 into a hidden sibling folder and swaps folders with two renames: a reader sees the old parts or
@@ -45,16 +50,41 @@ def write_part(path: Path, table: pa.Table) -> None:
     os.replace(temporary, path)
 
 
+def numbered_parts(folder: Path) -> list[Path]:
+    return sorted(folder.glob("part-*.parquet"), key=part_number)
+
+
+def next_part(folder: Path) -> Path:
+    parts = numbered_parts(folder)
+    return folder / f"part-{part_number(parts[-1]) + 1 if parts else 0}.parquet"
+
+
+def replace_single_part(folder: Path, table: pa.Table) -> Path:
+    """Write `table` as the folder's newest part, then drop the older ones (a manifest's update)."""
+    old = numbered_parts(folder)
+    path = next_part(folder)
+    write_part(path, table)
+    for part in old:
+        part.unlink(missing_ok=True)
+    return path
+
+
+def latest_part(folder: Path) -> Path | None:
+    parts = numbered_parts(folder)
+    return parts[-1] if parts else None
+
+
 def compact_table(folder: Path) -> None:
-    """Merge one table folder's parts, in part order, into a single `part-0.parquet`."""
-    parts = sorted(folder.glob("part-*.parquet"), key=part_number)
+    """Merge one table folder's parts, in part order, into a single new part."""
+    parts = numbered_parts(folder)
     if len(parts) < 2:
         return
     staging = folder.with_name(f".{folder.name}.compacting")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     pending, rows = [], 0
-    with pq.ParquetWriter(staging / "part-0.parquet", pq.read_schema(parts[0]), compression=COMPRESSION) as writer:
+    merged = staging / f"part-{part_number(parts[-1]) + 1}.parquet"
+    with pq.ParquetWriter(merged, pq.read_schema(parts[0]), compression=COMPRESSION) as writer:
         for part in parts:
             table = pq.ParquetFile(part).read()
             pending.append(table)
@@ -75,14 +105,13 @@ def compact_run(folder: Path, tables: tuple[str, ...]) -> None:
 
 
 def truncate_table(folder: Path, column: str, keep_below: int) -> int:
-    """Drop the rows whose `column` is >= `keep_below` from every part of one table folder (each
-    part rewritten atomically, or removed when nothing is left); return the next part number."""
-    parts = sorted(folder.glob("part-*.parquet"), key=part_number)
-    for part in parts:
+    """Drop the rows whose `column` is >= `keep_below` from one table folder: a part that loses
+    rows is replaced by a new part with the rest (or just removed); return the next part number."""
+    for part in numbered_parts(folder):
         table = pq.read_table(part)
         kept = table.filter(pc.less(table[column], keep_below))
-        if kept.num_rows == 0:
+        if kept.num_rows < table.num_rows:
+            if kept.num_rows:
+                write_part(next_part(folder), kept)
             part.unlink()
-        elif kept.num_rows < table.num_rows:
-            write_part(part, kept)
-    return part_number(parts[-1]) + 1 if parts else 0
+    return part_number(next_part(folder))

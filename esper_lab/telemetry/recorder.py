@@ -2,7 +2,7 @@
 
 Layout and atomic writes are in `parts`: a part appears whole or not at all, even under
 SIGKILL, and close merges the run's parts into one per table. The `runs` manifest
-(`runs/part-0.parquet`) is rewritten the same way at start, at every flush and at close, with the
+(the newest `runs/part-<n>.parquet`) is replaced the same way at start, at every flush and at close, with the
 run's status: `running` until close, then `completed`, `failed` (with the error) or `killed`
 (SIGTERM, Ctrl-C). A run killed with SIGKILL therefore still reads `running`.
 
@@ -34,7 +34,7 @@ import torch
 
 from esper_lab.config import RunConfig
 from esper_lab.contracts import GERMINATION_HEADS, HEADS, REWARD_PARTS, Action, AlphaTarget, Op, StepResult, Tempo, heads_used
-from esper_lab.telemetry.parts import compact_run, run_folder, truncate_table, write_part
+from esper_lab.telemetry.parts import compact_run, latest_part, replace_single_part, run_folder, truncate_table, write_part
 from esper_lab.telemetry.schema import SCHEMA_VERSION, SCHEMAS, SLOT_TYPES, STEP_TYPES, TABLES, UPDATE_STATS
 
 FLUSH_EVERY = 100  # env steps per part: a SIGKILL loses at most this many, and parts stay few
@@ -109,8 +109,8 @@ class Recorder:
         dropped, so the resumed training writes each episode exactly once."""
         self = cls.__new__(cls)
         self.folder = run_folder(root, cohort, run_id)
-        manifest_part = self.folder / "runs" / "part-0.parquet"
-        if not manifest_part.is_file():
+        manifest_part = latest_part(self.folder / "runs")
+        if manifest_part is None:
             raise FileNotFoundError(f"no run {run_id!r} to resume at {self.folder}")
         row = pq.read_table(manifest_part).to_pylist()[0]
         self.run_id, self.cohort, self.flush_every = run_id, cohort, flush_every
@@ -212,7 +212,7 @@ class Recorder:
     def _write_manifest(self) -> None:
         row = {**self._manifest, "schema_version": SCHEMA_VERSION, "status": self.status, "steps_recorded": self._steps_recorded,
                "pid": os.getpid(), "host": socket.gethostname()}  # fmt: skip
-        write_part(self.folder / "runs" / "part-0.parquet", pa.Table.from_pylist([row], schema=SCHEMAS["runs"]))
+        replace_single_part(self.folder / "runs", pa.Table.from_pylist([row], schema=SCHEMAS["runs"]))
 
     def close(self, status: str = "completed", error: str | None = None) -> None:
         """Flush, stamp the end time and final status, and give SIGTERM back to its old handler."""
@@ -330,15 +330,15 @@ def mark_stale_runs(root: str | Path) -> list[str]:
     """Mark `killed` every run under `root` that still reads `running` although its writer, a
     process on this host, is gone (a SIGKILL leaves no chance to say so); return their ids."""
     stale = []
-    for manifest in Path(root).glob("cohort=*/run=*/runs/part-0.parquet"):
+    for folder in Path(root).glob("cohort=*/run=*/runs"):
         try:
-            row = pq.read_table(manifest).to_pylist()[0]
-        except (pa.ArrowException, OSError, IndexError):
-            continue  # unreadable: the store reports it
+            row = pq.read_table(latest_part(folder)).to_pylist()[0]
+        except (pa.ArrowException, OSError, IndexError, TypeError):
+            continue  # unreadable or gone: the store reports it
         if row["status"] != "running" or row.get("host") != socket.gethostname() or row.get("pid") is None or _alive(row["pid"]):
             continue
         row.update(status="killed", error=f"stale: its writer (pid {row['pid']}) is gone", ended_at=datetime.now(UTC))
-        write_part(manifest, pa.Table.from_pylist([row], schema=SCHEMAS["runs"]))
+        replace_single_part(folder, pa.Table.from_pylist([row], schema=SCHEMAS["runs"]))
         stale.append(row["run_id"])
     return stale
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -28,10 +29,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from esper_lab.telemetry.parts import latest_part
 from esper_lab.telemetry.queries import Queries
 from esper_lab.telemetry.schema import ENUMS, SCHEMAS, TABLES
 
-READ_RETRIES = 3  # fresh listings after a part vanished under a query (a concurrent compaction)
+READ_RETRIES = 10  # fresh listings after a part vanished under a query (a concurrent compaction)
+RETRY_PAUSE = 0.01  # seconds before listing again: lets the compaction's two renames finish
 _MISSING_FILE = re.compile(r"No such file|does not exist|Cannot open file|No files found", re.IGNORECASE)
 
 
@@ -63,11 +66,13 @@ class Store(Queries):
         return [f for f in folders if self._preset_of(f) == self.preset]
 
     def _preset_of(self, folder: Path) -> str | None:
-        manifest = folder / "runs" / "part-0.parquet"
+        manifest = latest_part(folder / "runs")
         try:
             return pq.read_table(manifest, columns=["preset"]).column(0)[0].as_py()
-        except (pa.ArrowException, OSError, IndexError) as error:
-            self._bad(manifest, error)
+        except FileNotFoundError:
+            return self._preset_of(folder)  # replaced by a newer one since it was listed
+        except (pa.ArrowException, OSError, IndexError, TypeError) as error:
+            self._bad(manifest or folder / "runs", error)
             return None
 
     def parts(self, table: str | None = None, run: str | None = None) -> list[Path]:
@@ -114,9 +119,19 @@ class Store(Queries):
             schema = "main" if run is None else "run_" + hashlib.sha1(run.encode()).hexdigest()[:16]
             self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             for table in TABLES:
-                self.con.execute(f"CREATE OR REPLACE VIEW {schema}.{table} AS SELECT * FROM {self._source(table, run)}")
+                self._retrying(lambda: self.con.execute(f"CREATE OR REPLACE VIEW {schema}.{table} AS SELECT * FROM {self._source(table, run)}"))
             self._scopes[key] = schema
         return self._scopes[key]
+
+    def _retrying(self, action):
+        """Run `action`; when a listed part vanished under it (a compaction), list again and retry."""
+        for attempt in range(READ_RETRIES + 1):
+            try:
+                return action()
+            except duckdb.IOException as error:
+                if attempt == READ_RETRIES or not _MISSING_FILE.search(str(error)):
+                    raise
+                time.sleep(RETRY_PAUSE)
 
     def _source(self, table: str, run: str | None) -> str:
         files = self.parts(table, run)
@@ -126,21 +141,27 @@ class Store(Queries):
             self.con.register(name, empty.empty_table())
             return name
         listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-        return (f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true, "
-                "hive_types = {'cohort': VARCHAR, 'run': VARCHAR})")  # fmt: skip
+        source = (f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true, "
+                  "hive_types = {'cohort': VARCHAR, 'run': VARCHAR}" + (", filename = true" if table == "runs" else "") + ")")  # fmt: skip
+        if table != "runs":
+            return source
+        # a manifest update writes the new part before it removes the old: keep each run's newest
+        return (f"(SELECT * EXCLUDE (filename) FROM {source} QUALIFY row_number() OVER (PARTITION BY cohort, run "
+                r"ORDER BY CAST(regexp_extract(filename, 'part-(\d+)\.parquet$', 1) AS BIGINT) DESC) = 1)")  # fmt: skip
 
     # --- queries ------------------------------------------------------------------------------
     def sql(self, query: str, scope: str | None = None, **params) -> pl.DataFrame:
         """Run one query over every run in scope, or over the files of run `scope` only."""
-        for attempt in range(READ_RETRIES + 1):
-            self.con.execute(f"SET search_path = '{self._scope(scope)},main'")
+
+        def run() -> pl.DataFrame:
             try:
+                self.con.execute(f"SET search_path = '{self._scope(scope)},main'")
                 return self.con.sql(query, params=params or None).pl()
-            except duckdb.IOException as error:
-                if attempt == READ_RETRIES or not _MISSING_FILE.search(str(error)):
-                    raise
-                self.refresh()  # a part vanished (compaction): list again and retry
-        raise AssertionError("unreachable")
+            except duckdb.IOException:
+                self._scopes.pop(scope or "", None)  # its listing is stale: build it again
+                raise
+
+        return self._retrying(run)
 
     def _query(self, query: str, cohort: str | None, run: str | None, **params) -> pl.DataFrame:
         """Fill `{where}` with the cohort/run filter (hive columns) and run it in the right scope."""
