@@ -76,22 +76,35 @@ def _enum(cls: type[enum.Enum], value: Any, name: str) -> enum.Enum:
         raise ValueError(f"{name}={value!r} is not one of: {allowed}") from None
 
 
+REWARD_SIGNALS = ("metric_gain", "contribution")
+
+
 @dataclass(frozen=True)
 class EconomyConfig:
-    """Reward weights (seed 003 §5.1: R = R_task - W_rent*C_rent - W_churn*C_churn - costs)."""
+    """Reward weights (seed 003 §5.1: R = R_task - W_rent*C_rent - W_churn*C_churn - costs).
 
-    task_scale: float = 100.0  # R_task per unit of metric change: accuracy points, or 1/100 nat
+    `reward_signal` says what R_task pays for: `metric_gain`, the step's change in the task metric
+    (the host's own learning included, so it is mostly noise about the seeds), or `contribution`,
+    the summed counterfactual contribution of the seeds in the forward path at this step (income
+    for what the seeds add, measured every step, against the rent they pay every step)."""
+
+    task_scale: float = 100.0  # R_task per unit of metric: accuracy points, or 1/100 nat
+    reward_signal: str = "metric_gain"
     rent_weight: float = 0.05  # a conv_heavy as big as the host (C_rent ~ log 2) costs ~0.035/step
     churn_weight: float = 0.5
     internal_op_cost: float = 0.02  # per GROW/SHRINK (seed 002 S2: small per-op anti-thrash cost)
     churn_window: int = 10  # steps over which edits and level changes are counted
+    max_rent: float = 1.0  # C_rent cap (seed 003 §5.1 "max_rent"): seeds worth ~1.7x the host pay no more
 
     def __post_init__(self):
-        for name in ("task_scale", "rent_weight", "churn_weight", "internal_op_cost"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"economy.{name}={getattr(self, name)!r} must be >= 0")
+        for name in ("task_scale", "rent_weight", "churn_weight", "internal_op_cost", "max_rent"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"economy.{name}={value!r} must be a number >= 0")
         if not (isinstance(self.churn_window, int) and self.churn_window >= 1):
             raise ValueError(f"economy.churn_window={self.churn_window!r} must be an integer >= 1")
+        if self.reward_signal not in REWARD_SIGNALS:
+            raise ValueError(f"economy.reward_signal={self.reward_signal!r} is not one of: {', '.join(REWARD_SIGNALS)}")
 
 
 @dataclass(frozen=True)

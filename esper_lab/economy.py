@@ -1,11 +1,12 @@
 """The economy (Simic pricing): rent for active parameters, churn for structural change.
 
     R_total = R_task - W_rent * C_rent - W_churn * C_churn - intervention costs      (seed 003 §5.1)
-    C_rent  = min(MAX_RENT, log(1 + sum_occupied(BaseSlotRent + alpha_i * P_seed_i) / P_host))
+    C_rent  = min(max_rent, log(1 + sum_occupied(BaseSlotRent + alpha_i * P_seed_i) / P_host))
     BaseSlotRent = 0.0039 * P_host per occupied slot
 
-R_task is the step's change in the task metric (accuracy up, or validation loss down) times
-`task_scale`. Churn counts the structural edits and internal level changes of the last
+R_task is `task_scale` times the step's task signal (`EconomyConfig.reward_signal`): the change
+in the task metric (accuracy up, or validation loss down), or the summed counterfactual
+contribution of the seeds in the forward path. Churn counts the structural edits and internal level changes of the last
 `churn_window` steps, plus alpha direction flips; the first edit in a window is free, so steady
 work costs nothing and thrash costs more the denser it gets.
 """
@@ -21,15 +22,14 @@ from esper_lab.config import EconomyConfig
 from esper_lab.contracts import Op, RewardParts
 
 BASE_SLOT_RENT = 0.0039  # x P_host per occupied slot (seed 003 §5.1: about a small residual block)
-MAX_RENT = 1.0  # C_rent cap (seed 003 §5.1 "max_rent"): seeds worth ~1.7x the host pay no more
 EDIT_OPS = frozenset({Op.GERMINATE, Op.PRUNE, Op.FOSSILIZE, Op.SET_ALPHA_TARGET, Op.FOCUS_NEXT, Op.FOCUS_PREV})
 LEVEL_OPS = frozenset({Op.GROW_INTERNAL, Op.SHRINK_INTERNAL})
 
 
-def rent_cost(alpha: torch.Tensor, seed_params: torch.Tensor, occupied: torch.Tensor, host_params: int) -> float:
+def rent_cost(alpha: torch.Tensor, seed_params: torch.Tensor, occupied: torch.Tensor, host_params: int, max_rent: float) -> float:
     """C_rent for one step from per-slot alpha, active seed params and occupancy ([S] tensors)."""
     paid = (occupied.double() * (BASE_SLOT_RENT * host_params + alpha.double() * seed_params.double())).sum()
-    return min(MAX_RENT, math.log1p(float(paid) / host_params))
+    return min(max_rent, math.log1p(float(paid) / host_params))
 
 
 class Ledger:
@@ -71,11 +71,9 @@ class Ledger:
         return sum(self.level_changes)
 
 
-def reward(
-    config: EconomyConfig, metric_gain: float, rent: float, churn: float, op: Op, vetoed: bool
-) -> RewardParts:
-    """Combine the parts with the weights; `metric_gain` is already signed so up is good."""
-    task = config.task_scale * metric_gain
+def reward(config: EconomyConfig, signal: float, rent: float, churn: float, op: Op, vetoed: bool) -> RewardParts:
+    """Combine the parts with the weights; the task `signal` is already signed so up is good."""
+    task = config.task_scale * signal
     intervention = config.internal_op_cost if (op in LEVEL_OPS and not vetoed) else 0.0
     total = task - config.rent_weight * rent - config.churn_weight * churn - intervention
     return RewardParts(task=task, rent=rent, churn=churn, intervention=intervention, total=total)

@@ -177,17 +177,19 @@ class MorphEnv:
         metric = self._metric(evaluation)
         gain = self._signed(metric - self.metric)
         self.metric = metric
-        if self._probe_due(done):
-            self._probe_contributions(metric)
+        income = self._probe_contributions(metric) if self._probe_due(done) else 0.0
         report = plane.report()
         self.ledger.record(action.op, veto is not None, report.column("alpha"))
+        prices = self.config.economy
         rent = economy.rent_cost(
             report.column("alpha"),
             report.column("seed_param_count_active"),
             torch.tensor([int(s) in SEED_STAGES for s in report.column("stage").tolist()]),
             plane.host_param_count,
+            prices.max_rent,
         )
-        reward = economy.reward(self.config.economy, gain, rent, self.ledger.churn_cost(), action.op, veto is not None)
+        signal = income if prices.reward_signal == "contribution" else gain
+        reward = economy.reward(prices, signal, rent, self.ledger.churn_cost(), action.op, veto is not None)
         metrics = self._metrics(train_loss, evaluation, gain, veto is not None, rollback, full=self._full_metric() if done else math.nan)
         return StepResult(self.step_count, report, plane.action_masks(), metrics, reward, events, done, self.episode_seed)
 
@@ -220,6 +222,10 @@ class MorphEnv:
         return change if self.config.spec.metric == "accuracy" else -change
 
     def _probe_due(self, done: bool) -> bool:
+        """Every `contribution_every` steps and at the episode's end; every step when the reward
+        pays for contributions."""
+        if self.config.economy.reward_signal == "contribution":
+            return True
         every = self.config.contribution_every
         return bool(every) and (self.step_count % every == 0 or done)
 
@@ -232,9 +238,14 @@ class MorphEnv:
             without = self._metric(self._evaluate())
         return self._signed(metric - without)
 
-    def _probe_contributions(self, metric: float) -> None:
+    def _probe_contributions(self, metric: float) -> float:
+        """Measure and note every in-forward seed's contribution; return their sum."""
+        total = 0.0
         for i in self.plane.forward_slots():
-            self.plane.note_contribution(i, self.contribution(i, metric))
+            value = self.contribution(i, metric)
+            self.plane.note_contribution(i, value)
+            total += value
+        return total
 
     def _metrics(self, train_loss: float, evaluation: Evaluation, gain: float, veto: bool, rollback: bool,
                  full: float = math.nan) -> dict[str, float]:  # fmt: skip

@@ -1,6 +1,6 @@
 """The economy against numbers worked by hand from seed 003 §5.1.
 
-    C_rent  = min(MAX_RENT, log(1 + sum_occupied(BaseSlotRent + alpha_i * P_seed_i) / P_host))
+    C_rent  = min(max_rent, log(1 + sum_occupied(BaseSlotRent + alpha_i * P_seed_i) / P_host))
     BaseSlotRent = 0.0039 * P_host per occupied slot
     R_total = R_task - W_rent * C_rent - W_churn * C_churn - intervention costs
 """
@@ -14,7 +14,9 @@ import torch
 
 from esper_lab.config import EconomyConfig
 from esper_lab.contracts import Op
-from esper_lab.economy import BASE_SLOT_RENT, MAX_RENT, Ledger, rent_cost, reward
+from esper_lab.economy import BASE_SLOT_RENT, Ledger, rent_cost, reward
+
+MAX_RENT = EconomyConfig().max_rent
 
 
 def rent(rows: list[tuple[bool, float, float]], host_params: int) -> float:
@@ -22,7 +24,7 @@ def rent(rows: list[tuple[bool, float, float]], host_params: int) -> float:
     occupied = torch.tensor([r[0] for r in rows])
     alpha = torch.tensor([r[1] for r in rows])
     seed_params = torch.tensor([r[2] for r in rows])
-    return rent_cost(alpha, seed_params, occupied, host_params)
+    return rent_cost(alpha, seed_params, occupied, host_params, MAX_RENT)
 
 
 # --- rent ---------------------------------------------------------------------------------------
@@ -88,7 +90,7 @@ WEIGHTS = EconomyConfig(task_scale=10.0, rent_weight=2.0, churn_weight=3.0, inte
 def test_reward_combines_parts_with_the_weights():
     # task = 10 * 0.5 = 5; rent 2 * 0.1 = 0.2; churn 3 * 0.2 = 0.6; GROW executed -> 0.25.
     # total = 5 - 0.2 - 0.6 - 0.25 = 3.95
-    parts = reward(WEIGHTS, metric_gain=0.5, rent=0.1, churn=0.2, op=Op.GROW_INTERNAL, vetoed=False)
+    parts = reward(WEIGHTS, signal=0.5, rent=0.1, churn=0.2, op=Op.GROW_INTERNAL, vetoed=False)
     assert parts.task == pytest.approx(5.0)
     assert parts.rent == 0.1 and parts.churn == 0.2  # unweighted in the parts
     assert parts.intervention == 0.25
@@ -98,7 +100,7 @@ def test_reward_combines_parts_with_the_weights():
 def test_reward_negative_gain_and_default_weights():
     # Defaults: task_scale 100, rent 0.05, churn 0.5. gain -0.02 -> task -2;
     # total = -2 - 0.05 * 0.3 - 0.5 * 0.4 - 0 = -2.215
-    parts = reward(EconomyConfig(), metric_gain=-0.02, rent=0.3, churn=0.4, op=Op.WAIT, vetoed=False)
+    parts = reward(EconomyConfig(), signal=-0.02, rent=0.3, churn=0.4, op=Op.WAIT, vetoed=False)
     assert parts.task == pytest.approx(-2.0)
     assert parts.total == pytest.approx(-2.215, abs=1e-12)
 
@@ -118,7 +120,7 @@ def test_reward_negative_gain_and_default_weights():
 )
 def test_intervention_cost_only_for_executed_grow_and_shrink(op, vetoed, cost):
     # task 10 * 0.1 = 1; rent 2 * 0.05 = 0.1; churn 3 * 0.1 = 0.3 -> 0.6 - cost
-    parts = reward(WEIGHTS, metric_gain=0.1, rent=0.05, churn=0.1, op=op, vetoed=vetoed)
+    parts = reward(WEIGHTS, signal=0.1, rent=0.05, churn=0.1, op=op, vetoed=vetoed)
     assert parts.intervention == cost
     assert parts.total == pytest.approx(0.6 - cost, abs=1e-12)
 

@@ -95,7 +95,7 @@ def test_reset_and_step_contract():
         # from the weights.
         report = result.report
         occupied = torch.tensor([Stage(int(s)) in SEED_STAGES for s in report.column("stage")])
-        rent = rent_cost(report.column("alpha"), report.column("seed_param_count_active"), occupied, env.plane.host_param_count)
+        rent = rent_cost(report.column("alpha"), report.column("seed_param_count_active"), occupied, env.plane.host_param_count, economy.max_rent)
         parts = result.reward
         assert parts.rent == pytest.approx(rent) and parts.rent > 0  # a seed is occupying slot 1
         assert parts.task == pytest.approx(economy.task_scale * result.metrics["metric_gain"])

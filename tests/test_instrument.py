@@ -159,3 +159,13 @@ def test_layers_stay_in_their_rooms(path):
         assert "telemetry" not in imports
     if part in CORE:
         assert "dashboards" not in imports and "experiments" not in imports, imports
+
+
+def test_a_contribution_reward_pays_for_what_the_seeds_in_forward_add_every_step():
+    config = RunConfig(**{**SMALL, "contribution_every": 0}, economy={"reward_signal": "contribution"})
+    env, result = blended(config)  # probed every step all the same: the reward needs it
+    contribution = float(result.report.column("contribution")[HEAVY_SLOT])
+    assert result.report.column("contribution_measured")[HEAVY_SLOT] == 1
+    assert result.reward.task == pytest.approx(config.economy.task_scale * contribution, rel=1e-5)
+    env.reset()
+    assert env.step(Action(Op.WAIT)).reward.task == 0.0  # nothing in forward: no income, whatever the host learns

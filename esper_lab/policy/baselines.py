@@ -17,6 +17,32 @@ class StaticPolicy:
         return [Action(Op.WAIT) for _ in results]
 
 
+class OraclePolicy:
+    """A scripted schedule: germinate `blueprint` at `slot` (default the deepest surface) on the
+    first step, advance it as fast as the lifecycle allows (fast tempo, full alpha) into HOLDING,
+    where it keeps learning, and grow a ladder to its top level; then WAIT. It never fossilises
+    (that freezes a seed barely trained) and knows nothing of the metric: it shows what growth can
+    buy in a setup, so a learned policy has a target."""
+
+    def __init__(self, blueprint: Blueprint = Blueprint.CONV_HEAVY, slot: int | None = None):
+        self.blueprint, self.slot = Blueprint(blueprint), slot
+
+    def act(self, results: list[StepResult]) -> list[Action]:
+        return [self._one(r) for r in results]
+
+    def _one(self, result: StepResult) -> Action:
+        slot = len(result.report.values) - 1 if self.slot is None else self.slot
+        legal = lambda op: bool(result.masks.op[slot, op])  # noqa: E731
+        stage = Stage(int(result.report.column("stage")[slot]))
+        if stage is Stage.DORMANT and legal(Op.GERMINATE) and result.masks.blueprint[slot, self.blueprint]:
+            return Action(Op.GERMINATE, slot, self.blueprint, tempo=Tempo.FAST, target=AlphaTarget.FULL)
+        if stage in (Stage.GERMINATED, Stage.TRAINING) or (stage is Stage.BLENDING and legal(Op.ADVANCE)):
+            return Action(Op.ADVANCE, slot)
+        if stage in (Stage.BLENDING, Stage.HOLDING) and legal(Op.GROW_INTERNAL):
+            return Action(Op.GROW_INTERNAL, slot)
+        return Action(Op.WAIT)
+
+
 class RandomPolicy:
     """Uniform over legal choices: op among legal ops, then slot, blueprint and style."""
 
