@@ -146,11 +146,8 @@ class MorphEnv:
 
         train_loss = self._train()
         rollback = self.governor.diverged(train_loss)
-        if rollback:
-            culprit, pruned = self.governor.rollback(self.host, plane, self.optimizer)
-            uid = -1 if culprit is None else plane.specs[culprit].surface_uid
-            events.append(Event(EventKind.ROLLBACK, -1 if culprit is None else culprit, uid, "governor_rollback", train_loss))
-            events += pruned  # the culprit's prune (e.g. BLENDING->PRUNED) follows the rollback
+        if rollback:  # the ROLLBACK event, then the culprit's removal (e.g. BLENDING->PRUNED)
+            events += self.governor.rollback(self.host, plane, self.optimizer, train_loss)
         else:
             self.governor.healthy(train_loss, self.host, plane, self.optimizer)
 
