@@ -118,7 +118,7 @@ class MorphEnv:
         self.data_order = torch.Generator().manual_seed(self._seed(_DATA_STREAM))
         self.param_budget = int(config.param_budget * self.plane.host_param_count)
         self.flops_budget = config.param_budget * self.plane.host_flops
-        self.governor = Governor(self.param_budget)
+        self.governor = Governor(self.param_budget, agree=None if self.world is None else self.world.sum)
         self.governor.remember(self.host, self.plane, self.optimizer)
         self.ledger = Ledger(config.economy)
         self.step_count = 0
@@ -143,6 +143,8 @@ class MorphEnv:
             if action.op in STRUCTURAL_OPS:
                 plane.sync_optimizer(self.optimizer)
         events += plane.tick()
+        if self.world is not None:  # ranks agree on the action and the plane before the step's collectives
+            self.world.check(plane, self.step_count + 1, action=action)
 
         train_loss = self._train()
         rollback = self.governor.diverged(train_loss)

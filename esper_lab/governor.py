@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,8 +51,10 @@ class Snapshot:
 class Governor:
     """Watches one environment's training; owns its snapshot and its loss history."""
 
-    def __init__(self, param_budget: int):
+    def __init__(self, param_budget: int, agree: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """`agree` sums a tensor over data-parallel ranks, so that every rank blames the same slot."""
         self.param_budget = param_budget
+        self.agree = agree
         self.losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
         self.snapshot: Snapshot | None = None
         self._germinated_params: dict[tuple[int, int], int] = {}
@@ -124,7 +127,10 @@ class Governor:
         """A non-finite loss: the slot whose seed most often turned a finite input non-finite,
         else None (the host). A finite spike: the blending or holding seed with the largest
         delta, else None."""
-        origins, delta = plane.fault_origins(), plane.report(reset=False).column("delta_l2_norm")
+        evidence = torch.stack([plane.fault_origins(), plane.report(reset=False).column("delta_l2_norm")])
+        if self.agree is not None:
+            evidence = self.agree(evidence)
+        origins, delta = evidence
         if not math.isfinite(loss):
             return int(origins.argmax()) if bool(origins.any()) else None  # argmax: first of ties
         suspects = [slot.index for slot in plane.slots if slot.stage in _SPIKE_SUSPECTS]

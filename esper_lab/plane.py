@@ -17,6 +17,7 @@ along the chosen curve over the chosen tempo to the chosen target. FOSSILIZED ke
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import math
 from dataclasses import dataclass
@@ -457,10 +458,7 @@ class SeedPlane(nn.Module):
 
     def fingerprint(self) -> str:
         """SHA-256 of the lifecycle state and seed parameters: equal across ranks, or a desync."""
-        digest = hashlib.sha256()
-        for slot in self.slots:
-            digest.update(slot_fingerprint(slot).encode())
-        return digest.hexdigest()
+        return hashlib.sha256(repr([slot_fields(slot) for slot in self.slots]).encode()).hexdigest()
 
 
 def _drop_seed(slot: SeedSlot) -> None:
@@ -468,12 +466,21 @@ def _drop_seed(slot: SeedSlot) -> None:
     slot.embargo_remaining = EMBARGO_STEPS
 
 
-def slot_fingerprint(slot: SeedSlot) -> str:
-    """One slot's lifecycle state and parameters as a short hex digest (to name a desynced slot)."""
-    digest = hashlib.sha256()
-    state = (int(slot.stage), -1 if slot.blueprint is None else int(slot.blueprint), slot.alpha, slot.alpha_target)
-    digest.update(repr(state).encode())
+def slot_fields(slot: SeedSlot) -> dict[str, str]:
+    """Every field of a slot that shapes the forward pass, by name: the lifecycle state as text,
+    then each seed tensor (parameters, levels, masks, focus) as a digest of its bytes."""
+    fields = {name: field_text(getattr(slot, name)) for name in LIFECYCLE_FIELDS}
     if slot.seed is not None:
-        for tensor in slot.seed.state_dict().values():
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+        fields.update({f"seed.{name}": tensor_digest(t) for name, t in slot.seed.state_dict().items()})
+    return fields
+
+
+def field_text(value: object) -> str:
+    """An enum by name, anything else (ints, exact floats, None) by repr."""
+    return value.name if isinstance(value, enum.Enum) else repr(value)
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """A tensor's exact bytes as a short hex digest."""
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
