@@ -251,9 +251,11 @@ class EventKind(enum.IntEnum):
     ERROR = 6
 
 
-# Governor veto names (the `events` table's `name`; seed 000 Phase 0 field names).
+# Governor event names (the `events` table's `name`; vetoes: seed 000 Phase 0 field names).
 VETO_GERMINATE = "governor_veto_germinate"
 VETO_INTERNAL_GROW = "governor_veto_internal_grow"
+ROLLBACK_SEED = "governor_rollback"  # the event's slot is the culprit, removed right after (its transition follows)
+ROLLBACK_HOST = "governor_rollback_host"  # the host diverged by itself: slot -1, nothing removed
 
 
 _ACTION_ENUMS: dict[str, type[enum.IntEnum]] = {}  # filled below, once Action's fields exist

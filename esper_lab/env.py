@@ -136,7 +136,7 @@ class MorphEnv:
         self.data_order = torch.Generator().manual_seed(self._seed(Stream.DATA))
         self.param_budget = int(config.param_budget * self.plane.host_param_count)
         self.flops_budget = config.param_budget * self.plane.host_flops
-        self.governor = Governor(self.param_budget)
+        self.governor = Governor(self.param_budget, agree=None if self.world is None else self.world.sum)
         self.governor.remember(self.host, self.plane, self.optimizer)
         self.ledger = Ledger(config.economy)
         self.step_count = 0
@@ -160,14 +160,13 @@ class MorphEnv:
             if action.op in STRUCTURAL_OPS:
                 plane.sync_optimizer(self.optimizer)
         events += plane.tick()
+        if self.world is not None:  # ranks agree on the action and the plane before the step's collectives
+            self.world.check(plane, self.step_count + 1, action=action)
 
         train_loss = self._train()
         rollback = self.governor.diverged(train_loss)
-        if rollback:
-            culprit, pruned = self.governor.rollback(self.host, plane, self.optimizer)
-            uid = -1 if culprit is None else plane.specs[culprit].surface_uid
-            events.append(Event(EventKind.ROLLBACK, -1 if culprit is None else culprit, uid, "governor_rollback", train_loss))
-            events += pruned  # the culprit's prune (e.g. BLENDING->PRUNED) follows the rollback
+        if rollback:  # the ROLLBACK event, then the culprit's removal (e.g. BLENDING->PRUNED)
+            events += self.governor.rollback(self.host, plane, self.optimizer, train_loss)
         else:
             self.governor.healthy(train_loss, self.host, plane, self.optimizer)
 

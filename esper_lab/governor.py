@@ -2,7 +2,10 @@
 
 Rollback: a NaN/inf training loss, or a loss above the trailing median by more than
 `SPIKE_SIGMAS` robust standard deviations, restores host, plane and optimizer from the last good
-in-memory snapshot and prunes the seed that caused it (seed 003 §9.5).
+in-memory snapshot and removes the seed that caused it (seed 003 §9.5). The culprit is chosen
+from evidence taken before the optimizer step spreads NaN into every trained parameter: the
+plane counts, per slot and batch, a seed output that is non-finite on a finite input. A
+non-finite loss with no such seed is the host's own doing: nothing is removed, and the event says so.
 
 Vetoes: a GERMINATE or GROW_INTERNAL that would push active seed parameters past the budget is
 refused with an explicit event and an observation bit (seed 000 Phase 0: never a silent no-op).
@@ -13,13 +16,14 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from esper_lab.contracts import VETO_GERMINATE, VETO_INTERNAL_GROW, Action, Event, Op, Stage
-from esper_lab.plane import SeedPlane, SeedSlot
+from esper_lab.contracts import ROLLBACK_HOST, ROLLBACK_SEED, VETO_GERMINATE, VETO_INTERNAL_GROW, Action, Event, EventKind, Op, Stage
+from esper_lab.plane import LIFECYCLE_FIELDS, SeedPlane, SeedSlot
 from esper_lab.seeds import make_seed
 
 SPIKE_SIGMAS = 6.0  # a loss this many robust sigmas above the trailing median is a divergence
@@ -28,8 +32,9 @@ SPIKE_MIN_HISTORY = 4  # no spike verdicts before this many healthy steps
 MAD_TO_SIGMA = 1.4826  # median absolute deviation -> standard deviation for a normal
 SPIKE_FLOOR = 0.05  # minimum sigma, so a perfectly flat loss history does not flag noise
 
-_SLOT_STATE = ("stage", "blueprint", "blend_algorithm", "curve", "tempo", "alpha", "alpha_target",
-               "ramp_start", "ramp_step", "embargo_remaining", "germinations")  # fmt: skip
+# Seeds that can cause a finite loss spike: their output reaches the loss through alpha and they
+# still learn. A TRAINING seed leaves the forward exactly the host's; a fossil never changes.
+_SPIKE_SUSPECTS = (Stage.BLENDING, Stage.HOLDING)
 
 
 @dataclass(frozen=True)
@@ -42,8 +47,10 @@ class Snapshot:
 class Governor:
     """Watches one environment's training; owns its snapshot and its loss history."""
 
-    def __init__(self, param_budget: int):
+    def __init__(self, param_budget: int, agree: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """`agree` sums a tensor over data-parallel ranks, so that every rank blames the same slot."""
         self.param_budget = param_budget
+        self.agree = agree
         self.losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
         self.snapshot: Snapshot | None = None
         self._germinated_params: dict[tuple[int, int], int] = {}
@@ -91,24 +98,39 @@ class Governor:
             optimizer=_clone(optimizer.state_dict()),
         )
 
-    def rollback(
-        self, host: nn.Module, plane: SeedPlane, optimizer: torch.optim.Optimizer
-    ) -> tuple[int | None, list[Event]]:
-        """Restore the last snapshot and prune the culprit; return the culprit slot (or None) and
-        the prune's transition events (so the events table sees the seed leave its stage)."""
-        culprit = _culprit(plane)
+    def rollback(self, host: nn.Module, plane: SeedPlane, optimizer: torch.optim.Optimizer, loss: float) -> list[Event]:
+        """Restore the last snapshot and remove the culprit. Returns the ROLLBACK event (the
+        culprit's slot, or -1 and `ROLLBACK_HOST`) followed by the removal's transition (e.g.
+        `BLENDING->PRUNED`, or `FOSSILIZED->PRUNED`: a fossil is removed too, see
+        `SeedPlane.remove_culprit`)."""
+        culprit = self._culprit(plane, loss)  # before the restore: the evidence is this step's
         host.load_state_dict(self.snapshot.host)
         for slot, state in zip(plane.slots, self.snapshot.slots):
             _restore_slot(slot, state)
         plane.sync_optimizer(optimizer)
         optimizer.load_state_dict(_clone(self.snapshot.optimizer))
-        events: list[Event] = []
-        if culprit is not None and plane.action_masks().op[culprit, Op.PRUNE]:
-            events = plane.apply(Action(Op.PRUNE, culprit))
-            plane.sync_optimizer(optimizer)
         for slot in plane.slots:
             slot.acc.zero_()
-        return culprit, events
+        if culprit is None:  # the snapshot already is this state
+            return [Event(EventKind.ROLLBACK, -1, -1, ROLLBACK_HOST, loss)]
+        events = [Event(EventKind.ROLLBACK, culprit, plane.specs[culprit].surface_uid, ROLLBACK_SEED, loss)]
+        events += plane.remove_culprit(culprit)
+        plane.sync_optimizer(optimizer)
+        self.remember(host, plane, optimizer)  # or a second rollback would restore the culprit
+        return events
+
+    def _culprit(self, plane: SeedPlane, loss: float) -> int | None:
+        """A non-finite loss: the slot whose seed most often turned a finite input non-finite,
+        else None (the host). A finite spike: the blending or holding seed with the largest
+        delta, else None."""
+        evidence = torch.stack([plane.fault_origins(), plane.report(reset=False).column("delta_l2_norm")])
+        if self.agree is not None:
+            evidence = self.agree(evidence)
+        origins, delta = evidence
+        if not math.isfinite(loss):
+            return int(origins.argmax()) if bool(origins.any()) else None  # argmax: first of ties
+        suspects = [slot.index for slot in plane.slots if slot.stage in _SPIKE_SUSPECTS]
+        return max(suspects, key=lambda i: float(delta[i])) if suspects else None
 
 
 def _clone(tree):
@@ -126,7 +148,7 @@ def _slot_state(slot: SeedSlot) -> dict:
     """The slot's lifecycle fields and its seed: the module itself (a later prune or germination
     only drops the slot's reference to it) with a copy of everything in it that can change:
     parameters and buffers (levels, masks, focus) and whether it is frozen (fossilised)."""
-    state = {name: getattr(slot, name) for name in _SLOT_STATE}
+    state = {name: getattr(slot, name) for name in LIFECYCLE_FIELDS}
     seed = slot.seed
     state["seed"] = seed
     if seed is not None:
@@ -136,7 +158,7 @@ def _slot_state(slot: SeedSlot) -> dict:
 
 
 def _restore_slot(slot: SeedSlot, state: dict) -> None:
-    for name in _SLOT_STATE:
+    for name in LIFECYCLE_FIELDS:
         setattr(slot, name, state[name])
     seed = slot.seed = state["seed"]
     if seed is not None:
@@ -153,15 +175,3 @@ def _params_added_by_growing(slot: SeedSlot) -> int:
     added = ladder.param_count_active() - before
     ladder.set_level(level)
     return added
-
-
-def _culprit(plane: SeedPlane) -> int | None:
-    """The live seed with non-finite parameters or sensors, else the one with the largest delta."""
-    live = [slot.index for slot in plane.slots if slot.stage in (Stage.TRAINING, Stage.BLENDING, Stage.HOLDING)]
-    if not live:
-        return None
-    delta = plane.report(reset=False).column("delta_l2_norm")
-    for i in live:
-        if not torch.isfinite(delta[i]) or not all(torch.isfinite(p).all() for p in plane.slots[i].seed.parameters()):
-            return i
-    return max(live, key=lambda i: float(delta[i]))

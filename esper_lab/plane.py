@@ -18,6 +18,7 @@ along the chosen curve over the chosen tempo to the chosen target. FOSSILIZED ke
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import math
 
@@ -75,7 +76,12 @@ AUTOMATIC: dict[Stage, Stage] = {
 }
 
 # Per-slot sensor accumulators, summed over the batches of one step and read once by `report`.
-_ACC_DELTA, _ACC_OUTPUT, _ACC_SEED_GRAD, _ACC_HOST_GRAD, _ACC_FORWARDS, _ACC_BACKWARDS = range(6)
+# _ACC_ORIGIN counts training batches whose seed output was non-finite on a finite input: the
+# governor's culprit evidence, read only on a rollback (`fault_origins`).
+_ACC_DELTA, _ACC_OUTPUT, _ACC_SEED_GRAD, _ACC_HOST_GRAD, _ACC_FORWARDS, _ACC_BACKWARDS, _ACC_ORIGIN = range(7)
+# A slot's lifecycle state: what a snapshot restores and what ranks must agree on (with the seed's tensors).
+LIFECYCLE_FIELDS = ("stage", "blueprint", "blend_algorithm", "curve", "tempo", "alpha", "alpha_target",
+                    "ramp_start", "ramp_step", "embargo_remaining", "germinations")  # fmt: skip
 
 class IllegalAction(ValueError):
     """An op that the plane's masks would not allow: a caller bug, never silently ignored."""
@@ -135,7 +141,7 @@ class SeedSlot(nn.Module):
         self.ablated = False  # the contribution probe: the seed is left out of forward for a moment
         self.contribution = math.nan  # last measured counterfactual contribution of this seed
         self.contribution_measured = False  # measured since the last report
-        self.register_buffer("acc", torch.zeros(6))
+        self.register_buffer("acc", torch.zeros(7))
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, h: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
@@ -147,11 +153,23 @@ class SeedSlot(nn.Module):
         else:
             s = self.seed(seed_input)
             y = blend(self.blend_algorithm, h, s, self.alpha)
-        if self.sensors_enabled and torch.is_grad_enabled():
-            if self.training_forwards % SENSE_EVERY == 0:
-                self._sense(h, s, y)
-            self.training_forwards += 1
+        if torch.is_grad_enabled():
+            self._watch(seed_input, s)
+            if self.sensors_enabled:
+                if self.training_forwards % SENSE_EVERY == 0:
+                    self._sense(h, s, y)
+                self.training_forwards += 1
         return y
+
+    def _watch(self, seed_input: torch.Tensor, s: torch.Tensor) -> None:
+        """Count a batch where this seed turned a finite input non-finite: the origin of a NaN,
+        seen before the optimizer step spreads it to every parameter. Every training batch (a
+        fault may start on any), on-device, never read here; on even when sensors are off,
+        because the governor's blame depends on it. A sum is non-finite when any element is
+        (or, finite, when it overflows: values near 1e38 / numel are a divergence anyway), and
+        costs a tenth of `isfinite(t).all()` on CPU."""
+        with torch.no_grad():
+            self.acc[_ACC_ORIGIN] += torch.isfinite(seed_input.sum()) > torch.isfinite(s.sum())  # finite in, non-finite out
 
     def _sense(self, h: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> None:
         """Accumulate sensors on-device; nothing here leaves the device or syncs with the host."""
@@ -315,8 +333,7 @@ class SeedPlane(nn.Module):
         elif op is Op.FOSSILIZE:
             slot.seed.requires_grad_(False)
         elif op is Op.PRUNE:
-            slot.seed, slot.blueprint, slot.alpha, slot.contribution = None, None, 0.0, math.nan
-            slot.embargo_remaining = EMBARGO_STEPS
+            _drop_seed(slot)
         elif op in (Op.GROW_INTERNAL, Op.SHRINK_INTERNAL):
             ladder = slot.ladder
             ladder.set_level(ladder.level() + (1 if op is Op.GROW_INTERNAL else -1))
@@ -350,6 +367,17 @@ class SeedPlane(nn.Module):
             elif slot.stage in (Stage.PRUNED, Stage.RESETTING):
                 events += self._move(slot, AUTOMATIC[slot.stage])
         return events
+
+    def remove_culprit(self, index: int) -> list[Event]:
+        """The governor's removal of a seed that poisoned the forward, FOSSILIZED included: it
+        goes to PRUNED (then embargo, back to DORMANT) like a prune. Not an op: the policy's
+        lifecycle has no way out of FOSSILIZED, but a fossil that turns finite inputs into NaN
+        would make every later step roll back, and nothing else could remove it."""
+        slot = self.slots[index]
+        if slot.stage not in SEED_STAGES:
+            raise IllegalAction(f"slot {index} ({slot.stage.name}): no seed to remove")
+        _drop_seed(slot)
+        return self._move(slot, Stage.PRUNED)
 
     def _move(self, slot: SeedSlot, stage: Stage) -> list[Event]:
         if stage is slot.stage:
@@ -422,24 +450,40 @@ class SeedPlane(nn.Module):
         slot = self.slots[index]
         slot.contribution, slot.contribution_measured = float(value), True
 
+    def fault_origins(self) -> torch.Tensor:
+        """[S] training batches this step in which each slot's seed turned a finite input
+        non-finite (one read, by the governor on a rollback)."""
+        return torch.stack([slot.acc[_ACC_ORIGIN] for slot in self.slots]).cpu()
+
     def set_sensors(self, enabled: bool) -> None:
         for slot in self.slots:
             slot.sensors_enabled = enabled
 
     def fingerprint(self) -> str:
         """SHA-256 of the lifecycle state and seed parameters: equal across ranks, or a desync."""
-        digest = hashlib.sha256()
-        for slot in self.slots:
-            digest.update(slot_fingerprint(slot).encode())
-        return digest.hexdigest()
+        return hashlib.sha256(repr([slot_fields(slot) for slot in self.slots]).encode()).hexdigest()
 
 
-def slot_fingerprint(slot: SeedSlot) -> str:
-    """One slot's lifecycle state and parameters as a short hex digest (to name a desynced slot)."""
-    digest = hashlib.sha256()
-    state = (int(slot.stage), -1 if slot.blueprint is None else int(slot.blueprint), slot.alpha, slot.alpha_target)
-    digest.update(repr(state).encode())
+def _drop_seed(slot: SeedSlot) -> None:
+    slot.seed, slot.blueprint, slot.alpha, slot.contribution = None, None, 0.0, math.nan
+    slot.embargo_remaining = EMBARGO_STEPS
+
+
+def slot_fields(slot: SeedSlot) -> dict[str, str]:
+    """Every field of a slot that shapes the forward pass, by name: the lifecycle state as text,
+    then each seed tensor (parameters, levels, masks, focus) as a digest of its bytes."""
+    fields = {name: field_text(getattr(slot, name)) for name in LIFECYCLE_FIELDS}
     if slot.seed is not None:
-        for tensor in slot.seed.state_dict().values():
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+        fields.update({f"seed.{name}": tensor_digest(t) for name, t in slot.seed.state_dict().items()})
+    return fields
+
+
+def field_text(value: object) -> str:
+    """An enum by name, anything else (ints, exact floats, None) by repr."""
+    return value.name if isinstance(value, enum.Enum) else repr(value)
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """A tensor's exact bytes as a short hex digest."""
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from esper_lab.config import RunConfig
 from esper_lab.contracts import Action, Blueprint, Op
-from esper_lab.distributed import DesyncError, run
+from esper_lab.distributed import DesyncError, process_group, run
 
 CONFIG = RunConfig(task="digits_cnn", episode_length=12, batches_per_step=4, data_fraction=0.3)
 LADDER = Blueprint.CONV_CHANNEL_LADDER
@@ -20,7 +19,6 @@ SCRIPT = [Action(Op.GERMINATE, 0, LADDER), Action(Op.ADVANCE, 0), Action(Op.ADVA
 
 def _worker(rank: int, world_size: int, rendezvous: str, results: dict, desync_step: int | None) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size)
     script, stages = list(SCRIPT), []
 
     def perturb(step, env):
@@ -30,12 +28,11 @@ def _worker(rank: int, world_size: int, rendezvous: str, results: dict, desync_s
                 next(env.plane.slots[0].seed.parameters()).add_(1e-3)
 
     try:
-        prints = run(CONFIG, lambda result: script.pop(0), len(SCRIPT), before_check=perturb)
+        with process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size):
+            prints = run(CONFIG, lambda result: script.pop(0), len(SCRIPT), before_check=perturb)
         results[rank] = ("ok", prints, stages)
     except DesyncError as error:
         results[rank] = ("desync", str(error))
-    finally:
-        dist.destroy_process_group()
 
 
 def _launch(tmp_path, desync_step=None) -> dict:

@@ -201,7 +201,7 @@ def test_rollback_restores_the_seed_as_it_was_at_the_snapshot(after_snapshot):
     for op in after_snapshot:
         env.plane.apply(Action(op, slot))
         env.plane.sync_optimizer(env.optimizer)
-    env.governor.rollback(env.host, env.plane, env.optimizer)
+    env.governor.rollback(env.host, env.plane, env.optimizer, loss=float("nan"))  # no seed evidence: nothing removed
 
     restored = env.plane.slots[slot]
     assert restored.stage is Stage.HOLDING and restored.seed is seed and seed.level() == 2
