@@ -138,7 +138,7 @@ def test_exit_gates_judge_each_cohort_against_the_control_with_cis(tmp_path):
                           for c, v in (("base", 0.0), ("ladder", GROW_SHRINK_GATE + 0.05))])  # fmt: skip
     entropy = pl.DataFrame([{"cohort": c, "seed": s, "kept": v} for s in range(5)
                             for c, v in (("base", 0.9), ("ladder", ENTROPY_KEPT * 0.5))])  # fmt: skip
-    ev = Evidence(pl.DataFrame(rows), usage, entropy)
+    ev = Evidence(pl.DataFrame(rows), usage, entropy, pl.DataFrame())
     verdicts = {(g.name, g.cohort): g.verdict for g in seed002_gates(pack, ev)}
     assert verdicts == {
         ("3 stability", "base"): "PASS",
@@ -149,5 +149,5 @@ def test_exit_gates_judge_each_cohort_against_the_control_with_cis(tmp_path):
     }
     # usage spread across seeds so that its CI straddles the 10% line: neither PASS nor FAIL
     straddling = usage.with_columns(pl.when(pl.col("cohort") == "ladder").then(pl.col("seed") * 0.05).otherwise(0.0).alias("grow_shrink_share"))
-    gates = {(g.name, g.cohort): g for g in seed002_gates(pack, Evidence(ev.outcomes, straddling, entropy))}
+    gates = {(g.name, g.cohort): g for g in seed002_gates(pack, Evidence(ev.outcomes, straddling, entropy, ev.heads))}
     assert gates["1 usage", "ladder"].verdict == "INCONCLUSIVE" and "[" in gates["1 usage", "ladder"].evidence

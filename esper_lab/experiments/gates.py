@@ -19,7 +19,7 @@ import polars as pl
 from esper_lab.config import LADDERS, TASKS
 from esper_lab.experiments.evaluation import CONTROL
 from esper_lab.experiments.packs import Pack
-from esper_lab.experiments.stats import Estimate, combine, estimate, paired_estimate, verdict
+from esper_lab.experiments.stats import FAIL, PASS, Estimate, combine, estimate, median, paired_estimate, verdict
 from esper_lab.telemetry import Store
 
 GREEDY, SAMPLED = "ppo_greedy", "ppo_sampled"
@@ -86,19 +86,22 @@ class Evidence:
     """What gates read, as frames (so a gate is a pure function of them)."""
 
     outcomes: pl.DataFrame  # `held_out`
-    usage: pl.DataFrame  # cohort, seed, grow_shrink_share: the sampled arm's held-out decisions
+    usage: pl.DataFrame  # cohort, seed, grow_shrink_share, wait_share: the sampled arm's held-out decisions
     entropy: pl.DataFrame  # cohort, seed, kept: op-head entropy, last over first training episode
+    heads: pl.DataFrame  # cohort, head, open_entropy: the sampled arm's held-out decisions with >= 2 legal choices
 
 
 def evidence(store: Store) -> Evidence:
     runs = store.runs().filter(pl.col("status") == "completed")
     sampled = runs.filter((pl.col("kind") == "eval") & (pl.col("arm") == SAMPLED)).select("run_id", "seed")
-    usage = store.grow_shrink_share().join(sampled, on="run_id").select("cohort", "seed", "grow_shrink_share")
+    usage = store.grow_shrink_share().join(sampled, on="run_id").select("cohort", "seed", "grow_shrink_share", "wait_share")
+    heads = (store.policy_entropy().join(sampled, on="run_id").filter(pl.col("open_decisions") > 0).group_by("cohort", "head")
+             .agg(open_entropy=(pl.col("open_entropy") * pl.col("open_decisions")).sum() / pl.col("open_decisions").sum()))  # fmt: skip
     training = runs.filter(pl.col("kind") == "ppo").select("run_id", "seed")
     curves = store.learning_curve().join(training, on="run_id").drop_nulls("entropy_op").sort("episode")
     entropy = (curves.group_by("cohort", "run_id", "seed").agg(first=pl.col("entropy_op").first(), last=pl.col("entropy_op").last())
                .filter(pl.col("first") > 0).select("cohort", "seed", kept=pl.col("last") / pl.col("first")))  # fmt: skip
-    return Evidence(held_out(store), usage, entropy)
+    return Evidence(held_out(store), usage, entropy, heads)
 
 
 def seed002_gates(pack: Pack, ev: Evidence) -> list[Gate]:
@@ -137,4 +140,43 @@ def seed002_gates(pack: Pack, ev: Evidence) -> list[Gate]:
     return gates
 
 
-GATE_SETS = {"seed002": seed002_gates}
+# Seed 004 Stage 1 exit ("median performance improves vs baseline under matched or better cost
+# profile; no endless oscillation, no NOOP collapse, no dead action heads"), made measurable:
+MIN_GAIN_POINTS = 1.0  # trained policy minus static host, median over held-out episodes
+MAX_PARAM_SHARE = 0.5  # mean in-forward seed params per episode, as a share of the host's
+MAX_WAIT_SHARE = 0.9  # no NOOP collapse
+MIN_OPEN_ENTROPY = 0.05  # nats, for every head over decisions where it had >= 2 legal choices
+
+
+def stage1_gates(pack: Pack, ev: Evidence) -> list[Gate]:
+    """Seed 004 Stage 1's exit per cohort, on held-out episodes paired with the static host."""
+    gates: list[Gate] = []
+    outcomes = ev.outcomes
+    for cohort in sorted(set(outcomes["cohort"])):
+        greedy, sampled = arm(outcomes, cohort, GREEDY), arm(outcomes, cohort, SAMPLED)
+        static = arm(outcomes, cohort, CONTROL)
+        median = paired_estimate(greedy, static, "score", statistic=median)
+        share = estimate(greedy.with_columns(share=pl.col("forward_params_mean") / pl.col("host_params")), "share")
+        parts = [verdict(median, MIN_GAIN_POINTS), verdict(median, 0.0), verdict(share, MAX_PARAM_SHARE, higher_passes=False)]
+        gates.append(Gate("1 growth pays", cohort, combine(parts),
+                          f"{GREEDY} minus static, median over episodes {_say(median)} (gate > {MIN_GAIN_POINTS} point, CI above 0); "
+                          f"mean in-forward seed params / host params {_say(share)} (gate <= {MAX_PARAM_SHARE})"))  # fmt: skip
+        returns = {name: paired_estimate(greedy, arm(outcomes, cohort, name), "episode_return") for name in ("heuristic", "random")}
+        gates.append(Gate("2 beats baselines", cohort, combine([verdict(e, 0.0) for e in returns.values()]),
+                          "; ".join(f"return minus {name}'s {_say(e)} (gate > 0)" for name, e in returns.items())))  # fmt: skip
+        wait = estimate(ev.usage.filter(pl.col("cohort") == cohort), "wait_share")
+        heads = ev.heads.filter(pl.col("cohort") == cohort)
+        floor = heads["open_entropy"].min() if not heads.is_empty() else None
+        dead = heads.filter(pl.col("open_entropy") < MIN_OPEN_ENTROPY)["head"].to_list()
+        gates.append(Gate("3 no collapse", cohort, combine([verdict(wait, MAX_WAIT_SHARE, higher_passes=False),
+                                                           PASS if floor is not None and not dead else FAIL]),
+                          f"WAIT share of decisions {_say(wait)} (gate <= {MAX_WAIT_SHARE}; {SAMPLED}); lowest head entropy over "
+                          f"open decisions {floor if floor is None else f'{floor:.3f}'} nats (gate >= {MIN_OPEN_ENTROPY}; "
+                          f"below: {', '.join(dead) or 'none'})"))  # fmt: skip
+        cycles = estimate(sampled, "regerminations")
+        gates.append(Gate("4 no oscillation", cohort, verdict(cycles, MAX_REGERMINATIONS, higher_passes=False),
+                          f"prune->re-germinate per episode {_say(cycles)} (gate <= {MAX_REGERMINATIONS}; {SAMPLED})"))
+    return gates
+
+
+GATE_SETS = {"seed002": seed002_gates, "stage1": stage1_gates}

@@ -18,7 +18,7 @@ import polars as pl
 from esper_lab.experiments.evaluation import ARMS, CONTROL
 from esper_lab.experiments.gates import GATE_SETS, Evidence, Gate, evidence
 from esper_lab.experiments.packs import Pack
-from esper_lab.experiments.stats import Estimate, estimate, paired_estimate
+from esper_lab.experiments.stats import Estimate, estimate, median, paired_estimate
 from esper_lab.telemetry import Store
 
 VERDICT_COLOURS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "INCONCLUSIVE": "#9a6700"}
@@ -96,7 +96,7 @@ def outcome_table(outcomes: pl.DataFrame) -> pl.DataFrame:
             if frame.is_empty():
                 continue
             gain = paired_estimate(frame, static, "score") if arm != CONTROL else None
-            median = paired_estimate(frame, static, "score", statistic=_median) if arm != CONTROL else None
+            median = paired_estimate(frame, static, "score", statistic=median) if arm != CONTROL else None
             rows.append({
                 "cohort": cohort, "arm": arm, "episodes": frame.height, "seeds": frame["seed"].n_unique(),
                 "score": _fmt(estimate(frame, "score")), "gain vs static (mean)": _fmt(gain),
@@ -105,12 +105,6 @@ def outcome_table(outcomes: pl.DataFrame) -> pl.DataFrame:
                 "in-forward params": f"{frame['forward_params'].mean():.0f}", "conv_heavy share": f"{frame['conv_heavy_share'].mean():.3f}",
             })  # fmt: skip
     return pl.DataFrame(rows)
-
-
-def _median(values):
-    import numpy as np
-
-    return float(np.median(values))
 
 
 def _fmt(e: Estimate | None) -> str:

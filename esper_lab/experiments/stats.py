@@ -23,6 +23,10 @@ CONFIDENCE = 0.95
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 
 
+def median(values) -> float:
+    return float(np.median(values))
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A statistic with its bootstrap CI and the sample behind it."""

@@ -43,27 +43,27 @@ def train(root, checkpoint, rounds: int) -> subprocess.Popen:
 
 def test_a_killed_training_resumes_into_the_same_run_with_every_episode_once(tmp_path):
     checkpoint = tmp_path / "ckpt.pt"
-    process = train(tmp_path, checkpoint, rounds=6)
-    for line in process.stdout:  # kill it mid-way, right after round 2's checkpoint
+    rounds = 30  # a round takes a fraction of a second here: enough that the kill lands mid-way
+    process = train(tmp_path, checkpoint, rounds)
+    for line in process.stdout:  # kill it right after round 2's checkpoint, in the middle of a later round
         if line.startswith("round 2"):
-            time.sleep(0.5)  # into round 3: some of its steps may be flushed, none checkpointed
             process.send_signal(signal.SIGKILL)
             break
     process.wait(timeout=60)
     assert Store(tmp_path).runs().row(0, named=True)["status"] == "running"  # a SIGKILL leaves no word
 
-    resumed = train(tmp_path, checkpoint, rounds=6)
+    resumed = train(tmp_path, checkpoint, rounds)
     resumed.communicate(timeout=300)
     assert resumed.returncode == 0
     store = Store(tmp_path)
     runs = store.runs()
     assert runs["run_id"].to_list() == ["r"] and runs["status"].to_list() == ["completed"]  # one training, one run
     episodes = store.episodes(run="r")
-    assert episodes.height == 6 * 2 and episodes["done"].all()  # 6 rounds x 2 envs, each exactly once
+    assert episodes.height == rounds * 2 and episodes["done"].all()  # every round x 2 envs, each exactly once
     assert episodes.select("env", "episode").is_unique().all()
-    assert store.rows("steps", run="r").height == 6 * 2 * 3
-    assert store.rows("updates", run="r")["update"].to_list() == list(range(6))
-    assert runs["steps_recorded"][0] == 6 * 2 * 3
+    assert store.rows("steps", run="r").height == rounds * 2 * 3
+    assert store.rows("updates", run="r")["update"].to_list() == list(range(rounds))
+    assert runs["steps_recorded"][0] == rounds * 2 * 3
 
 
 def test_a_stale_running_manifest_is_marked_killed(tmp_path):
@@ -165,3 +165,23 @@ def test_integer_fields_are_coerced_so_an_int_op_germinates_for_real():
     slot = env.plane.slots[0]
     assert slot.stage is Stage.GERMINATED and slot.seed is not None and slot.blueprint is Blueprint.NORM
     env.step(Action(0, 0))  # WAIT works after it (it used to raise AttributeError)
+
+
+def test_resuming_drops_what_the_killed_attempt_recorded_past_its_checkpoint(tmp_path):
+    """Parts flushed mid-round (after the last checkpoint) are truncated, so the resumed rounds
+    are recorded once: here episodes 0-3 and updates 0-1 were checkpointed, 4-5 and 2 were not."""
+    recorder = Recorder(tmp_path, "c", TINY, run_id="k", flush_every=2)
+    run_episodes(VecEnv(TINY, 1), RandomPolicy(0), 6, recorder=recorder)
+    for update in range(3):
+        recorder.record_update(update, {"policy_loss": 0.0})
+    recorder.flush()  # then a SIGKILL: no close
+    resumed = Recorder.resume(tmp_path, "c", "k", episodes=4, updates=2, flush_every=2)
+    store = Store(tmp_path)
+    assert sorted(set(store.rows("steps", run="k")["episode"])) == [0, 1, 2, 3]
+    assert store.rows("updates", run="k")["update"].to_list() == [0, 1]
+    assert sorted(set(store.rows("slots", run="k")["episode"])) == [0, 1, 2, 3]
+    resumed.record_update(2, {"policy_loss": 1.0})
+    resumed.close()
+    store = Store(tmp_path)
+    assert store.rows("updates", run="k")["update"].to_list() == [0, 1, 2]
+    assert store.runs().row(0, named=True)["status"] == "completed" and store.runs().row(0, named=True)["steps_recorded"] == 4 * 3
