@@ -24,6 +24,28 @@ def _tour(args: argparse.Namespace) -> int:
 
 
 WORKERS_HELP = "worker processes stepping the envs in parallel (0: in this process; one per core pays)"
+# One intra-op thread is fastest for these tiny models; two on a busy 2-core machine spin-wait
+# (a `run --envs 4` took 696 s with torch's default of 2 against 73 s with 1).
+THREADS_HELP = "torch threads for this process and its env workers (default 1: fastest for these tiny models)"
+
+
+def _at_least(minimum: int):
+    """An argparse type: an integer >= `minimum`, so a count that would run nothing (or fail late)
+    is refused before anything is built."""
+
+    def integer(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    return integer
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)  # env workers start with this count (VecEnv passes it on)
 
 
 def _run_config(args: argparse.Namespace):
@@ -43,6 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     from esper_lab.policy import HeuristicPolicy, RandomPolicy
     from esper_lab.telemetry import Recorder
 
+    _set_threads(args)
     config = _run_config(args)
     policy = HeuristicPolicy() if args.policy == "heuristic" else RandomPolicy(seed=args.seed)
     with VecEnv(config, args.envs, args.workers) as vec, Recorder(args.telemetry, args.cohort, config, kind=args.policy) as recorder:
@@ -70,6 +93,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint PATH")
+    _set_threads(args)
     config = _run_config(args)
     with VecEnv(config, args.envs, args.workers) as vec, Recorder(args.telemetry, args.cohort, config, kind="ppo") as recorder:
         if args.resume:
@@ -97,21 +121,22 @@ def _pack(args: argparse.Namespace) -> int:
     """`pack run`: every (cohort, seed) of a pack through papermill; `pack report`: its HTML page."""
     from esper_lab.experiments.packs import load_pack
     from esper_lab.experiments.report import write_report
-    from esper_lab.experiments.runner import REPORTS_DIR, run_pack
+    from esper_lab.experiments.runner import REPORTS_DIR, TELEMETRY_DIR, run_pack
     from esper_lab.telemetry import Store
 
     pack = load_pack(args.pack)
-    telemetry = Path(args.telemetry or REPORTS_DIR.parent / "telemetry" / pack.name).resolve()
+    telemetry = Path(args.telemetry or TELEMETRY_DIR / pack.name).resolve()
+    reports = Path(args.reports or REPORTS_DIR).resolve()
     if args.action == "run":
         malformed = [item for item in args.param if "=" not in item]
         if malformed:
             raise ValueError(f"--param {malformed[0]!r} must look like NAME=VALUE")
         overrides = dict(item.split("=", 1) for item in args.param)
-        statuses = run_pack(pack, args.preset, args.jobs, telemetry, overrides=overrides)
+        statuses = run_pack(pack, args.preset, args.jobs, telemetry, reports, overrides)
         failed = [f"{c} seed={s}" for (c, s), st in statuses.items() if st["status"] != "completed"]
         print(f"{len(statuses) - len(failed)}/{len(statuses)} runs completed" + (f"; failed: {', '.join(failed)}" if failed else ""))
     if args.action == "report" or (args.action == "run" and args.report):
-        path = write_report(pack, Store(telemetry), REPORTS_DIR / pack.name / "index.html")
+        path = write_report(pack, Store(telemetry), reports / pack.name / "index.html")
         print(f"report: {path}\ndashboard: esper-lab dashboard --root {telemetry}")
     return 0
 
@@ -121,10 +146,11 @@ def _dashboard(args: argparse.Namespace) -> int:
     from esper_lab.dashboards import serve
 
     try:
-        serve(args.root, args.port, args.address)
+        serve(args.root, args.port, args.address, allow_hosts=args.allow_host)
     except KeyboardInterrupt:
         pass
     return 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esper-lab", description=__doc__)
@@ -138,10 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task", default="digits_cnn")
     run.add_argument("--density", default="a0")
     run.add_argument("--policy", choices=("heuristic", "random"), default="heuristic")
-    run.add_argument("--episodes", type=int, default=1)
-    run.add_argument("--envs", type=int, default=1)
-    run.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
-    run.add_argument("--episode-length", type=int, default=None)
+    run.add_argument("--episodes", type=_at_least(1), default=1)
+    run.add_argument("--envs", type=_at_least(1), default=1)
+    run.add_argument("--workers", type=_at_least(0), default=0, help=WORKERS_HELP)
+    run.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
+    run.add_argument("--episode-length", type=_at_least(1), default=None)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--cifar-folder", default=None)
     run.add_argument("--telemetry", default="telemetry", help="telemetry root folder (Parquet parts)")
@@ -152,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("action", choices=("run", "report"))
     pack.add_argument("pack", help="pack name (pack0, pack1, pack2) or a path to a pack TOML file")
     pack.add_argument("--preset", default="smoke", help="a preset of the pack (smoke, full)")
-    pack.add_argument("--jobs", type=int, default=1, help="papermill runs in parallel")
+    pack.add_argument("--jobs", type=_at_least(1), default=1, help="papermill runs in parallel")
     pack.add_argument("--telemetry", default=None, help="telemetry root (default telemetry/<pack>)")
+    pack.add_argument("--reports", default=None, help="folder for the members' notebooks and the report (default reports/)")
     pack.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extra notebook parameter")
     pack.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write the report after a run")
     pack.set_defaults(handler=_pack)
@@ -163,10 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--density", default="a0")
     train.add_argument("--encoder", choices=("flat", "slot_transformer"), default="flat")
     train.add_argument("--recurrent", action="store_true", help="add an LSTM over the encoder's pooled vector")
-    train.add_argument("--envs", type=int, default=8)
-    train.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
-    train.add_argument("--rounds", type=int, default=10, help="total PPO updates (a resumed run continues to this)")
-    train.add_argument("--episode-length", type=int, default=None)
+    train.add_argument("--envs", type=_at_least(1), default=8)
+    train.add_argument("--workers", type=_at_least(0), default=0, help=WORKERS_HELP)
+    train.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
+    train.add_argument("--rounds", type=_at_least(1), default=10, help="total PPO updates (a resumed run continues to this)")
+    train.add_argument("--episode-length", type=_at_least(1), default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--cifar-folder", default=None)
     train.add_argument("--checkpoint", default=None, help="write policy+optimizer+normaliser here after every update")
@@ -179,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--root", default="telemetry", help="telemetry root folder")
     dashboard.add_argument("--port", type=int, default=5006)
     dashboard.add_argument("--address", default="127.0.0.1", help="interface to listen on (loopback by default)")
+    dashboard.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                           help="also answer requests naming this host (the address and localhost always are)")  # fmt: skip
     dashboard.set_defaults(handler=_dashboard)
     return parser
 
@@ -190,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:  # bad input: one clear line, no traceback
         print(f"esper-lab: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line (a pack run says what it stopped)
+        print(f"esper-lab: {interrupt or 'interrupted'}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
 
 
 if __name__ == "__main__":

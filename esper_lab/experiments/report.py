@@ -65,13 +65,16 @@ def exit_gates(pack: Pack, table: pl.DataFrame) -> list[Gate]:
 
 
 def write_report(pack: Pack, store: Store, path: Path) -> Path:
-    """Write `path` (HTML, resources inlined) and return it."""
+    """Write `path` (HTML that requests nothing from the network) and return it."""
     import holoviews as hv
     import panel as pn
-    from bokeh.resources import INLINE
+
+    from esper_lab.dashboards.app import save_offline
 
     hv.extension("bokeh")
     table = store.cohort_report()
+    if table.is_empty():  # nothing to judge or draw (HoloViews would fail on the empty plot)
+        raise ValueError(f"telemetry root {store.root} holds no recorded episodes to report on (run `esper-lab pack run` first)")
     gates = exit_gates(pack, table)
     verdict = {True: "PASS", False: "FAIL", None: "n/a"}
     gates.sort(key=lambda g: (g.name, g.cohort))
@@ -97,7 +100,5 @@ def write_report(pack: Pack, store: Store, path: Path) -> Path:
         pn.pane.DataFrame(table.to_pandas(), index=False, float_format="{:.4g}".format),
         pn.pane.HoloViews(curves),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    page.save(str(path), embed=True, resources=INLINE, title=pack.title)
-    return path
+    return save_offline(page, path, pack.title)
 
