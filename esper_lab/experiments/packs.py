@@ -36,6 +36,7 @@ class Preset:
 @dataclass(frozen=True)
 class Pack:
     name: str
+    path: Path  # the TOML it was loaded from: members load this file, not a shipped pack of the same name
     title: str
     notebook: str
     seeds: tuple[int, ...]
@@ -93,6 +94,7 @@ def load_pack(name_or_path: str | Path) -> Pack:
         raise ValueError(f"{where}: seeds must be a non-empty list of integers")
     pack = Pack(
         name=data["name"],
+        path=path.resolve(),
         title=data["title"],
         notebook=data["notebook"],
         seeds=tuple(data["seeds"]),
