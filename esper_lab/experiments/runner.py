@@ -93,7 +93,7 @@ def exclusive(folders: list[Path], token: str) -> Iterator[None]:
     """Hold each folder's lock for the run. A live holder is an error; a dead one (a killed
     runner) is taken over after killing whatever of its run is still alive."""
     with ExitStack() as stack:
-        for folder in folders:
+        for folder in dict.fromkeys(f.resolve() for f in folders):  # once each: a second flock would wait on the first
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / LOCK_NAME
             path.touch()
