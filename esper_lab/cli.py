@@ -26,6 +26,28 @@ def _tour(args: argparse.Namespace) -> int:
 WORKERS_HELP = "worker processes stepping the envs in parallel (0: in this process; one per core pays)"
 SET_HELP = ("set any study knob, repeatable: a RunConfig field (batch_size=32), economy.*, ppo.*, policy.* "
             "(economy.rent_weight=0.5, ppo.lr=1e-3, policy.encoder=slot_transformer) or rounds/envs/workers/eval_episodes")
+# One intra-op thread is fastest for these tiny models; two on a busy 2-core machine spin-wait
+# (a `run --envs 4` took 696 s with torch's default of 2 against 73 s with 1).
+THREADS_HELP = "torch threads for this process and its env workers (default 1: fastest for these tiny models)"
+
+
+def _at_least(minimum: int):
+    """An argparse type: an integer >= `minimum`, so a count that would run nothing (or fail late)
+    is refused before anything is built."""
+
+    def integer(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    return integer
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)  # env workers start with this count (VecEnv passes it on)
 
 
 def _settings(args: argparse.Namespace, **loop):
@@ -46,10 +68,9 @@ def _run(args: argparse.Namespace) -> int:
     from esper_lab.policy import HeuristicPolicy, RandomPolicy, StaticPolicy
     from esper_lab.telemetry import Recorder
 
+    _set_threads(args)
     settings = _settings(args)
     config = settings.run
-    if not (isinstance(args.episodes, int) and args.episodes >= 1):
-        raise ValueError(f"--episodes={args.episodes} must be an integer >= 1")
     policy = {"heuristic": HeuristicPolicy, "random": lambda: RandomPolicy(seed=config.seed), "static": StaticPolicy}[args.policy]()
     with VecEnv(config, settings.envs, settings.workers) as vec, Recorder(args.telemetry, args.cohort, config, kind=args.policy) as recorder:
         with tqdm(total=args.episodes * config.episode_length, desc=f"{config.task} {args.policy}", unit="step") as bar:
@@ -72,11 +93,13 @@ def _train(args: argparse.Namespace) -> int:
 
     from esper_lab.experiments.evaluation import evaluate_arms
     from esper_lab.experiments.train import train_and_record
+    from esper_lab.telemetry.recorder import mark_stale_runs
 
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint PATH")
     if args.checkpoint and Path(args.checkpoint).exists() and not args.resume:
         raise ValueError(f"checkpoint {args.checkpoint} exists: pass --resume to continue it, or another path")
+    _set_threads(args)
     policy = {"encoder": args.encoder, "recurrent": args.recurrent}
     settings = _settings(args, rounds=args.rounds, policy={k: v for k, v in policy.items() if v is not None})
     steps = settings.run.episode_length * settings.ppo.episodes_per_round
@@ -90,6 +113,8 @@ def _train(args: argparse.Namespace) -> int:
               f"clip {s['clip_fraction']:.3f} ev {s['explained_variance']:.2f} "
               f"rollout {s['rollout_seconds']:.1f}s update {s['update_seconds']:.1f}s", flush=True)  # fmt: skip
 
+    if Path(args.telemetry).is_dir():
+        mark_stale_runs(args.telemetry)  # a killed earlier training says `killed`, not `running`
     with bar:
         run_id, agent = train_and_record(settings, args.telemetry, args.cohort, checkpoint=args.checkpoint,
                                          on_round=on_round, on_step=lambda: bar.update(1))  # fmt: skip
@@ -103,22 +128,27 @@ def _train(args: argparse.Namespace) -> int:
 def _pack(args: argparse.Namespace) -> int:
     """`pack run`: every (cohort, seed) of a pack through papermill; `pack report`: its HTML page."""
     from esper_lab.experiments.packs import load_pack
-    from esper_lab.experiments.report import write_report
-    from esper_lab.experiments.runner import REPORTS_DIR, run_pack
-    from esper_lab.telemetry import Store
+    from esper_lab.experiments.report import report_path, write_report
+    from esper_lab.experiments.runner import REPORTS_DIR, TELEMETRY_DIR, run_pack
+    from esper_lab.experiments.settings import parse_assignments
 
     pack = load_pack(args.pack)
-    telemetry = Path(args.telemetry or REPORTS_DIR.parent / "telemetry" / pack.name).resolve()
+    telemetry = Path(args.telemetry or TELEMETRY_DIR / pack.name).resolve()
+    reports = Path(args.reports or REPORTS_DIR).resolve()
     if args.action == "run":
         malformed = [item for item in args.param if "=" not in item]
         if malformed:
             raise ValueError(f"--param {malformed[0]!r} must look like NAME=VALUE")
-        overrides = dict(item.split("=", 1) for item in args.param)
-        statuses = run_pack(pack, args.preset, args.jobs, telemetry, overrides=overrides)
+        parameters = dict(item.split("=", 1) for item in args.param)
+        if args.set:  # every member's settings, as the notebook's `overrides` (checked here, before any kernel)
+            settings = parse_assignments(args.set)
+            pack.settings(pack.control, pack.preset_seeds(args.preset)[0], args.preset, settings)
+            parameters["overrides"] = settings
+        statuses = run_pack(pack, args.preset, args.jobs, telemetry, reports, parameters)
         failed = [f"{c} seed={s}" for (c, s), st in statuses.items() if st["status"] != "completed"]
         print(f"{len(statuses) - len(failed)}/{len(statuses)} runs completed" + (f"; failed: {', '.join(failed)}" if failed else ""))
     if args.action == "report" or (args.action == "run" and args.report):
-        path = write_report(pack, Store(telemetry), REPORTS_DIR / pack.name / "index.html")
+        path = write_report(pack, telemetry, args.preset, report_path(reports, pack, args.preset, telemetry))
         print(f"report: {path}\ndashboard: esper-lab dashboard --root {telemetry}")
     return 0
 
@@ -128,10 +158,11 @@ def _dashboard(args: argparse.Namespace) -> int:
     from esper_lab.dashboards import serve
 
     try:
-        serve(args.root, args.port, args.address)
+        serve(args.root, args.port, args.address, allow_hosts=args.allow_host)
     except KeyboardInterrupt:
         pass
     return 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esper-lab", description=__doc__)
@@ -145,10 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task", default="digits_cnn")
     run.add_argument("--density", default="a0")
     run.add_argument("--policy", choices=("heuristic", "random", "static"), default="heuristic", help="static: always WAIT")
-    run.add_argument("--episodes", type=int, default=1)
-    run.add_argument("--envs", type=int, default=1)
-    run.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
-    run.add_argument("--episode-length", type=int, default=None)
+    run.add_argument("--episodes", type=_at_least(1), default=1)
+    run.add_argument("--envs", type=_at_least(1), default=1)
+    run.add_argument("--workers", type=_at_least(0), default=0, help=WORKERS_HELP)
+    run.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
+    run.add_argument("--episode-length", type=_at_least(1), default=None)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--cifar-folder", default=None)
     run.add_argument("--telemetry", default="telemetry", help="telemetry root folder (Parquet parts)")
@@ -160,9 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("action", choices=("run", "report"))
     pack.add_argument("pack", help="pack name (pack0, pack1, pack2) or a path to a pack TOML file")
     pack.add_argument("--preset", default="smoke", help="a preset of the pack (smoke, full)")
-    pack.add_argument("--jobs", type=int, default=1, help="papermill runs in parallel")
+    pack.add_argument("--jobs", type=_at_least(1), default=1, help="papermill runs in parallel")
     pack.add_argument("--telemetry", default=None, help="telemetry root (default telemetry/<pack>)")
+    pack.add_argument("--reports", default=None, help="folder for the members' notebooks and the report (default reports/)")
     pack.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extra notebook parameter")
+    pack.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP + "; applied to every member")
     pack.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write the report after a run")
     pack.set_defaults(handler=_pack)
 
@@ -171,10 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--density", default="a0")
     train.add_argument("--encoder", choices=("flat", "slot_transformer"), default=None, help="the policy's slot encoder (default flat)")
     train.add_argument("--recurrent", action="store_true", default=None, help="add an LSTM over the encoder's pooled vector")
-    train.add_argument("--envs", type=int, default=8)
-    train.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
-    train.add_argument("--rounds", type=int, default=10, help="total PPO updates (a resumed run continues to this)")
-    train.add_argument("--episode-length", type=int, default=None)
+    train.add_argument("--envs", type=_at_least(1), default=8)
+    train.add_argument("--workers", type=_at_least(0), default=0, help=WORKERS_HELP)
+    train.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
+    train.add_argument("--rounds", type=_at_least(1), default=10, help="total PPO updates (a resumed run continues to this)")
+    train.add_argument("--episode-length", type=_at_least(1), default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--cifar-folder", default=None)
     train.add_argument("--checkpoint", default=None, help="write policy+optimizer+normaliser here after every update")
@@ -188,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--root", default="telemetry", help="telemetry root folder")
     dashboard.add_argument("--port", type=int, default=5006)
     dashboard.add_argument("--address", default="127.0.0.1", help="interface to listen on (loopback by default)")
+    dashboard.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                           help="also answer requests naming this host (the address and localhost always are)")  # fmt: skip
     dashboard.set_defaults(handler=_dashboard)
     return parser
 
@@ -199,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:  # bad input: one clear line, no traceback
         print(f"esper-lab: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line (a pack run says what it stopped)
+        print(f"esper-lab: {interrupt or 'interrupted'}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
 
 
 if __name__ == "__main__":

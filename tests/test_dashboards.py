@@ -1,9 +1,12 @@
 """Dashboards over real smoke telemetry (PPO members of pack0): the store queries the pages add,
-every page building, clear errors for a bad root, the offline HTML export, and the served app in
+every page building, clear errors for a bad root, a run without steps, the offline HTML export and
+pack report (nothing fetched from the network), and the served app: host names it answers to, and
 Debian's Chromium driven by Playwright (cohort switch, every tab, a screenshot in reports/)."""
 
 from __future__ import annotations
 
+import http.client
+import re
 import shutil
 import socket
 import subprocess
@@ -11,16 +14,21 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import panel as pn
 import polars as pl
 import pytest
 
 from esper_lab.cli import main
+from esper_lab.config import RunConfig
 from esper_lab.contracts import Stage
 from esper_lab.dashboards import PAGES, Selection, build_app, save_html
 from esper_lab.dashboards.pages import STAGE_COLORS
 from esper_lab.experiments.member import run_member
+from esper_lab.experiments.packs import load_pack
+from esper_lab.experiments.report import write_report
+from esper_lab.telemetry import Recorder
 from esper_lab.telemetry.store import Store
 
 COHORTS = ("baseline", "c0_only")
@@ -114,26 +122,67 @@ def test_save_html_renders_every_page_offline(root, store, tmp_path):
     assert "\"name\":\"ImportedStyleSheet\"" not in html and "\"name\":\"InlineStyleSheet\"" in html  # no CDN stylesheet left
 
 
-@pytest.fixture(scope="session")
-def server(root, tmp_path_factory):
-    """`esper-lab dashboard` on a free loopback port; not waited for here, so its start-up
-    (imports, ~10 s) overlaps the tests that need no browser."""
+def test_a_run_without_steps_says_so_instead_of_keeping_the_previous_run(root, tmp_path):
+    one = Store(root).runs("c0_only")["run_id"][0]
+    shutil.copytree(root / "cohort=c0_only" / f"run={one}", tmp_path / "cohort=c0_only" / f"run={one}")
+    with Recorder(tmp_path, "c0_only", RunConfig(task="digits_cnn"), run_id="zz-no-steps", kind="heuristic"):
+        pass  # a run stopped before its first step
+    store = Store(tmp_path)
+    selection = Selection(store, "c0_only", one)
+    pages = {title: page(store, selection) for title, page in PAGES.items()}
+    selection.run.value = "zz-no-steps"
+    assert selection.view == ("c0_only", "zz-no-steps", None, None)
+    for title in ("Rent & churn economy", "Lifecycle swimlane", "Policy health", "Slot inspector"):
+        shown = [m.object for m in pages[title].select(pn.pane.Markdown)]
+        assert any("zz-no-steps" in text and "recorded no steps" in text for text in shown), (title, shown)
+        assert not any(one in text for text in shown), (title, shown)  # not the previous run
+    html = save_html(tmp_path, tmp_path / "dash.html", "c0_only", "zz-no-steps").read_text()  # every page renders
+    assert "recorded no steps" in html
+
+
+def test_the_pack_report_requests_nothing_from_the_network(store, tmp_path):
+    path = write_report(load_pack("pack0"), store, tmp_path / "index.html")
+    html = path.read_text()
+    assert not re.findall(r"""<(?:link|script)\b[^>]*\b(?:href|src)=["']https?://|"url":"https?://""", html)  # no CDN link
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it; never `playwright install`)")
+    from playwright.sync_api import sync_playwright
+
+    requested = []
+
+    def block(route):
+        if route.request.url.startswith("file://"):
+            return route.continue_()
+        requested.append(route.request.url)
+        return route.abort()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.route("**/*", block)
+        page.goto(path.as_uri())
+        page.get_by_text("Exit gates (seed 002)").wait_for()
+        page.locator("canvas").first.wait_for(state="attached")
+        browser.close()
+    assert requested == []
+
+
+def start_server(root: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`esper-lab dashboard` on a free loopback port, not waited for (imports take ~10 s)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("server") / "server.log"
     with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "esper_lab.cli", "dashboard", "--root", str(root), "--port", str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    yield process, f"http://127.0.0.1:{port}/", log
-    process.terminate()
-    process.wait(timeout=10)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "esper_lab.cli", "dashboard", "--root", str(root), "--port", str(port), *extra],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return process, f"http://127.0.0.1:{port}/"
 
 
-@pytest.fixture(scope="session")
-def url(server) -> str:
-    """The server's URL once it answers."""
-    process, url, log = server
+def answered(process: subprocess.Popen, url: str, log: Path) -> str:
+    """`url` once its server answers."""
     deadline = time.monotonic() + 90
     while True:
         try:
@@ -143,6 +192,58 @@ def url(server) -> str:
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"dashboard server did not answer at {url}:\n{log.read_text()}")
             time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def server(root, tmp_path_factory):
+    """The dashboard over the smoke root; started early, so its start-up overlaps the tests that
+    need no server."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    process, url = start_server(root, log)
+    yield process, url, log
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def url(server) -> str:
+    return answered(*server)
+
+
+def raw_get(url: str, host: str, path: str = "/", **headers: str) -> tuple[int, str]:
+    """A GET with a chosen Host header, as a browser sends it after a DNS rebinding."""
+    where = urlsplit(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    connection.request("GET", path, headers={"Host": host, **headers})
+    response = connection.getresponse()
+    body = response.read().decode(errors="replace")
+    connection.close()
+    return response.status, body
+
+
+def test_the_dashboard_answers_only_to_its_own_host_names(url, store):
+    port = urlsplit(url).port
+    evil = f"evil.example:{port}"
+    status, body = raw_get(url, evil, Origin=f"http://{evil}")
+    assert status == 403 and "--allow-host evil.example" in body
+    assert not any(run in body for run in store.runs()["run_id"])
+    websocket = {"Origin": f"http://{evil}", "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
+    assert raw_get(url, evil, "/ws", **websocket)[0] == 403
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        assert raw_get(url, host)[0] == 200
+
+
+def test_the_dashboard_answers_another_host_name_when_allowed(root, tmp_path):
+    process, url = start_server(root, tmp_path / "server.log", "--allow-host", "Lab.Example")
+    try:
+        answered(process, url, tmp_path / "server.log")
+        port = urlsplit(url).port
+        assert raw_get(url, f"lab.example:{port}", Origin=f"http://lab.example:{port}")[0] == 200
+        assert raw_get(url, f"evil.example:{port}")[0] == 403
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,24 @@
-"""Packs: validated specs, the papermill runner (skip, retry, failures recorded), exit gates."""
+"""Packs: validated specs, the papermill runner (skip, retry, failures recorded, reserved
+parameters, packs given by path), notebook list parameters, the report's guards, exit gates."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nbformat
 import numpy as np
+import papermill
 import polars as pl
 import pytest
 
+from esper_lab.cli import main
 from esper_lab.experiments.gates import ENTROPY_KEPT, GROW_SHRINK_GATE, Evidence, seed002_gates
 from esper_lab.experiments.packs import load_pack, pack_names
-from esper_lab.experiments.runner import members, notebook_parameters, run_pack
+from esper_lab.experiments.params import as_list
+from esper_lab.experiments.runner import RESERVED_PARAMETERS, members, notebook_parameters, run_pack
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 PACK_TOML = """
 name = "tiny"
@@ -99,20 +106,78 @@ def test_runner_records_failures_keeps_going_skips_completed_and_retries_failed(
         ("base", 0): "completed", ("base", 1): "failed", ("ladder", 0): "completed", ("ladder", 1): "failed",
     }  # fmt: skip
     assert "seed 1 breaks" in statuses[("base", 1)]["error"]
-    assert (reports / "tiny" / "base" / "seed=0.ipynb").is_file()
+    assert (reports / "tiny" / "smoke" / "base" / "seed=0.ipynb").is_file()
 
-    done = {m.output: m.output.stat().st_mtime_ns for m in members(pack, reports) if m.seed == 0}
+    root = tmp_path / "telemetry"
+    done = {m.output: m.output.stat().st_mtime_ns for m in members(pack, "smoke", reports, root) if m.seed == 0}
     marker.touch()
-    statuses = run_pack(pack, "smoke", jobs=1, telemetry_root=tmp_path / "telemetry", reports_dir=reports)
+    statuses = run_pack(pack, "smoke", jobs=1, telemetry_root=root, reports_dir=reports)
     assert all(v["status"] == "completed" for v in statuses.values())
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in done.items())  # not re-run
-    status = json.loads((reports / "tiny" / "ladder" / "seed=1.status.json").read_text())
+    status = json.loads((root / ".members" / "tiny" / "smoke" / "ladder" / "seed=1.status.json").read_text())
     assert status["preset"] == "smoke" and status["error"] is None
 
-    elsewhere = tmp_path / "other-telemetry"  # completed, but into another root: that is new work
+    elsewhere = tmp_path / "other-telemetry"  # completed, but into another root: that is new work there...
     run_pack(pack, "smoke", jobs=1, telemetry_root=elsewhere, reports_dir=reports)
     assert all(path.stat().st_mtime_ns > mtime for path, mtime in done.items())
-    assert json.loads((reports / "tiny" / "base" / "seed=0.status.json").read_text())["parameters"]["telemetry_root"] == str(elsewhere)
+    assert json.loads((elsewhere / ".members" / "tiny" / "smoke" / "base" / "seed=0.status.json").read_text())["status"] == "completed"
+    again = {m.output: m.output.stat().st_mtime_ns for m in members(pack, "smoke", reports, root)}
+    run_pack(pack, "smoke", jobs=1, telemetry_root=root, reports_dir=reports)  # ...and the first root's members stay done
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in again.items())
+
+
+@pytest.mark.parametrize("name", RESERVED_PARAMETERS)
+def test_a_reserved_parameter_cannot_be_overridden(tmp_path, name):
+    write_notebook(tmp_path, "pass")
+    pack = load_pack(write_pack(tmp_path))
+    with pytest.raises(ValueError, match=rf"\['{name}'\] are set by the pack runner and cannot be overridden"):
+        notebook_parameters(pack, "smoke", tmp_path / "telemetry", {name: "1"})
+
+
+def test_the_cli_refuses_a_reserved_parameter_in_one_line(tmp_path, capsys):
+    write_notebook(tmp_path, "pass")
+    argv = ["pack", "run", str(write_pack(tmp_path)), "--param", "preset=full", "--telemetry", str(tmp_path / "t")]
+    assert main([*argv, "--reports", str(tmp_path / "r")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("esper-lab: error: parameters ['preset'] are set by the pack runner") and error.count("\n") == 1
+    assert not (tmp_path / "r").exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize("name", ["pack0", "mypack"])
+def test_a_pack_given_by_path_runs_with_its_own_settings(tmp_path, name):
+    # named like a shipped pack, or like none: either way the members must load this very file
+    write_notebook(tmp_path, "from esper_lab.experiments.packs import load_pack\nspec = load_pack(pack)\n"
+                             "assert (spec.title, spec.presets[preset]['episode_length']) == ('Tiny pack', 2), spec")  # fmt: skip
+    pack = load_pack(write_pack(tmp_path, PACK_TOML.replace('name = "tiny"', f'name = "{name}"').replace("[0, 1]", "[0]")))
+    statuses = run_pack(pack, "smoke", jobs=2, telemetry_root=tmp_path / "telemetry", reports_dir=tmp_path / "reports")
+    assert {s["status"] for s in statuses.values()} == {"completed"}, [s["error"] for s in statuses.values()]
+    assert statuses[("base", 0)]["parameters"]["pack"] == str(tmp_path / "tiny.toml")
+
+
+def test_pack_report_on_an_empty_root_is_one_clear_line(tmp_path, capsys):
+    write_notebook(tmp_path, "pass")
+    (tmp_path / "empty").mkdir()
+    argv = ["pack", "report", str(write_pack(tmp_path)), "--telemetry", str(tmp_path / "empty"), "--reports", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"esper-lab: error: no runs of preset 'smoke' under {tmp_path / 'empty'}: "
+                                       "run `esper-lab pack run tiny --preset smoke` first\n")  # fmt: skip
+
+
+def test_a_list_parameter_given_as_one_string_is_one_item():
+    assert as_list("cohorts", "a0_only") == ["a0_only"]  # not ['a', '0', '_', ...]
+    assert as_list("slot_counts", 8) == [8]
+    assert as_list("cohorts", ("a", "b")) == ["a", "b"]
+    with pytest.raises(ValueError, match="cohorts=None must be a list"):
+        as_list("cohorts", None)
+
+
+def test_a_phase_notebook_takes_one_cohort_from_the_papermill_command_line(tmp_path):
+    # `papermill ... -p cohorts a0_only` passes the string "a0_only" for the list parameter
+    output = tmp_path / "phase0.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS / "phase0_ladders.ipynb"), str(output), kernel_name="python3", progress_bar=False,
+                               parameters={"cohorts": "a0_only", "policy": "random"}, cwd=str(NOTEBOOKS))  # fmt: skip
+    text = output.read_text()
+    assert "a0_only" in text and "cohort='a'" not in text
 
 
 def outcome_rows(cohort: str, arm: str, rng: np.random.Generator, **means) -> list[dict]:

@@ -10,6 +10,8 @@ import weakref
 from pathlib import Path
 
 import panel as pn
+import tornado.routing
+import tornado.web
 from bokeh.resources import INLINE
 
 from esper_lab.dashboards.pages import conv_heavy_page, economy_page, policy_health_page, slot_inspector_page, swimlane_page
@@ -21,6 +23,9 @@ TITLE = "esper_lab dashboards"
 PANEL_CSS_LINK = re.compile(
     r'"name":"ImportedStyleSheet","id":"(\w+)","attributes":\{"url":"https://cdn\.holoviz\.org/panel/[^/]+/dist/([^"?]+)[^"]*"\}'
 )
+# The names a browser on this machine uses for loopback; with the served address (and any
+# `allow_hosts`) they are the only Host headers answered (DNS rebinding, see `_HostGuard`).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
 PAGES = {
     "Rent & churn economy": economy_page,
     "conv_heavy share": conv_heavy_page,
@@ -41,9 +46,12 @@ def _app(store: Store, cohort: str | None = None, run: str | None = None) -> pn.
     return pn.Row(sidebar, _tabs(store, selection, dynamic=True))
 
 
-def serve(root: str | Path, port: int = 5006, address: str = "127.0.0.1", show: bool = False) -> None:
+def serve(
+    root: str | Path, port: int = 5006, address: str = "127.0.0.1", show: bool = False, allow_hosts: tuple[str, ...] = ()
+) -> None:
     """Print the URL and serve the app until interrupted; loopback by default, as the dashboards
-    have no login. Each browser session opens its own store, so a reload shows new runs."""
+    have no login, and only to requests naming this server (`allow_hosts` adds host names). Each
+    browser session opens its own store, so a reload shows new runs."""
     Selection(Store(root))  # a missing or empty root fails here, once, not in every session
     stores = weakref.WeakSet()  # the open sessions' stores
 
@@ -52,13 +60,16 @@ def serve(root: str | Path, port: int = 5006, address: str = "127.0.0.1", show: 
         stores.add(store)
         return _app(store)
 
+    hosts = {host.lower() for host in (*LOOPBACK_HOSTS, address, *allow_hosts)}
     try:
         server = pn.serve(
             {"/": session}, port=port, address=address, show=show, start=False, title=TITLE,
-            websocket_origin=[f"{address}:{port}", f"localhost:{port}"], admin=False,
+            websocket_origin=[f"{host}:{port}" for host in sorted(hosts)], admin=False,
         )  # fmt: skip
     except OSError as error:  # the port is taken: one clear line instead of tornado's traceback
         raise ValueError(f"cannot listen on {address}:{port}: {error.strerror}") from error
+    application = server._tornado  # Bokeh keeps its tornado Application private; the guard wraps its router
+    application.default_router = _HostGuard(application, application.default_router, hosts)
     print(f"esper_lab dashboards: http://{address}:{port}/ (telemetry {Path(root)}; Ctrl-C stops)", flush=True)
     server.start()
     try:
@@ -66,6 +77,27 @@ def serve(root: str | Path, port: int = 5006, address: str = "127.0.0.1", show: 
     finally:  # sessions outlive the loop: close their stores, or DuckDB reports leaks at exit
         for store in list(stores):
             store.close()
+
+
+class _WrongHost(tornado.web.RequestHandler):
+    def prepare(self) -> None:
+        name = self.request.host_name
+        self.set_status(403)
+        self.finish(f"403: host {name!r} is not served here; to allow it: esper-lab dashboard --allow-host {name}\n")
+
+
+class _HostGuard(tornado.routing.Router):
+    """Route a request only when its Host header names this server. Without it, a page from
+    evil.example whose DNS later points at 127.0.0.1 reads the dashboards (DNS rebinding): the
+    browser sends `Host: evil.example` and a matching Origin, so origin checks alone pass."""
+
+    def __init__(self, application: tornado.web.Application, inner: tornado.routing.Router, hosts: set[str]):
+        self.application, self.inner, self.hosts = application, inner, hosts
+
+    def find_handler(self, request, **kwargs):
+        if request.host_name in self.hosts:
+            return self.inner.find_handler(request, **kwargs)
+        return self.application.get_handler_delegate(request, _WrongHost)
 
 
 def save_html(root: str | Path, path: str | Path, cohort: str | None = None, run: str | None = None) -> Path:
@@ -79,12 +111,13 @@ def save_html(root: str | Path, path: str | Path, cohort: str | None = None, run
     return save_offline(pn.Row(pn.pane.Markdown(shown, width=280), _tabs(store, selection, dynamic=False)), path, TITLE)
 
 
-def save_offline(page, path: str | Path, title: str) -> Path:
-    """Save a Panel object as one HTML file that needs no network: BokehJS, Panel's JS and every
-    stylesheet inlined (STACK pitfall 5)."""
+def save_offline(page: pn.viewable.Viewable, path: str | Path, title: str) -> Path:
+    """Save a Panel object as one HTML file that requests nothing from the network: Bokeh's and
+    Panel's JS inlined, Panel's component stylesheets too (see `_inline_panel_css`), and no
+    icons (Panel's page template links them from its CDN unless the variables are defined)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    page.save(path, resources=INLINE, title=title)
+    page.save(path, resources=INLINE, title=title, template_variables={"app_favicon": "", "apple_icon": ""})
     path.write_text(_inline_panel_css(path.read_text(encoding="utf-8")), encoding="utf-8")
     return path
 

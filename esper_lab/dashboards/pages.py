@@ -9,6 +9,8 @@ makes its own and shows its selectors above it, which is how it is used inline i
 
 from __future__ import annotations
 
+import functools
+
 import holoviews as hv
 import panel as pn
 import polars as pl
@@ -37,6 +39,7 @@ def economy_page(store: Store, selection: Selection | None = None) -> pn.Column:
     episode (means over envs), lifecycle op counts, governor counts and the cohort's outcomes."""
     selection, header = _own(store, selection)
 
+    @_needs_steps
     def body(view):
         cohort, run, _, episode = view
         costs = store.rent_churn(cohort, run).filter(pl.col("episode") == episode)
@@ -108,6 +111,7 @@ def swimlane_page(store: Store, selection: Selection | None = None) -> pn.Column
     events (transitions, level changes, vetoes) marked where they happened."""
     selection, header = _own(store, selection)
 
+    @_needs_steps
     def body(view):
         cohort, run, env, episode = view
         slots = store.slot_series(cohort, run, env, episode)
@@ -140,6 +144,7 @@ def policy_health_page(store: Store, selection: Selection | None = None) -> pn.C
     fraction per update, and the invalid-action rate (near zero when masks are honoured)."""
     selection, header = _own(store, selection)
 
+    @_needs_steps
     def body(view):
         cohort, run, _, _ = view
         entropy = store.policy_entropy(cohort, run).filter(pl.col("entropy").is_not_null())
@@ -171,6 +176,7 @@ def slot_inspector_page(store: Store, selection: Selection | None = None) -> pn.
     active parameters rent charges for, with its stage, blueprint and events per step."""
     selection, header = _own(store, selection)
 
+    @_needs_steps
     def body(view, slot):
         cohort, run, env, episode = view
         series = store.slot_series(cohort, run, env, episode).filter(pl.col("slot") == slot)
@@ -189,6 +195,20 @@ def slot_inspector_page(store: Store, selection: Selection | None = None) -> pn.
         )  # fmt: skip
 
     return pn.Column(*header, selection.surface, pn.bind(body, selection.param.view, selection.param.slot))
+
+
+def _needs_steps(body):
+    """A page body that shows one run's steps; for a run without any it says so, rather than
+    failing and leaving the previous run on screen."""
+
+    @functools.wraps(body)
+    def guarded(view, *rest):
+        if view[3] is None:
+            return pn.pane.Markdown(f"### {view[1]}\n\nThis run recorded no steps (it ended before its first): nothing to show.",
+                                    css_classes=["no-steps"])  # fmt: skip
+        return body(view, *rest)
+
+    return guarded
 
 
 def _own(store: Store, selection: Selection | None) -> tuple[Selection, list]:

@@ -23,6 +23,7 @@ class Selection(param.Parameterized):
     """Linked selectors over one store: a cohort narrows the runs, a run its envs, episodes (the
     last by default: the most trained policy) and surfaces."""
 
+    # env and episode are None for a run without steps (killed before its first)
     view = param.Tuple(default=None, length=4, allow_None=True, doc="(cohort, run, env, episode) on show")
     slot = param.Integer(default=None, allow_None=True, doc="the slot the inspector shows")
 
@@ -76,6 +77,11 @@ class Selection(param.Parameterized):
 
     def _run_changed(self) -> None:
         episodes = self.store.episodes(self.cohort.value, self.run.value)
+        if episodes.is_empty():  # a run killed (or ended) before its first step: `view` says so with None
+            with self._batch():
+                self.env.options, self.episode.options, self.surface.options = [], [], {}
+                self.env.value = self.episode.value = self.surface.value = None
+            return
         first = episodes.row(0, named=True)  # every slot exists from construction: one step lists them all
         surfaces = self.store.slot_series(self.cohort.value, self.run.value, first["env"], first["episode"])
         surfaces = surfaces.unique("slot", maintain_order=True)

@@ -33,7 +33,7 @@ class Pack:
     control: str
     presets: dict[str, dict[str, Any]]
     cohorts: dict[str, dict[str, Any]]
-    path: Path = field(default=PACKS_DIR)
+    path: Path = field(default=PACKS_DIR)  # the TOML it was loaded from: members load this file, not a shipped pack of the same name
     gates: str = "seed002"  # which exit gates the report judges (`gates.GATE_SETS`)
 
     def preset_seeds(self, preset: str) -> tuple[int, ...]:

@@ -96,11 +96,11 @@ def outcome_table(outcomes: pl.DataFrame) -> pl.DataFrame:
             if frame.is_empty():
                 continue
             gain = paired_estimate(frame, static, "score") if arm != CONTROL else None
-            median = paired_estimate(frame, static, "score", statistic=median) if arm != CONTROL else None
+            typical = paired_estimate(frame, static, "score", statistic=median) if arm != CONTROL else None
             rows.append({
                 "cohort": cohort, "arm": arm, "episodes": frame.height, "seeds": frame["seed"].n_unique(),
                 "score": _fmt(estimate(frame, "score")), "gain vs static (mean)": _fmt(gain),
-                "gain vs static (median)": _fmt(median), "return": _fmt(estimate(frame, "episode_return")),
+                "gain vs static (median)": _fmt(typical), "return": _fmt(estimate(frame, "episode_return")),
                 "return vs static": _fmt(paired_estimate(frame, static, "episode_return") if arm != CONTROL else None),
                 "in-forward params": f"{frame['forward_params'].mean():.0f}", "conv_heavy share": f"{frame['conv_heavy_share'].mean():.3f}",
             })  # fmt: skip

@@ -2,50 +2,71 @@
 
 Outputs go to `reports/<pack>/<cohort>/seed=<n>.ipynb`, telemetry to one shared root. Each run
 leaves a status file beside its notebook, so re-running a pack skips completed runs and retries
-failed ones; a failed run is recorded with its error and never stops the others. Parameters are
-checked against the notebook's `parameters` cell before any kernel starts.
+the others; a failed run is recorded with its error and never stops the others. Parameters are
+checked against the notebook's `parameters` cell before any kernel starts. One runner at a time
+uses a pack's folders (a lock file in each). Members run in worker processes (`workers`) that die
+with the runner; Ctrl-C stops the members in flight and marks them `interrupted`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import signal
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from esper_lab.experiments.packs import Pack
+from esper_lab.experiments.workers import Pool, kill_tagged
+from esper_lab.telemetry.recorder import mark_stale_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 REPORTS_DIR = REPO_ROOT / "reports"
 TELEMETRY_DIR = REPO_ROOT / "telemetry"
-KERNEL_START_RETRIES = 2  # kernel launches can race for a port when several start at once
-_KERNEL_START_ERRORS = ("Kernel died before replying", "Address already in use", "Kernel didn't respond")
+# The runner sets these for every member: overriding them would bypass the preset check, split
+# the telemetry from the report, or be silently replaced per member.
+RESERVED_PARAMETERS = ("pack", "preset", "telemetry_root", "cohort", "seed")
+LOCK_NAME = ".pack-run.lock"  # in the reports folder and the telemetry root: {"pid", "token"} of the runner
+
+
+class PackBusy(ValueError):
+    """Another runner holds a folder this run needs."""
+
+
+class PackInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run; the message says what was stopped and how to resume."""
+
+
+MEMBERS_DIR = ".members"  # in the telemetry root: each member's status lives with the telemetry it wrote
 
 
 @dataclass(frozen=True)
 class Member:
     cohort: str
     seed: int
-    output: Path
-
-    @property
-    def status_file(self) -> Path:
-        return self.output.with_suffix(".status.json")
+    output: Path  # the executed notebook
+    status_file: Path
 
     def status(self) -> dict:
         return json.loads(self.status_file.read_text()) if self.status_file.is_file() else {"status": "pending"}
 
 
-def members(pack: Pack, reports_dir: Path = REPORTS_DIR) -> list[Member]:
+def members(pack: Pack, preset: str, reports_dir: Path = REPORTS_DIR, telemetry_root: Path = TELEMETRY_DIR) -> list[Member]:
+    """Every (cohort, seed) of the preset: its notebook under `<reports>/<pack>/<preset>/`, its
+    status under the telemetry root it writes to (so a run into another root is new work)."""
     return [
-        Member(cohort, seed, reports_dir / pack.name / cohort / f"seed={seed}.ipynb")
+        Member(cohort, seed, reports_dir / pack.name / preset / cohort / f"seed={seed}.ipynb",
+               Path(telemetry_root) / MEMBERS_DIR / pack.name / preset / cohort / f"seed={seed}.status.json")  # fmt: skip
         for cohort in pack.cohorts
-        for seed in pack.seeds
+        for seed in pack.preset_seeds(preset)
     ]
 
 
@@ -53,9 +74,16 @@ def notebook_parameters(pack: Pack, preset: str, telemetry_root: Path, overrides
     """The parameters every member shares, checked against the notebook's `parameters` cell."""
     import papermill
 
+    reserved = sorted(set(overrides) & set(RESERVED_PARAMETERS))
+    if reserved:
+        raise ValueError(
+            f"parameters {reserved} are set by the pack runner and cannot be overridden "
+            f"(reserved: {', '.join(RESERVED_PARAMETERS)}); choose them with the pack file, --preset or --telemetry"
+        )
     notebook = NOTEBOOKS_DIR / pack.notebook
     declared = papermill.inspect_notebook(str(notebook))
-    shared = {"pack": pack.name, "preset": preset, "telemetry_root": str(telemetry_root), **overrides}
+    # the pack's file, not its name: a pack given by path runs with its own settings
+    shared = {"pack": str(pack.path), "preset": preset, "telemetry_root": str(telemetry_root), **overrides}
     unknown = sorted((set(shared) | {"cohort", "seed"}) - set(declared))
     if unknown:
         raise ValueError(f"parameters {unknown} are not in the parameters cell of {notebook.name} (it has: {', '.join(declared)})")
@@ -64,45 +92,42 @@ def notebook_parameters(pack: Pack, preset: str, telemetry_root: Path, overrides
     return shared
 
 
-def _write_status(member: Member, status: dict) -> None:
-    member.status_file.parent.mkdir(parents=True, exist_ok=True)
-    temporary = member.status_file.with_suffix(".tmp")
-    temporary.write_text(json.dumps(status, indent=1))
-    os.replace(temporary, member.status_file)
+@contextmanager
+def exclusive(folders: list[Path], token: str) -> Iterator[None]:
+    """Hold each folder's lock for the run. A live holder is an error; a dead one (a killed
+    runner) is taken over after killing whatever of its run is still alive."""
+    with ExitStack() as stack:
+        for folder in dict.fromkeys(f.resolve() for f in folders):  # once each: a second flock would wait on the first
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / LOCK_NAME
+            path.touch()
+            handle = stack.enter_context(path.open("r+"))
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the OS when the runner dies
+            except BlockingIOError:
+                holder = json.loads(handle.read() or "{}").get("pid", "?")
+                raise PackBusy(f"another pack run (pid {holder}) is using {folder}: wait for it to end or stop it") from None
+            previous = handle.read()
+            if previous:
+                kill_tagged(json.loads(previous)["token"] + "/")
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "token": token}))
+            handle.flush()
+        yield
 
 
-def _execute(notebook: str, member: Member, parameters: dict) -> dict:
-    """One papermill run in its own process; returns its status (never raises)."""
-    import papermill
-
-    started = time.time()
-    member.output.parent.mkdir(parents=True, exist_ok=True)
-    error = None
-    for attempt in range(1 + KERNEL_START_RETRIES):
-        try:
-            papermill.execute_notebook(
-                notebook,
-                str(member.output),
-                parameters={**parameters, "cohort": member.cohort, "seed": member.seed},
-                kernel_name="python3",
-                progress_bar=False,
-                cwd=str(NOTEBOOKS_DIR),
-            )
-            error = None
-            break
-        except Exception as exc:  # noqa: BLE001 - a failed run is data: it is recorded, not raised
-            error = f"{type(exc).__name__}: {exc}"
-            if not any(marker in str(exc) for marker in _KERNEL_START_ERRORS):
-                break
-    status = {
-        "status": "failed" if error else "completed",
-        "preset": parameters["preset"],
-        "parameters": parameters,  # a rerun with other parameters (another telemetry root) is new work
-        "seconds": round(time.time() - started, 1),
-        "error": error,
-    }
-    _write_status(member, status)
-    return status
+@contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """Let the stop finish even if Ctrl-C is pressed again (only the main thread owns signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_pack(
@@ -116,17 +141,36 @@ def run_pack(
     """Execute every member not yet completed with these parameters; return each member's status."""
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
-    parameters = notebook_parameters(pack, preset, telemetry_root, overrides or {})
-    everyone = members(pack, reports_dir)
-    statuses = {m: m.status() for m in everyone}
-    todo = [m for m, s in statuses.items() if not (s.get("status") == "completed" and s.get("parameters") == parameters)]
-    notebook = str(NOTEBOOKS_DIR / pack.notebook)
-    with tqdm(total=len(everyone), initial=len(everyone) - len(todo), desc=f"{pack.name} {preset}", unit="run") as bar:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(_execute, notebook, m, parameters): m for m in todo}
-            for future in as_completed(futures):
-                member, status = futures[future], future.result()
-                bar.update(1)
-                if status["status"] == "failed":
-                    bar.write(f"{member.cohort} seed={member.seed} failed: {status['error'][:300]}")
+    shared = notebook_parameters(pack, preset, telemetry_root, overrides or {})
+    everyone = members(pack, preset, reports_dir, telemetry_root)
+    token = f"{os.getpid()}.{time.time_ns()}"  # tags this run's workers and kernels
+    with exclusive([Path(telemetry_root), reports_dir / pack.name], token):
+        mark_stale_runs(telemetry_root)  # runs a killed runner left `running` say `killed` from now on
+        tasks = {
+            m: {"notebook": str(NOTEBOOKS_DIR / pack.notebook), "output": str(m.output), "status_file": str(m.status_file),
+                "parameters": {**shared, "cohort": m.cohort, "seed": m.seed}, "cwd": str(NOTEBOOKS_DIR)}
+            for m in everyone
+        }  # fmt: skip
+        statuses = {m: m.status() for m in everyone}
+        todo = [m for m, s in statuses.items() if s["status"] != "completed" or s.get("parameters") != tasks[m]["parameters"]]
+        finished = set()
+        with tqdm(total=len(everyone), initial=len(everyone) - len(todo), desc=f"{pack.name} {preset}", unit="run") as bar:
+            pool = Pool(jobs, token, bar.write)
+            try:
+                for member, status in pool.run((m, tasks[m]) for m in todo):
+                    finished.add(member)
+                    bar.update(1)
+                    if status["status"] == "failed":
+                        bar.write(f"{member.cohort} seed={member.seed} failed: {status['error'][:300]}")
+            except KeyboardInterrupt:
+                with _ctrl_c_ignored():
+                    stopped = pool.stop("interrupted")
+                left = sum(m not in finished and m not in stopped and m.status()["status"] != "completed" for m in todo)
+                names = ", ".join(f"{m.cohort} seed={m.seed}" for m in stopped) or "none"
+                raise PackInterrupted(
+                    f"interrupted: {len(stopped)} member(s) in flight stopped and marked interrupted ({names}), "
+                    f"{left} not started; run the same command again to resume"
+                ) from None
+            finally:
+                pool.stop("failed")  # nothing left to stop unless something above raised
     return {(m.cohort, m.seed): m.status() for m in everyone}

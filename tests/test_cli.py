@@ -1,0 +1,41 @@
+"""The command line's guards: a count that would run nothing fails before anything is built, and
+`run` and `train` use one torch thread unless `--threads` says otherwise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from esper_lab.cli import main
+from esper_lab.telemetry import Store
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--episodes", "-1"], ["run", "--episodes", "0"], ["train", "--rounds", "-1"], ["train", "--rounds", "0"],
+    ["run", "--envs", "0"], ["train", "--envs", "-2"], ["run", "--workers", "-1"], ["train", "--workers", "-1"],
+    ["train", "--episode-length", "0"], ["run", "--threads", "0"], ["pack", "run", "pack0", "--jobs", "0"],
+])  # fmt: skip
+def test_a_count_that_would_run_nothing_fails_before_any_compute(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--telemetry", str(tmp_path)])
+    assert exited.value.code == 2
+    assert f"argument {argv[-2]}: must be an integer >= " in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no run was recorded
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="torch's default is already one thread on one core")
+def test_run_and_train_use_one_torch_thread_unless_told(tmp_path):
+    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}  # as a fresh shell
+    commands = {
+        "run": ["run"],
+        "train": ["train", "--rounds", "1", "--envs", "1"],
+        "run-2-threads": ["run", "--threads", "2"],
+    }
+    for cohort, argv in commands.items():
+        subprocess.run([sys.executable, "-m", "esper_lab.cli", *argv, "--episode-length", "1", "--telemetry", str(tmp_path),
+                        "--cohort", cohort], env=environment, check=True, capture_output=True)  # fmt: skip
+    threads = dict(Store(tmp_path).runs().select("cohort", "torch_threads").iter_rows())
+    assert threads == {"run": 1, "train": 1, "run-2-threads": 2}
