@@ -46,7 +46,7 @@ def write_pack(tmp_path, body: str = PACK_TOML, notebook: str = "member.ipynb"):
 def write_notebook(tmp_path, code: str) -> None:
     """A stand-in pack notebook: the same parameters cell as the real ones, then `code`."""
     params = nbformat.v4.new_code_cell(
-        'pack = "tiny"\npreset = "smoke"\ncohort = "base"\nseed = 0\ntelemetry_root = ""\nencoder = "flat"'
+        'pack = "tiny"\npreset = "smoke"\ncohort = "base"\nseed = 0\ntelemetry_root = ""\noverrides = {}'
     )
     params.metadata["tags"] = ["parameters"]
     notebook = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(code)])

@@ -17,6 +17,10 @@ from esper_lab.contracts import Blueprint, Subtarget
 WIDTH, HEIGHT = 460, 280  # one panel; two side by side fit a notebook column
 WIDE = 2 * WIDTH  # a panel on its own row (per-slot timelines, op bars of several cohorts)
 MULTI_LADDERS = (int(Blueprint.CONV_MULTI_LADDER), int(Blueprint.LORA_MULTI_LADDER))
+# Fewest paired episodes from which a notebook shows a member's bootstrap interval: a percentile
+# bootstrap of a handful of values is narrower than the truth (it never reaches past the sample's
+# extremes), so a smoke preset's 2 episodes get their per-episode values only; full presets play 12.
+CI_MIN_EPISODES = 10
 
 
 def _pandas(frame: pl.DataFrame) -> pd.DataFrame:
@@ -186,8 +190,9 @@ def seed_bands(frame: pl.DataFrame, y: str, x: str = "episode", by: str = "cohor
 
 def gain_boxes(outcomes: pl.DataFrame, title: str = "gain over the static host per held-out episode") -> hv.Element:
     """The paired gain (score minus the static host's on the same episode) of each held-out
-    episode, one box per (cohort, arm): the spread a CI summarises."""
-    frame = outcomes.drop_nulls("gain")
+    episode, one box per (cohort, arm): the spread a CI summarises. `held_out` of a store with no
+    evaluation episode yet gives an empty frame without a `gain` column: an empty panel too."""
+    frame = outcomes if outcomes.is_empty() else outcomes.drop_nulls("gain")
     if frame.is_empty():
         return _empty(title)
     data = _pandas(frame.select("cohort", "arm", "gain"))
