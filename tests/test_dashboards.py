@@ -25,6 +25,9 @@ from esper_lab.config import RunConfig
 from esper_lab.contracts import Stage
 from esper_lab.dashboards import PAGES, Selection, build_app, save_html
 from esper_lab.dashboards.pages import STAGE_COLORS
+from esper_lab.experiments import views
+from esper_lab.experiments.evaluation import ARMS, CONTROL
+from esper_lab.experiments.gates import held_out
 from esper_lab.experiments.member import run_member
 from esper_lab.experiments.packs import load_pack
 from esper_lab.experiments.report import write_report
@@ -89,6 +92,23 @@ def test_slot_series_and_event_log_name_what_the_tables_hold(store):
     assert len(events) == len(store.rows("events", run=run)) and set(events["kind_name"]) <= {"TRANSITION", "LEVEL_CHANGED",
         "FOCUS_CHANGED", "ALPHA_TARGET_SET", "VETO", "ROLLBACK", "ERROR"}  # fmt: skip
     assert store.episodes(run=run).select("env", "steps").rows() == [(0, 4), (1, 4)]
+
+
+def test_per_episode_lines_every_arm_up_on_the_same_held_out_episode(store):
+    outcomes = held_out(store)
+    table = views.per_episode(outcomes, "gain", ARMS)
+    assert table.columns == ["cohort", "seed", "episode_seed", *ARMS]
+    assert table.height == outcomes.select("cohort", "seed", "episode_seed").n_unique() == len(COHORTS) * len(SEEDS) * 2
+    assert (table[CONTROL] == 0).all()  # the control's gain over itself
+    one = outcomes.filter((pl.col("arm") == "random") & (pl.col("episode_seed") == table["episode_seed"][0])
+                          & (pl.col("cohort") == table["cohort"][0]) & (pl.col("seed") == table["seed"][0]))  # fmt: skip
+    assert table["random"][0] == one["gain"].item()
+
+
+def test_gain_boxes_of_a_store_without_held_out_episodes_is_an_empty_panel(tmp_path):
+    outcomes = held_out(Store(tmp_path))  # empty, and without the `gain` column
+    assert "gain" not in outcomes.columns
+    assert views.gain_boxes(outcomes).opts.get().kwargs["title"].endswith("no rows yet")
 
 
 def test_pages_follow_the_selection_once_per_user_action(store):

@@ -53,7 +53,7 @@ def write_pack(tmp_path, body: str = PACK_TOML, notebook: str = "member.ipynb"):
 def write_notebook(tmp_path, code: str) -> None:
     """A stand-in pack notebook: the same parameters cell as the real ones, then `code`."""
     params = nbformat.v4.new_code_cell(
-        'pack = "tiny"\npreset = "smoke"\ncohort = "base"\nseed = 0\ntelemetry_root = ""\nencoder = "flat"'
+        'pack = "tiny"\npreset = "smoke"\ncohort = "base"\nseed = 0\ntelemetry_root = ""\noverrides = {}'
     )
     params.metadata["tags"] = ["parameters"]
     notebook = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(code)])
@@ -175,7 +175,7 @@ def test_a_phase_notebook_takes_one_cohort_from_the_papermill_command_line(tmp_p
     # `papermill ... -p cohorts a0_only` passes the string "a0_only" for the list parameter
     output = tmp_path / "phase0.ipynb"
     papermill.execute_notebook(str(NOTEBOOKS / "phase0_ladders.ipynb"), str(output), kernel_name="python3", progress_bar=False,
-                               parameters={"cohorts": "a0_only", "policy": "random"}, cwd=str(NOTEBOOKS))  # fmt: skip
+                               parameters={"cohorts": "a0_only"}, cwd=str(NOTEBOOKS))  # fmt: skip
     text = output.read_text()
     assert "a0_only" in text and "cohort='a'" not in text
 

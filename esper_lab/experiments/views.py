@@ -1,12 +1,16 @@
 """Plot helpers the notebooks share: thin HoloViews wrappers over `Store` query frames.
 
-Each function takes a frame as a store query returns it and only draws it. Nothing here computes
-a number (DESIGN rule 5: every number comes from a store query); a helper picks columns, names
-enum values, filters rows and sets plot options. An empty frame gives an empty panel whose title
-says so, because short smoke runs often have nothing to show (no ladder germinated, no grow yet).
+Each function takes a frame as a store query returns it and only draws it (or lays it out as a
+table). Nothing here computes a result (DESIGN rule 5: every number comes from a store query); a
+helper picks columns, names enum values, filters rows and sets plot options, and `budget` spells
+out a run's configured budget. An empty frame gives an empty panel whose title says so, because
+short smoke runs often have nothing to show (no ladder germinated, no grow yet).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import holoviews as hv
 import pandas as pd
@@ -14,9 +18,16 @@ import polars as pl
 
 from esper_lab.contracts import Blueprint, Subtarget
 
+if TYPE_CHECKING:
+    from esper_lab.experiments.settings import Settings
+
 WIDTH, HEIGHT = 460, 280  # one panel; two side by side fit a notebook column
 WIDE = 2 * WIDTH  # a panel on its own row (per-slot timelines, op bars of several cohorts)
 MULTI_LADDERS = (int(Blueprint.CONV_MULTI_LADDER), int(Blueprint.LORA_MULTI_LADDER))
+# Fewest paired episodes from which a notebook shows a member's bootstrap interval: a percentile
+# bootstrap of a handful of values is narrower than the truth (it never reaches past the sample's
+# extremes), so a smoke preset's 2 episodes get their per-episode values only; full presets play 12.
+CI_MIN_EPISODES = 10
 
 
 def _pandas(frame: pl.DataFrame) -> pd.DataFrame:
@@ -186,11 +197,34 @@ def seed_bands(frame: pl.DataFrame, y: str, x: str = "episode", by: str = "cohor
 
 def gain_boxes(outcomes: pl.DataFrame, title: str = "gain over the static host per held-out episode") -> hv.Element:
     """The paired gain (score minus the static host's on the same episode) of each held-out
-    episode, one box per (cohort, arm): the spread a CI summarises."""
-    frame = outcomes.drop_nulls("gain")
+    episode, one box per (cohort, arm): the spread a CI summarises. `held_out` of a store with no
+    evaluation episode yet gives an empty frame without a `gain` column: an empty panel too."""
+    frame = outcomes if outcomes.is_empty() else outcomes.drop_nulls("gain")
     if frame.is_empty():
         return _empty(title)
     data = _pandas(frame.select("cohort", "arm", "gain"))
     return hv.BoxWhisker(data, ["cohort", "arm"], "gain").opts(
-        title=title, width=WIDE, height=HEIGHT, xrotation=30, box_fill_color="arm", cmap="Category10", ylabel="gain (points)"
+        title=title, width=WIDE, height=HEIGHT, xrotation=30, box_fill_color="arm", cmap="Category10", ylabel="gain (accuracy points, or loss drop)"
     )
+
+
+def per_episode(outcomes: pl.DataFrame, column: str, arms: Sequence[str]) -> pl.DataFrame:
+    """`held_out` rows laid out for reading: one row per (cohort, training seed, held-out episode),
+    one column per arm of `arms` that played (in that order) holding its `column` (final_metric,
+    gain...). Rows pair up because every arm played the same episode."""
+    if outcomes.is_empty():
+        return outcomes
+    played = [a for a in arms if a in set(outcomes["arm"])]
+    keys = ["cohort", "seed", "episode_seed"]
+    return outcomes.pivot(on="arm", index=keys, values=column).select(*keys, *played).sort(keys)
+
+
+def budget(settings: Settings) -> str:
+    """One line of Markdown: the training env steps (rounds x episodes per round x envs x steps per
+    episode), the host's batches per step, the held-out episodes per arm and the encoder."""
+    run, ppo = settings.run, settings.ppo
+    steps = settings.rounds * ppo.episodes_per_round * settings.envs * run.episode_length
+    return (f"{settings.rounds} PPO round(s) × {ppo.episodes_per_round} episode(s) × {settings.envs} envs × "
+            f"{run.episode_length} steps = {steps} training env steps, {run.batches_per_step or 'all'} batches of "
+            f"{run.batch_size} per step on {run.data_fraction:.0%} of the training split; then {settings.eval_episodes} "
+            f"held-out episodes per arm; encoder `{settings.policy.encoder}`")
