@@ -187,7 +187,7 @@ def outcome_rows(cohort: str, arm: str, rng: np.random.Generator, **means) -> li
     for seed in range(5):
         for k in range(12):
             row = {name: value + (rng.normal(0, 0.02) if name in ("score", "roi") else 0.0) for name, value in {**base, **means}.items()}
-            rows.append({"cohort": cohort, "arm": arm, "seed": seed, "episode_seed": 1000 * seed + k, **row})
+            rows.append({"cohort": cohort, "arm": arm, "seed": seed, "parent_run": f"{cohort}-{seed}", "episode_seed": 1000 * seed + k, **row})
     return rows
 
 

@@ -30,9 +30,9 @@ def test_bootstrap_reports_the_statistic_and_sample_sizes():
 
 
 def test_paired_differences_match_episodes_on_seed_and_episode_seed():
-    a = pl.DataFrame({"seed": [0, 0, 1], "episode_seed": [10, 11, 20], "score": [5.0, 6.0, 7.0]})
-    b = pl.DataFrame({"seed": [0, 1, 1], "episode_seed": [10, 20, 21], "score": [4.0, 8.0, 0.0]})
-    assert paired(a, b, "score").to_dicts() == [{"seed": 0, "episode_seed": 10, "diff": 1.0}, {"seed": 1, "episode_seed": 20, "diff": -1.0}]
+    a = pl.DataFrame({"seed": [0, 0, 1], "parent_run": ["r0", "r0", "r1"], "episode_seed": [10, 11, 20], "score": [5.0, 6.0, 7.0]})
+    b = pl.DataFrame({"seed": [0, 1, 1], "parent_run": ["r0", "r1", "r1"], "episode_seed": [10, 20, 21], "score": [4.0, 8.0, 0.0]})
+    assert paired(a, b, "score").to_dicts() == [{"seed": 0, "parent_run": "r0", "episode_seed": 10, "diff": 1.0}, {"seed": 1, "parent_run": "r1", "episode_seed": 20, "diff": -1.0}]
     assert paired_estimate(a, b.filter(seed=2), "score") is None
 
 
@@ -50,3 +50,11 @@ def test_a_gate_of_several_parts_fails_on_any_fail_and_passes_only_when_all_pass
     assert combine([PASS, INCONCLUSIVE]) == INCONCLUSIVE
     assert combine([INCONCLUSIVE, FAIL]) == FAIL
     assert verdict(None, 0.0) == INCONCLUSIVE
+
+
+def test_no_verdict_from_fewer_than_five_seeds_or_a_handful_of_episodes():
+    clear = Estimate(1.0, 0.9, 1.1, 60, 5)
+    assert verdict(clear, 0.0) == PASS
+    assert verdict(Estimate(1.0, 0.9, 1.1, 60, 4), 0.0) == INCONCLUSIVE  # DESIGN rule 10: >= 5 seeds
+    assert verdict(Estimate(1.0, 0.9, 1.1, 3, 5), 0.0) == INCONCLUSIVE
+    assert "too few" in str(Estimate(1.0, 1.0, 1.0, 2, 1)) and "[" in str(clear)

@@ -19,7 +19,7 @@ import polars as pl
 from esper_lab.config import LADDERS, TASKS
 from esper_lab.experiments.evaluation import CONTROL
 from esper_lab.experiments.packs import Pack
-from esper_lab.experiments.stats import FAIL, PASS, Estimate, combine, estimate, median, paired_estimate, verdict
+from esper_lab.experiments.stats import FAIL, PASS, SAME_SEED_EPISODE, Estimate, combine, estimate, median, paired_estimate, verdict
 from esper_lab.telemetry import Store
 
 GREEDY, SAMPLED = "ppo_greedy", "ppo_sampled"
@@ -53,7 +53,7 @@ def held_out(store: Store) -> pl.DataFrame:
         conv_heavy_share=pl.when(pl.col("forward_params") > 0)
         .then(pl.col("conv_heavy_params") / pl.col("forward_params")).otherwise(0.0),
     )
-    keys = ["cohort", "seed", "episode_seed"]
+    keys = ["cohort", "parent_run", "episode_seed"]
     static = outcomes.filter(pl.col("arm") == CONTROL).select(*keys, pl.col("score").alias("static_score"))
     oscillation = store.oscillation().select("run_id", "env", "episode", "regerminations", "alpha_reversals", "level_flips")
     return (
@@ -117,7 +117,7 @@ def seed002_gates(pack: Pack, ev: Evidence) -> list[Gate]:
             gates.append(Gate("1 usage", cohort, verdict(share, GROW_SHRINK_GATE),
                               f"grow/shrink share of non-WAIT decisions {_say(share)} (gate > {GROW_SHRINK_GATE:.0%}; {SAMPLED}, per seed)"))  # fmt: skip
         if cohort != pack.control:
-            share = paired_estimate(greedy, control, "conv_heavy_share")
+            share = paired_estimate(greedy, control, "conv_heavy_share", on=SAME_SEED_EPISODE)
             roi = paired_estimate(per_seed(greedy.drop_nulls("roi"), "roi"), per_seed(control.drop_nulls("roi"), "roi"), "roi",
                                   on=("seed",))  # fmt: skip
             parts = [verdict(share, 0.0, higher_passes=False), verdict(roi, 0.0)]
@@ -125,7 +125,7 @@ def seed002_gates(pack: Pack, ev: Evidence) -> list[Gate]:
                               f"conv_heavy share minus control's {_say(share)} (gate <= 0); ROI (points per 1k "
                               f"in-forward params, per seed) minus control's {_say(roi)} (gate > 0)"))  # fmt: skip
         kept = estimate(ev.entropy.filter(pl.col("cohort") == cohort), "kept")
-        rollbacks = paired_estimate(greedy, control, "rollbacks") if cohort != pack.control else None
+        rollbacks = paired_estimate(greedy, control, "rollbacks", on=SAME_SEED_EPISODE) if cohort != pack.control else None
         parts = [verdict(kept, ENTROPY_KEPT)] + ([verdict(rollbacks, 0.0, higher_passes=False)] if cohort != pack.control else [])
         gates.append(Gate("3 stability", cohort, combine(parts),
                           f"op entropy last/first training episode {_say(kept)} (gate > {ENTROPY_KEPT}); "

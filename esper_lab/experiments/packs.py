@@ -19,9 +19,9 @@ from typing import Any
 
 from esper_lab.config import RunConfig
 from esper_lab.experiments.settings import Settings, merge
+from esper_lab.experiments.stats import MIN_SEEDS
 
 PACKS_DIR = Path(__file__).parent / "packs"
-FULL_PRESET_MIN_SEEDS = 5  # a verdict needs at least five training seeds (DESIGN rule 10)
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,8 @@ def load_pack(name_or_path: str | Path) -> Pack:
         seeds = pack.preset_seeds(preset)
         if not (seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
             raise ValueError(f"{where}: preset {preset!r}: seeds must be a non-empty list of integers")
-        if preset == "full" and len(seeds) < FULL_PRESET_MIN_SEEDS:
-            raise ValueError(f"{where}: preset 'full' has {len(seeds)} seeds; a verdict needs at least {FULL_PRESET_MIN_SEEDS}")
+        if preset == "full" and len(seeds) < MIN_SEEDS:
+            raise ValueError(f"{where}: preset 'full' has {len(seeds)} seeds; a verdict needs at least {MIN_SEEDS}")
         for cohort in pack.cohorts:  # every (cohort, seed, preset) must be a valid run before anything runs
             for seed in seeds:
                 try:

@@ -18,7 +18,7 @@ import polars as pl
 from esper_lab.experiments.evaluation import ARMS, CONTROL
 from esper_lab.experiments.gates import GATE_SETS, Evidence, Gate, evidence
 from esper_lab.experiments.packs import Pack
-from esper_lab.experiments.stats import Estimate, estimate, median, paired_estimate
+from esper_lab.experiments.stats import MIN_CI_EPISODES, Estimate, estimate, median, paired_estimate
 from esper_lab.telemetry import Store
 
 VERDICT_COLOURS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "INCONCLUSIVE": "#9a6700"}
@@ -108,7 +108,9 @@ def outcome_table(outcomes: pl.DataFrame) -> pl.DataFrame:
 
 
 def _fmt(e: Estimate | None) -> str:
-    return "–" if e is None else f"{e.value:.3g} [{e.low:.3g}, {e.high:.3g}]"
+    if e is None:
+        return "–"
+    return f"{e.value:.3g} (n={e.n}, no CI)" if e.n < MIN_CI_EPISODES else f"{e.value:.3g} [{e.low:.3g}, {e.high:.3g}]"
 
 
 def _header(pack: Pack, preset: str, root: str | Path, store: Store, runs: pl.DataFrame) -> str:

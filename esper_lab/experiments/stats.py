@@ -18,6 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+# A percentile bootstrap of a handful of values is narrower than the truth (it never reaches past
+# the sample's extremes): below this many values an estimate prints without an interval ...
+MIN_CI_EPISODES = 5
+# ... and below this many training seeds no verdict is given (DESIGN rule 10: >= 5 seeds).
+MIN_SEEDS = 5
 BOOTSTRAP_RESAMPLES = 2000  # enough for stable 2.5/97.5 percentiles (Efron & Tibshirani 1993, ch. 13)
 CONFIDENCE = 0.95
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
@@ -38,6 +43,8 @@ class Estimate:
     clusters: int  # independent units resampled (training seeds)
 
     def __str__(self) -> str:
+        if self.n < MIN_CI_EPISODES:
+            return f"{self.value:+.4g} (n={self.n}: too few for an interval)"
         return f"{self.value:+.4g} [{self.low:+.4g}, {self.high:+.4g}] (n={self.n}, seeds={self.clusters})"
 
 
@@ -63,9 +70,16 @@ def bootstrap(values: Sequence[float], clusters: Sequence | None = None, statist
     return Estimate(float(statistic(values)), float(low), float(high), int(values.size), len(groups))
 
 
-def paired(a: pl.DataFrame, b: pl.DataFrame, column: str, on: Sequence[str] = ("seed", "episode_seed")) -> pl.DataFrame:
-    """Per held-out episode, `column` of `a` minus `column` of `b` on the same (training seed,
-    episode seed): the frame `on` + `diff`. Episodes either side lacks are left out."""
+# Two arms of one training run pair on its held-out episodes: the same parent run (two training
+# runs of one cohort and seed, say an encoder A/B, are two pairings) and the same episode seed.
+SAME_EPISODE = ("seed", "parent_run", "episode_seed")
+# Two cohorts pair on the training seed and episode seed their evaluations share.
+SAME_SEED_EPISODE = ("seed", "episode_seed")
+
+
+def paired(a: pl.DataFrame, b: pl.DataFrame, column: str, on: Sequence[str] = SAME_EPISODE) -> pl.DataFrame:
+    """Per held-out episode, `column` of `a` minus `column` of `b` on the same `on` keys: the
+    frame `on` + `diff`. Episodes either side lacks are left out."""
     on = list(on)
     left = a.select(*on, pl.col(column).alias("a"))
     right = b.select(*on, pl.col(column).alias("b"))
@@ -73,7 +87,7 @@ def paired(a: pl.DataFrame, b: pl.DataFrame, column: str, on: Sequence[str] = ("
 
 
 def paired_estimate(a: pl.DataFrame, b: pl.DataFrame, column: str, statistic: Callable = np.mean,
-                    on: Sequence[str] = ("seed", "episode_seed")) -> Estimate | None:  # fmt: skip
+                    on: Sequence[str] = SAME_EPISODE) -> Estimate | None:  # fmt: skip
     """The bootstrap estimate of `statistic` over the paired differences, clustered by training
     seed; None when the two sides share no episode (or seed, with `on=("seed",)`)."""
     diffs = paired(a, b, column, on)
@@ -92,8 +106,9 @@ def estimate(frame: pl.DataFrame, column: str, statistic: Callable = np.mean) ->
 
 def verdict(estimate: Estimate | None, threshold: float, higher_passes: bool = True) -> str:
     """PASS / FAIL / INCONCLUSIVE for "statistic > threshold" (`higher_passes`) or "statistic <=
-    threshold": PASS when the whole CI satisfies it, FAIL when none of it does."""
-    if estimate is None:
+    threshold": PASS when the whole CI satisfies it, FAIL when none of it does; INCONCLUSIVE too
+    from fewer than `MIN_SEEDS` training seeds."""
+    if estimate is None or estimate.clusters < MIN_SEEDS or estimate.n < MIN_CI_EPISODES:
         return INCONCLUSIVE
     if higher_passes:
         return PASS if estimate.low > threshold else FAIL if estimate.high <= threshold else INCONCLUSIVE

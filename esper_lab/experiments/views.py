@@ -24,10 +24,6 @@ if TYPE_CHECKING:
 WIDTH, HEIGHT = 460, 280  # one panel; two side by side fit a notebook column
 WIDE = 2 * WIDTH  # a panel on its own row (per-slot timelines, op bars of several cohorts)
 MULTI_LADDERS = (int(Blueprint.CONV_MULTI_LADDER), int(Blueprint.LORA_MULTI_LADDER))
-# Fewest paired episodes from which a notebook shows a member's bootstrap interval: a percentile
-# bootstrap of a handful of values is narrower than the truth (it never reaches past the sample's
-# extremes), so a smoke preset's 2 episodes get their per-episode values only; full presets play 12.
-CI_MIN_EPISODES = 10
 
 
 def _pandas(frame: pl.DataFrame) -> pd.DataFrame:

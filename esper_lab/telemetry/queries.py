@@ -71,16 +71,17 @@ class Queries:
             FROM o GROUP BY cohort, arm ORDER BY cohort, arm""", cohort, None, conv_heavy=int(Blueprint.CONV_HEAVY), kind="eval")  # fmt: skip
 
     def learning_curve(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
-        """Per training episode (one PPO round plays one per env), means over envs: return, final
-        metric, WAIT share of decisions, in-forward and incubating params, and each head's entropy
-        over the decisions that used it."""
+        """Per training episode of each PPO run (one round plays one per env), means over envs:
+        return, final metric, WAIT share of decisions, in-forward and incubating params, and each
+        head's entropy over the decisions that used it."""
         entropy = ", ".join(f"avg({h}_entropy) AS entropy_{h}" for h in HEADS)
         return self._query(f"""
             WITH s AS (SELECT cohort, run_id, episode, avg(ret) AS episode_return, avg(final_metric) AS final_metric,
                               avg(fwd) AS forward_params, avg(inc) AS incubating_params, count(*) AS envs
                        FROM (SELECT cohort, run_id, env, episode, sum(reward_total) AS ret, arg_max(full_metric, step) AS final_metric,
                                     avg(forward_params) AS fwd, avg(incubating_params) AS inc
-                             FROM steps WHERE {{where}} GROUP BY ALL HAVING bool_or(done)) GROUP BY ALL),
+                             FROM steps WHERE {{where}} AND run IN (SELECT run FROM runs WHERE kind = 'ppo')
+                             GROUP BY ALL HAVING bool_or(done)) GROUP BY ALL),
                  d AS (SELECT cohort, run_id, episode, avg((op = $wait)::DOUBLE) AS wait_share, {entropy}
                        FROM decisions WHERE {{where}} GROUP BY ALL)
             SELECT * FROM s LEFT JOIN d USING (cohort, run_id, episode) ORDER BY cohort, run_id, episode""",
