@@ -76,17 +76,22 @@ def _enum(cls: type[enum.Enum], value: Any, name: str) -> enum.Enum:
         raise ValueError(f"{name}={value!r} is not one of: {allowed}") from None
 
 
-REWARD_SIGNALS = ("metric_gain", "contribution")
+REWARD_SIGNALS = ("metric_gain", "contribution", "gain_over_static")
 
 
 @dataclass(frozen=True)
 class EconomyConfig:
     """Reward weights (seed 003 §5.1: R = R_task - W_rent*C_rent - W_churn*C_churn - costs).
 
-    `reward_signal` says what R_task pays for: `metric_gain`, the step's change in the task metric
-    (the host's own learning included, so it is mostly noise about the seeds), or `contribution`,
-    the summed counterfactual contribution of the seeds in the forward path at this step (income
-    for what the seeds add, measured every step, against the rent they pay every step)."""
+    `reward_signal` says what R_task pays for:
+    - `metric_gain`: the step's change in the task metric (the host's own learning included, so
+      mostly noise about the seeds);
+    - `contribution`: the summed counterfactual contribution of the seeds in the forward path at
+      this step (income every step, against rent every step); it measures how much the host leans
+      on a seed, which is not how much better off it is: a host co-adapts to what it is given;
+    - `gain_over_static`: the step's change in (metric minus the metric of the static twin, the
+      same host trained on the same batches without seeds; `esper_lab.twin`): over an episode it
+      pays exactly the final gain over the static host, the quantity the held-out gates judge."""
 
     task_scale: float = 100.0  # R_task per unit of metric: accuracy points, or 1/100 nat
     reward_signal: str = "metric_gain"

@@ -410,6 +410,8 @@ STEP_METRIC_TYPES: dict[str, str] = {
     # `metric` is read on the validation subsample every step (the reward uses it); `full_metric`
     # on the whole validation split at the episode's last step (NaN before): outcomes use that
     "metric": "float64", "metric_gain": "float64", "metric_since_start": "float64", "full_metric": "float64",
+    # the static twin's metric on the same subsample (the `gain_over_static` reward; NaN without it)
+    "static_metric": "float64",
     "host_params": "int64", "forward_params": "int64", "incubating_params": "int64",
     "forward_flops": "float64", "incubating_flops": "float64",
     "active_param_budget_util": "float64", "active_flops_budget_util": "float64",

@@ -44,6 +44,7 @@ from esper_lab.governor import Governor
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
 from esper_lab.plane import SeedPlane
 from esper_lab.training import Evaluation, evaluate, train_epoch
+from esper_lab.twin import StaticTwin
 
 if TYPE_CHECKING:
     from esper_lab.distributed import World
@@ -139,9 +140,11 @@ class MorphEnv:
         self.governor = Governor(self.param_budget, agree=None if self.world is None else self.world.sum)
         self.governor.remember(self.host, self.plane, self.optimizer)
         self.ledger = Ledger(config.economy)
+        self.twin: StaticTwin | None = None  # started when the first seed reaches the forward path
         self.step_count = 0
         evaluation = self._evaluate()
         self.metric = self.first_metric = self._metric(evaluation)
+        self.gain_over_static = 0.0
         metrics = self._metrics(train_loss=math.nan, evaluation=evaluation, gain=0.0, veto=False, rollback=False)
         zero = RewardParts(task=0.0, rent=0.0, churn=0.0, intervention=0.0, total=0.0)
         return StepResult(0, self.plane.report(), self.plane.action_masks(), metrics, zero, [], False, self.episode_seed)
@@ -162,6 +165,8 @@ class MorphEnv:
         events += plane.tick()
         if self.world is not None:  # ranks agree on the action and the plane before the step's collectives
             self.world.check(plane, self.step_count + 1, action=action)
+        if self.twin is None and self.config.economy.reward_signal == "gain_over_static" and plane.forward_slots():
+            self.twin = StaticTwin(self.host, self.optimizer)  # the host is still the static one: copy it now
 
         train_loss = self._train()
         rollback = self.governor.diverged(train_loss)
@@ -187,9 +192,13 @@ class MorphEnv:
             plane.host_param_count,
             prices.max_rent,
         )
-        signal = income if prices.reward_signal == "contribution" else gain
+        static = self._metric(self.twin.evaluate(self.probe_x, self.probe_y)) if self.twin is not None else metric
+        over = self._signed(metric - static)
+        signal = {"metric_gain": gain, "contribution": income, "gain_over_static": over - self.gain_over_static}[prices.reward_signal]
+        self.gain_over_static = over
         reward = economy.reward(prices, signal, rent, self.ledger.churn_cost(), action.op, veto is not None)
-        metrics = self._metrics(train_loss, evaluation, gain, veto is not None, rollback, full=self._full_metric() if done else math.nan)
+        metrics = self._metrics(train_loss, evaluation, gain, veto is not None, rollback, full=self._full_metric() if done else math.nan,
+                                static=static if prices.reward_signal == "gain_over_static" else math.nan)  # fmt: skip
         return StepResult(self.step_count, report, plane.action_masks(), metrics, reward, events, done, self.episode_seed)
 
     def _train(self) -> float:
@@ -200,10 +209,18 @@ class MorphEnv:
             batches = lm_batches(self.train_ids, self._context, config.batch_size, self.data_order, count)
         else:
             batches = classification_batches(self.train_x, self.train_y, config.batch_size, self.data_order, config.batches_per_step)
+        if self.twin is not None:
+            batches = list(batches)  # the twin trains on the very same batches
         if world is None:
-            return float(train_epoch(self.host, self.plane, batches, self.optimizer))
+            loss = train_epoch(self.host, self.plane, batches, self.optimizer)
+            if self.twin is not None:
+                self.twin.train(batches)
+            return float(loss)
         average = world.average_gradients(lambda: [*self.host.parameters(), *self.plane.trainable_parameters()])
-        return world.mean(float(train_epoch(self.host, self.plane, world.shard(batches), self.optimizer, average)))
+        loss = world.mean(float(train_epoch(self.host, self.plane, world.shard(batches), self.optimizer, average)))
+        if self.twin is not None:
+            self.twin.train(world.shard(batches), world.average_gradients(lambda: list(self.twin.host.parameters())))
+        return loss
 
     # --- reading the task metric --------------------------------------------------------------
     def _evaluate(self) -> Evaluation:
@@ -247,7 +264,7 @@ class MorphEnv:
         return total
 
     def _metrics(self, train_loss: float, evaluation: Evaluation, gain: float, veto: bool, rollback: bool,
-                 full: float = math.nan) -> dict[str, float]:  # fmt: skip
+                 full: float = math.nan, static: float = math.nan) -> dict[str, float]:  # fmt: skip
         plane = self.plane
         forward = [slot.in_forward for slot in plane.slots]
         params = [slot.param_count_active() for slot in plane.slots]
@@ -264,6 +281,7 @@ class MorphEnv:
             "metric_gain": gain,
             "metric_since_start": self._signed(metric - self.first_metric),
             "full_metric": full,
+            "static_metric": static,
             "host_params": plane.host_param_count,
             "forward_params": forward_params,
             "incubating_params": sum(params) - forward_params,

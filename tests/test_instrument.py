@@ -169,3 +169,31 @@ def test_a_contribution_reward_pays_for_what_the_seeds_in_forward_add_every_step
     assert result.reward.task == pytest.approx(config.economy.task_scale * contribution, rel=1e-5)
     env.reset()
     assert env.step(Action(Op.WAIT)).reward.task == 0.0  # nothing in forward: no income, whatever the host learns
+
+
+def test_the_static_twin_is_the_static_host_and_the_reward_pays_the_gain_over_it():
+    """The twin starts when the seed first blends in; from then on its metric equals, bit for bit,
+    what an always-WAIT env of the same episode reads, and the episode's task reward sums to the
+    final gain over it."""
+    config = RunConfig(**SMALL, economy={"reward_signal": "gain_over_static"})
+    grown, result = blended(config)
+    static = MorphEnv(config)
+    static.reset()
+    statics = [static.step(Action(Op.WAIT)).metrics["metric"] for _ in range(3)]
+    assert grown.twin is not None and result.metrics["static_metric"] == statics[-1]
+    task = [result.reward.task]
+    while not result.done:
+        result = grown.step(Action(Op.WAIT))
+        statics.append(static.step(Action(Op.WAIT)).metrics["metric"])
+        assert result.metrics["static_metric"] == statics[-1]
+        task.append(result.reward.task)
+    final_gain = result.metrics["metric"] - result.metrics["static_metric"]
+    assert sum(task) == pytest.approx(config.economy.task_scale * final_gain)  # steps 1-2 paid nothing: no twin yet
+
+
+def test_no_twin_while_nothing_reaches_the_forward_path():
+    env = MorphEnv(RunConfig(**SMALL, economy={"reward_signal": "gain_over_static"}))
+    env.reset()
+    for action in (Action(Op.GERMINATE, HEAVY_SLOT, Blueprint.CONV_HEAVY), Action(Op.ADVANCE, HEAVY_SLOT), Action(Op.WAIT)):
+        result = env.step(action)
+        assert env.twin is None and result.reward.task == 0.0  # a TRAINING seed leaves the host the static one

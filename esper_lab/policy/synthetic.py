@@ -100,7 +100,7 @@ class KnownAnswerEnv:
         forward = int(sum(slot.param_count_active() for slot in plane.slots if slot.in_forward))
         metrics = {
             "progress": self.steps / self.episode_length, "train_loss": 0.0, "val_loss": 0.0, "val_accuracy": 0.0,
-            "metric": value, "metric_gain": reward, "metric_since_start": value, "full_metric": value,
+            "metric": value, "metric_gain": reward, "metric_since_start": value, "full_metric": value, "static_metric": 0.0,
             "host_params": self.host_params, "forward_params": forward, "incubating_params": active_params - forward,
             "forward_flops": 0.0, "incubating_flops": active_flops,
             "active_param_budget_util": active_params / self.host_params, "active_flops_budget_util": active_flops / self.host_flops,
