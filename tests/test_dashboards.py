@@ -160,8 +160,8 @@ def test_a_run_without_steps_says_so_instead_of_keeping_the_previous_run(root, t
     assert "recorded no steps" in html
 
 
-def test_the_pack_report_requests_nothing_from_the_network(store, tmp_path):
-    path = write_report(load_pack("pack0"), store, tmp_path / "index.html")
+def test_the_pack_report_requests_nothing_from_the_network(root, tmp_path):
+    path = write_report(load_pack("pack0"), root, "smoke", tmp_path / "index.html")
     html = path.read_text()
     assert not re.findall(r"""<(?:link|script)\b[^>]*\b(?:href|src)=["']https?://|"url":"https?://""", html)  # no CDN link
     chromium = shutil.which("chromium")

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esper_lab.contracts import HEADS, SLOT_COLUMNS, Action, ActionMasks, Blueprint, Op, PlaneReport, RewardParts, StepResult, SurfaceDensity
+from esper_lab.contracts import HEADS, SLOT_COLUMNS, STEP_METRICS, Action, ActionMasks, Blueprint, Op, PlaneReport, RewardParts, StepResult, SurfaceDensity
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
 from esper_lab.plane import SeedPlane
 from esper_lab.policy import GLOBAL_FIELDS, SLOT_FIELDS, Agent, Observation, Observer, PolicyConfig, PPOPolicy
@@ -33,7 +33,7 @@ def transformer_plane(seed: int = 0) -> SeedPlane:
 
 def result_of(plane: SeedPlane, step: int = 1) -> StepResult:
     """A `StepResult` for a plane in any state (the metrics the features read, made up)."""
-    metrics = {name: 0.1 for name in GLOBAL_FIELDS}
+    metrics = {name: 0.1 for name in (*GLOBAL_FIELDS, *STEP_METRICS)}
     metrics.update(occupied_slots=plane.occupied_count(), n_slots=len(plane), host_params=1000, train_loss=float("nan"))
     zero = RewardParts(0.0, 0.0, 0.0, 0.0, 0.0)
     return StepResult(step, plane.report(), plane.action_masks(), metrics, zero, [], False, 0)

@@ -31,9 +31,10 @@ METRIC_FIELDS: tuple[str, ...] = (
     "active_param_budget_util", "active_flops_budget_util", "veto", "rollback",
     "level_change_rate", "net_level_change",
 )  # fmt: skip
-DERIVED_GLOBALS: tuple[str, ...] = ("val_loss_delta", "occupied_share", "log_slot_count")
+# over_static: the metric minus the static twin's (0 without a twin): what the seeds have done so far
+DERIVED_GLOBALS: tuple[str, ...] = ("val_loss_delta", "occupied_share", "log_slot_count", "over_static")
 GLOBAL_FIELDS = METRIC_FIELDS + DERIVED_GLOBALS
-_METRICS_READ = METRIC_FIELDS + ("occupied_slots", "n_slots", "host_params")
+_METRICS_READ = METRIC_FIELDS + ("occupied_slots", "n_slots", "host_params", "static_metric")
 
 # Per-slot fields: report columns as they are, heavy-tailed ones through log1p, derived ones,
 # then one legal bit per op (WAIT is always legal, so it carries no information).
@@ -146,7 +147,8 @@ class Observer:
         previous = torch.where(steps == 0, val_loss, self.last_val_loss)
         self.last_val_loss = val_loss.clone()
         n_slots = column("n_slots")
-        derived = torch.stack([val_loss - previous, column("occupied_slots") / n_slots, torch.log(n_slots)], dim=1)
+        over_static = column("metric") - column("static_metric")  # NaN (no twin) becomes 0 below
+        derived = torch.stack([val_loss - previous, column("occupied_slots") / n_slots, torch.log(n_slots), over_static], dim=1)
         out = torch.cat([metrics[:, : len(METRIC_FIELDS)], derived], dim=1)
         return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).float()  # train_loss is NaN at step 0
 

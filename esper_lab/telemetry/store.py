@@ -34,7 +34,8 @@ from esper_lab.telemetry.queries import Queries
 from esper_lab.telemetry.schema import ENUMS, SCHEMAS, TABLES
 
 READ_RETRIES = 10  # fresh listings after a part vanished under a query (a concurrent compaction)
-RETRY_PAUSE = 0.01  # seconds before listing again: lets the compaction's two renames finish
+RETRY_PAUSE = 0.005  # seconds before the first new listing, doubling each time (~5 s in all): a
+# compaction's two renames finish in microseconds, or in far longer on a loaded machine
 _MISSING_FILE = re.compile(r"No such file|does not exist|Cannot open file|No files found", re.IGNORECASE)
 
 
@@ -131,7 +132,7 @@ class Store(Queries):
             except duckdb.IOException as error:
                 if attempt == READ_RETRIES or not _MISSING_FILE.search(str(error)):
                     raise
-                time.sleep(RETRY_PAUSE)
+                time.sleep(RETRY_PAUSE * 2**attempt)
 
     def _source(self, table: str, run: str | None) -> str:
         files = self.parts(table, run)

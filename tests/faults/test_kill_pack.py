@@ -51,7 +51,7 @@ REAL_MEMBER = """
 import torch
 torch.set_num_threads(1)
 from esper_lab.experiments.member import run_member
-run_member(pack, cohort, seed, preset, telemetry_root, encoder)
+run_member(pack, cohort, seed, preset, telemetry_root, overrides)
 """
 MEMBERS = 4
 KILL_WINDOW = 10.0  # seconds after the first member starts: a member takes about 5-15 s here
@@ -60,7 +60,7 @@ GONE_WITHIN = 5.0  # seconds for a killed run's workers and kernels to be gone (
 
 def write_pack(tmp_path: Path, member_code: str) -> Path:
     params = nbformat.v4.new_code_cell(
-        'pack = "tiny"\npreset = "smoke"\ncohort = "base"\nseed = 0\ntelemetry_root = ""\nencoder = "flat"'
+        'pack = "tiny"\npreset = "smoke"\ncohort = "base"\nseed = 0\ntelemetry_root = ""\noverrides = {}'
     )
     params.metadata["tags"] = ["parameters"]
     notebook = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(member_code)])
@@ -94,7 +94,7 @@ def rerun(tmp_path: Path) -> subprocess.CompletedProcess:
 
 def statuses(tmp_path: Path) -> dict[str, dict]:
     return {p.parent.name + "/" + p.name.split(".")[0]: json.loads(p.read_text())
-            for p in (tmp_path / "reports" / "tiny").glob("*/*.status.json")}  # fmt: skip
+            for p in (tmp_path / "telemetry" / ".members" / "tiny" / "smoke").glob("*/*.status.json")}  # fmt: skip
 
 
 def wait_for(condition, timeout: float, what: str):
