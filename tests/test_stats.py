@@ -58,3 +58,14 @@ def test_no_verdict_from_fewer_than_five_seeds_or_a_handful_of_episodes():
     assert verdict(Estimate(1.0, 0.9, 1.1, 60, 4), 0.0) == INCONCLUSIVE  # DESIGN rule 10: >= 5 seeds
     assert verdict(Estimate(1.0, 0.9, 1.1, 3, 5), 0.0) == INCONCLUSIVE
     assert "too few" in str(Estimate(1.0, 1.0, 1.0, 2, 1)) and "[" in str(clear)
+
+
+def test_spearman_and_a_frame_level_bootstrap():
+    from esper_lab.experiments.stats import bootstrap_rows, spearman
+
+    assert spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 400])) == pytest.approx(1.0)
+    assert spearman(np.array([1, 2, 3]), np.array([3, 2, 2])) == pytest.approx(-np.sqrt(3) / 2)
+    rng = np.random.default_rng(1)
+    rows = [{"seed": s, "weight": w, "params": 1000 - 100 * w + rng.normal(0, 50)} for s in range(5) for w in (0, 1, 2, 4) for _ in range(6)]
+    rho = bootstrap_rows(pl.DataFrame(rows), lambda f: spearman(f["weight"].to_numpy(), f["params"].to_numpy()), resamples=300)
+    assert rho.value < -0.8 and rho.high < 0 and rho.clusters == 5 and verdict(rho, 0.0, higher_passes=False) == PASS

@@ -19,7 +19,19 @@ import polars as pl
 from esper_lab.config import LADDERS, TASKS
 from esper_lab.experiments.evaluation import CONTROL
 from esper_lab.experiments.packs import Pack
-from esper_lab.experiments.stats import FAIL, PASS, SAME_SEED_EPISODE, Estimate, combine, estimate, median, paired_estimate, verdict
+from esper_lab.experiments.stats import (
+    FAIL,
+    PASS,
+    SAME_SEED_EPISODE,
+    Estimate,
+    bootstrap_rows,
+    combine,
+    estimate,
+    median,
+    paired_estimate,
+    spearman,
+    verdict,
+)
 from esper_lab.telemetry import Store
 
 GREEDY, SAMPLED = "ppo_greedy", "ppo_sampled"
@@ -179,4 +191,20 @@ def stage1_gates(pack: Pack, ev: Evidence) -> list[Gate]:
     return gates
 
 
-GATE_SETS = {"seed002": seed002_gates, "stage1": stage1_gates}
+def rent_sweep_gates(pack: Pack, ev: Evidence) -> list[Gate]:
+    """The economy is real (seed 003 §5.1): across cohorts that differ only in `rent_weight`, the
+    trained policy's in-forward seed params (episode mean, held-out, greedy) fall as rent rises:
+    Spearman's rho between the weight and the params, its CI from resampling training seeds."""
+    weights = {name: (cohort.get("economy") or {}).get("rent_weight") for name, cohort in pack.cohorts.items()}
+    greedy = ev.outcomes.filter(pl.col("arm") == GREEDY).with_columns(
+        weight=pl.col("cohort").replace_strict(weights, return_dtype=pl.Float64)
+    )
+    rho = None
+    if greedy["weight"].n_unique() >= 4:
+        rho = bootstrap_rows(greedy, lambda f: spearman(f["weight"].to_numpy(), f["forward_params_mean"].to_numpy()))
+    return [Gate("1 rent prices growth", "all", verdict(rho, 0.0, higher_passes=False),
+                 f"Spearman rho(rent_weight, in-forward seed params) {_say(rho)} over {greedy['weight'].n_unique()} rent weights "
+                 f"{sorted(set(greedy['weight'].drop_nulls()))} (gate: CI below 0)")]  # fmt: skip
+
+
+GATE_SETS = {"seed002": seed002_gates, "stage1": stage1_gates, "rent_sweep": rent_sweep_gates}

@@ -77,6 +77,29 @@ SAME_EPISODE = ("seed", "parent_run", "episode_seed")
 SAME_SEED_EPISODE = ("seed", "episode_seed")
 
 
+def bootstrap_rows(frame: pl.DataFrame, statistic: Callable[[pl.DataFrame], float], resamples: int = BOOTSTRAP_RESAMPLES,
+                   confidence: float = CONFIDENCE, seed: int = 0) -> Estimate:  # fmt: skip
+    """A statistic of a whole frame (a correlation, say) with the same two-stage cluster bootstrap:
+    resample training seeds, then rows within each drawn seed."""
+    groups = frame.partition_by("seed")
+    rng = np.random.default_rng(seed)
+    draws = np.empty(resamples)
+    for r in range(resamples):
+        picked = [groups[g] for g in rng.integers(len(groups), size=len(groups))]
+        draws[r] = statistic(pl.concat([g[rng.integers(g.height, size=g.height)] for g in picked]))
+    tail = (1 - confidence) / 2
+    low, high = np.nanquantile(draws, [tail, 1 - tail])
+    return Estimate(float(statistic(frame)), float(low), float(high), frame.height, len(groups))
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN when either side is constant."""
+    rx, ry = (pl.Series(v).rank("average").to_numpy() for v in (x, y))
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
 def paired(a: pl.DataFrame, b: pl.DataFrame, column: str, on: Sequence[str] = SAME_EPISODE) -> pl.DataFrame:
     """Per held-out episode, `column` of `a` minus `column` of `b` on the same `on` keys: the
     frame `on` + `diff`. Episodes either side lacks are left out."""
