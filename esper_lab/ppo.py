@@ -14,6 +14,7 @@ per environment per step and `record_update(update, stats)` per round.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -29,7 +30,8 @@ from esper_lab.policy.heads import Decision
 
 ADAM_EPS = 1e-5  # the PPO implementations' Adam epsilon (Huang et al. 2022, "37 details")
 ADVANTAGE_EPS = 1e-8  # guards advantage normalisation against a constant batch
-CHECKPOINT_VERSION = 2  # 2: the caller's metadata (the run it records into)
+ENTROPY_COEF_RANGE = (1e-4, 1.0)  # an adapted coefficient stays where the policy loss still counts
+CHECKPOINT_VERSION = 3  # 2: the caller's metadata (the run it records into); 3: adapted entropy coefficients
 
 
 def _entropy_defaults() -> dict[str, float]:
@@ -54,16 +56,25 @@ class PPOConfig:
     lr: float = 1e-3
     value_coef: float = 0.5  # value loss weight (Schulman et al. 2017)
     entropy_coef: dict[str, float] = field(default_factory=_entropy_defaults)
+    # Target entropy (nats, over the decisions that used the head) per head: the head's
+    # coefficient then adapts after every update, up while it is below target, down above it
+    # (the automatic temperature of SAC, Haarnoja et al. 2018), so a head cannot collapse onto
+    # one choice before the reward has shown it anything. Empty: fixed coefficients.
+    entropy_target: dict[str, float] = field(default_factory=dict)
+    entropy_adapt: float = 0.1  # step of log(coefficient) per nat of entropy gap per update
     max_grad_norm: float = 0.5  # global gradient-norm clip (Huang et al. 2022)
     normalise_advantages: bool = True  # per rollout: the policy step size stops depending on reward units
     scale_rewards: bool = True  # divide rewards by the running std of discounted returns: value targets stay O(1)
     seed: int = 0
 
     def __post_init__(self):
-        unknown = set(self.entropy_coef) - set(HEADS)
-        if unknown:
-            raise ValueError(f"entropy_coef has unknown heads {sorted(unknown)} (heads: {', '.join(HEADS)})")
+        for name in ("entropy_coef", "entropy_target"):
+            unknown = set(getattr(self, name)) - set(HEADS)
+            if unknown:
+                raise ValueError(f"{name} has unknown heads {sorted(unknown)} (heads: {', '.join(HEADS)})")
         object.__setattr__(self, "entropy_coef", {**_entropy_defaults(), **self.entropy_coef})
+        if not all(isinstance(v, int | float) and v >= 0 for v in self.entropy_target.values()):
+            raise ValueError(f"entropy_target={self.entropy_target!r}: targets are nats >= 0")
         for name in ("episodes_per_round", "epochs", "minibatches"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -112,6 +123,7 @@ class PPOTrainer:
         self.optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=ADAM_EPS, foreach=True)
         self.shuffle = torch.Generator().manual_seed(stream_seed(config.seed, 0, Stream.SHUFFLE))
         self.return_norm = RunningNorm(1)
+        self.entropy_coef = dict(config.entropy_coef)  # adapts toward `entropy_target` when one is set
         self.round = 0
         self.metadata: dict = {}  # what the caller saved beside the training state (e.g. where it records)
 
@@ -208,7 +220,7 @@ class PPOTrainer:
                 value_loss = 0.5 * (value - targets[flat]).square().mean()
                 # each head's entropy averaged over the decisions that used it, so a head the op
                 # rarely calls (the germination style) is kept as open as the op head itself
-                entropy_bonus = sum(config.entropy_coef[h] * decision.entropy[h].sum() / decision.used[h].sum().clamp(min=1) for h in HEADS)
+                entropy_bonus = sum(self.entropy_coef[h] * decision.entropy[h].sum() / decision.used[h].sum().clamp(min=1) for h in HEADS)
                 loss = policy_loss + config.value_coef * value_loss - entropy_bonus
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -228,7 +240,13 @@ class PPOTrainer:
                 for key, v in batch.items():
                     sums[key] = sums.get(key, 0.0) + v / (config.epochs * n_batches)
         # per-head entropy: the mean over the decisions where that head was used
-        return {**sums, **{f"entropy_{h}": entropy[h] / max(used[h], 1.0) for h in HEADS}, "explained_variance": explained, "lr": config.lr}
+        per_head = {h: entropy[h] / max(used[h], 1.0) for h in HEADS}
+        for h, target in config.entropy_target.items():
+            if used[h]:  # a head no decision used this round says nothing about its entropy
+                coef = self.entropy_coef[h] * math.exp(config.entropy_adapt * (target - per_head[h]))
+                self.entropy_coef[h] = min(max(coef, ENTROPY_COEF_RANGE[0]), ENTROPY_COEF_RANGE[1])
+        return {**sums, **{f"entropy_{h}": per_head[h] for h in HEADS}, **{f"entropy_coef_{h}": self.entropy_coef[h] for h in config.entropy_target},
+                "explained_variance": explained, "lr": config.lr}  # fmt: skip
 
     # --- rounds and checkpoints ---------------------------------------------------------------
     def train_round(self, on_step: Callable[[], None] | None = None) -> dict[str, float]:
@@ -259,7 +277,7 @@ class PPOTrainer:
             "agent": self.agent.state_dict(), "optimizer": self.optimizer.state_dict(),
             "return_norm": self.return_norm.state_dict(),
             "sampling_rng": self.policy.rng_state(), "shuffle_rng": self.shuffle.get_state(),
-            "metadata": metadata or {},
+            "entropy_coef": self.entropy_coef, "metadata": metadata or {},
         }  # fmt: skip
         temp = path.with_name(path.name + ".tmp")
         with open(temp, "wb") as f:
@@ -282,5 +300,6 @@ class PPOTrainer:
         trainer.policy.set_rng_state(payload["sampling_rng"])
         trainer.shuffle.set_state(payload["shuffle_rng"])
         trainer.round = payload["round"]
+        trainer.entropy_coef = payload["entropy_coef"]
         trainer.metadata = payload["metadata"]
         return trainer

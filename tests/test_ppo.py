@@ -146,3 +146,16 @@ def test_train_command_checkpoints_and_resumes(tmp_path, capsys):
     assert "update 1/1: return" in out and "update 2/2: return" in out
     assert torch.load(checkpoint, weights_only=True)["round"] == 2
     assert main(["train", "--resume"]) == 2  # a clear error, not a traceback
+
+
+def test_an_entropy_target_raises_a_collapsing_heads_coefficient_and_lowers_a_wandering_one():
+    env = KnownAnswerEnv(2)
+    agent = Agent(PolicyConfig(encoder="slot_transformer"), seed=0)
+    trainer = PPOTrainer(env, agent, PPOConfig(entropy_target={"op": 5.0, "slot": 0.0}))  # op can never reach 5 nats
+    before = dict(trainer.entropy_coef)
+    stats = trainer.train_round()
+    assert trainer.entropy_coef["op"] > before["op"] and trainer.entropy_coef["slot"] < before["slot"]
+    assert stats["entropy_coef_op"] == trainer.entropy_coef["op"]
+    assert trainer.entropy_coef["blueprint"] == before["blueprint"]  # no target: fixed
+    with pytest.raises(ValueError, match="entropy_target has unknown heads"):
+        PPOConfig(entropy_target={"opp": 1.0})
