@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from esper_lab.contracts import HEADS, Stream, stream_seed
+from esper_lab.contracts import HEADS, Op, Stream, stream_seed
 from esper_lab.policy.agent import Agent, PolicyConfig, PPOPolicy, decision_record
 from esper_lab.policy.features import NORM_VAR_FLOOR, Observation, RunningNorm
 from esper_lab.policy.heads import Decision
@@ -62,6 +62,11 @@ class PPOConfig:
     # one choice before the reward has shown it anything. Empty: fixed coefficients.
     entropy_target: dict[str, float] = field(default_factory=dict)
     entropy_adapt: float = 0.1  # step of log(coefficient) per nat of entropy gap per update
+    # A curriculum over the action set (seed 004: "start with a limited action set, then expand"):
+    # stages `{rounds = N, ops = ["wait", "germinate", ...]}` in order; during a stage's rounds the
+    # learner may choose only those ops (and WAIT), after the last stage every op the plane allows.
+    # Evaluation always plays the whole action set.
+    curriculum: tuple[dict, ...] = ()
     max_grad_norm: float = 0.5  # global gradient-norm clip (Huang et al. 2022)
     normalise_advantages: bool = True  # per rollout: the policy step size stops depending on reward units
     scale_rewards: bool = True  # divide rewards by the running std of discounted returns: value targets stay O(1)
@@ -75,6 +80,16 @@ class PPOConfig:
         object.__setattr__(self, "entropy_coef", {**_entropy_defaults(), **self.entropy_coef})
         if not all(isinstance(v, int | float) and v >= 0 for v in self.entropy_target.values()):
             raise ValueError(f"entropy_target={self.entropy_target!r}: targets are nats >= 0")
+        stages = []
+        for stage in self.curriculum:
+            if not (isinstance(stage, dict) and set(stage) == {"rounds", "ops"} and isinstance(stage["rounds"], int) and stage["rounds"] >= 1):
+                raise ValueError(f"curriculum stage {stage!r} must be {{rounds = N >= 1, ops = [...]}}")
+            names = {o.name.lower(): o for o in Op}
+            unknown = [o for o in stage["ops"] if str(o).lower() not in names]
+            if unknown:
+                raise ValueError(f"curriculum ops {unknown} are not ops (ops: {', '.join(names)})")
+            stages.append({"rounds": stage["rounds"], "ops": tuple(names[str(o).lower()].name.lower() for o in stage["ops"])})
+        object.__setattr__(self, "curriculum", tuple(stages))
         for name in ("episodes_per_round", "epochs", "minibatches"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -128,13 +143,25 @@ class PPOTrainer:
         self.metadata: dict = {}  # what the caller saved beside the training state (e.g. where it records)
 
     # --- rollouts -----------------------------------------------------------------------------
+    def allowed_ops(self) -> torch.Tensor | None:
+        """[n_ops] the ops this round's curriculum stage allows (WAIT always), or None: all."""
+        end = 0
+        for stage in self.config.curriculum:
+            end += stage["rounds"]
+            if self.round < end:
+                allowed = torch.zeros(len(Op), dtype=torch.bool)
+                allowed[[Op.WAIT, *(Op[name.upper()] for name in stage["ops"])]] = True
+                return allowed
+        return None
+
     def collect(self, on_step: Callable[[], None] | None = None) -> Rollout:
         steps: list[tuple] = []
         first = self.round * self.config.episodes_per_round  # training episodes so far: each gets new seeds
         results, finished, returns = self.env.reset(first), 0, []
+        ops = self.allowed_ops()
         episode_return = torch.zeros(len(results))
         while True:
-            obs, decision, value = self.policy.decide(results, update_norm=True)
+            obs, decision, value = self.policy.decide(results, update_norm=True, ops=ops)
             actions = decision.actions()
             starts = torch.tensor([r.step == 0 for r in results])
             results = self.env.step(actions)

@@ -159,3 +159,19 @@ def test_an_entropy_target_raises_a_collapsing_heads_coefficient_and_lowers_a_wa
     assert trainer.entropy_coef["blueprint"] == before["blueprint"]  # no target: fixed
     with pytest.raises(ValueError, match="entropy_target has unknown heads"):
         PPOConfig(entropy_target={"opp": 1.0})
+
+
+def test_a_curriculum_narrows_the_learners_ops_for_its_rounds_then_opens_them():
+    env = KnownAnswerEnv(2)
+    config = PPOConfig(curriculum=({"rounds": 1, "ops": ["germinate"]}, {"rounds": 1, "ops": ["Germinate", "advance"]}))
+    trainer = PPOTrainer(env, Agent(PolicyConfig(encoder="slot_transformer"), seed=0), config)
+    chosen = []
+    for _ in range(3):
+        rollout = trainer.collect()
+        chosen.append(set(rollout.choice["op"].flatten().tolist()))
+        trainer.update(rollout)
+        trainer.round += 1
+    assert chosen[0] <= {Op.WAIT, Op.GERMINATE} and chosen[1] <= {Op.WAIT, Op.GERMINATE, Op.ADVANCE}
+    assert trainer.allowed_ops() is None  # past the last stage: every op the plane allows
+    with pytest.raises(ValueError, match="not ops"):
+        PPOConfig(curriculum=({"rounds": 2, "ops": ["grow"]},))

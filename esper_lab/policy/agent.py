@@ -7,6 +7,7 @@ sampling generator per environment so env i's draws do not depend on the others.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -113,11 +114,15 @@ class PPOPolicy:
         self.generators: list[torch.Generator] = []
         self.state: State = None
 
-    def decide(self, results: list[StepResult], update_norm: bool = False) -> tuple[Observation, Decision, torch.Tensor]:
-        """(normalised observation, decision, value) for one step of every environment."""
+    def decide(self, results: list[StepResult], update_norm: bool = False,
+               ops: torch.Tensor | None = None) -> tuple[Observation, Decision, torch.Tensor]:  # fmt: skip
+        """(normalised observation, decision, value) for one step of every environment. `ops`
+        [n_ops] narrows the legal ops further (a training curriculum); WAIT stays legal."""
         while len(self.generators) < len(results):
             self.generators.append(torch.Generator().manual_seed(stream_seed(self.seed, len(self.generators), Stream.SAMPLING)))
         obs = self.agent.normalise(self.observer(results), update=update_norm)
+        if ops is not None:
+            obs = dataclasses.replace(obs, op_mask=obs.op_mask & ops)
         starts = torch.tensor([r.step == 0 for r in results])
         noise = None if self.greedy else self._noise(len(results), obs.n_slots)
         with torch.no_grad():
