@@ -198,6 +198,8 @@ def test_bad_requests_fail_early_naming_what_is_wrong(recorded):
         from_run(store, run, step=SMOKE.step, slots=(0,))
     with pytest.raises(ValueError, match="2 seeds at step 6 .* choose some with slots="):
         from_run(store, run, step=SMOKE.step, max_candidates=1)
+    with pytest.raises(ValueError, match="names a slot twice"):
+        from_run(store, run, step=SMOKE.step, slots=(NOOP_SLOT, NOOP_SLOT))
     with pytest.raises(ValueError, match="max_candidates=5 must be an integer in 1..4"):
         from_run(store, run, max_candidates=5)
     with pytest.raises(ValueError, match="replicates=1 must be an integer >= 2"):
@@ -213,6 +215,8 @@ def test_the_cli_audits_a_run_and_prints_the_tables(recorded, capsys):
     assert f"audit {run}-audit-s{SMOKE.step}-" in out and "4 trainings" in out and "leave_one_out" in out and "'pruned': 1" in out
     assert main(["audit", "--root", str(root)]) == 2
     assert "give a run id to audit, or --demo PRESET" in capsys.readouterr().err
+    assert main(["audit", "no-such-run", "--root", str(root)]) == 2
+    assert "no run 'no-such-run'" in capsys.readouterr().err
 
 
 def test_the_dashboard_shows_phi_with_its_interval_beside_the_decisions(recorded, audited, tmp_path):

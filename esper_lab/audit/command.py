@@ -14,6 +14,7 @@ from esper_lab.audit.demo import demo_preset, record_demo_run
 from esper_lab.audit.oracle import Audit, agreement, run_audit, write_audit
 from esper_lab.audit.protocol import DEFAULT_CANDIDATES, DEFAULT_REPLICATES, from_run
 from esper_lab.audit.shapley import error_curve
+from esper_lab.experiments.replay import ReplayError
 from esper_lab.telemetry import Store
 
 MC_REPEATS = 200  # independent Monte Carlo estimates per sample count: a stable mean and 95th percentile
@@ -34,8 +35,11 @@ def audit_command(args: argparse.Namespace) -> int:
     slots = None if args.slots is None else _slots(args.slots)
     store = Store(args.root)
     try:
-        protocol = from_run(store, run, step, args.env, args.episode, slots, replicates or DEFAULT_REPLICATES,
-                            args.max_candidates or DEFAULT_CANDIDATES)  # fmt: skip
+        try:
+            protocol = from_run(store, run, step, args.env, args.episode, slots, replicates or DEFAULT_REPLICATES,
+                                args.max_candidates or DEFAULT_CANDIDATES)  # fmt: skip
+        except ReplayError as error:  # an unknown run or episode: bad input, one line
+            raise ValueError(str(error)) from None
         with tqdm(total=protocol.trainings, desc=f"audit {run}", unit="training", leave=False) as bar:
             audit = run_audit(protocol, args.workers, on_job=lambda: bar.update(1))
         audit_id = write_audit(audit, args.root)

@@ -178,6 +178,8 @@ def from_run(store: Store, run_id: str, step: int | None = None, env: int = 0, e
     state = store.slot_series(run=run_id, env=env, episode=episode).filter(pl.col("step") == step)
     live = state.filter(pl.col("stage").is_in([int(s) for s in SEED_STAGES]))
     chosen = live["slot"].to_list() if slots is None else list(slots)
+    if len(set(chosen)) < len(chosen):
+        raise ValueError(f"slots={chosen} names a slot twice")
     dead = sorted(set(chosen) - set(live["slot"]))
     if dead:
         raise ValueError(f"slots {dead} hold no seed at step {step} (seeds then: {live['slot'].to_list() or 'none'})")
@@ -193,7 +195,7 @@ def from_run(store: Store, run_id: str, step: int | None = None, env: int = 0, e
     for slot in sorted(chosen):
         row = state.filter(pl.col("slot") == slot).row(0, named=True)
         probe = probes.filter((pl.col("slot") == slot) & pl.col("step").is_between(germinated[slot], step)).tail(1)
-        fate = next((r for r in rows[step:] if r["executed_slot"] == slot and r["executed_op"] in FATES), None)
+        fate = _fate(rows[step:], slot)
         candidates.append(Candidate(
             slot=slot, surface_uid=row["surface_uid"], blueprint=Blueprint(row["blueprint"]), germinated_step=germinated[slot],
             contribution=probe["contribution"][0] if probe.height else None, contribution_step=probe["step"][0] if probe.height else None,
@@ -205,3 +207,12 @@ def from_run(store: Store, run_id: str, step: int | None = None, env: int = 0, e
     )
     return Protocol(config, run_id, manifest["cohort"], manifest["preset"], env, episode, step,
                     tuple(replicate_seed(seed, r) for r in range(replicates)), tuple(executed[:step]), owners, tuple(candidates))  # fmt: skip
+
+
+def _fate(later: list[dict], slot: int) -> dict | None:
+    """The decisions row that pruned or fossilised the seed in `slot` after the audited step, or
+    None when it stayed (a new germination there means another seed: the governor removed this one)."""
+    for row in later:
+        if row["executed_slot"] == slot and row["executed_op"] in (*FATES, Op.GERMINATE):
+            return row if row["executed_op"] in FATES else None
+    return None
