@@ -164,6 +164,14 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    """Exact Shapley audit of a recorded run's seeds (or of the scripted demo run), recorded as a run of kind `audit`."""
+    from esper_lab.audit.command import audit_command
+
+    _set_threads(args)
+    return audit_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esper-lab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -226,6 +234,21 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                            help="also answer requests naming this host (the address and localhost always are)")  # fmt: skip
     dashboard.set_defaults(handler=_dashboard)
+    audit = commands.add_parser("audit", help="exact full-retrain Shapley credit of a recorded run's seeds (esper_lab.audit)")
+    audit.add_argument("run", nargs="?", help="the recorded run to audit (omit with --demo)")
+    audit.add_argument("--root", default="telemetry", help="telemetry root holding the run; the audit is recorded there")
+    audit.add_argument("--demo", default=None, metavar="PRESET",
+                       help="record the scripted probe-prune demo run (smoke or full), then audit it")  # fmt: skip
+    audit.add_argument("--step", type=_at_least(1), default=None, help="audit the seeds live at this step (default: the episode's last)")
+    audit.add_argument("--env", type=_at_least(0), default=0)
+    audit.add_argument("--episode", type=_at_least(0), default=0)
+    audit.add_argument("--slots", default=None, help="comma-separated slots to audit (default: every seed live at --step)")
+    audit.add_argument("--replicates", type=_at_least(2), default=None, help="episode seeds per coalition (default 3)")
+    audit.add_argument("--max-candidates", type=_at_least(1), default=None, help="refuse more seeds than this (default 3, at most 4)")
+    audit.add_argument("--workers", type=_at_least(0), default=0, help="processes training coalitions in parallel (0: in this process)")
+    audit.add_argument("--seed", type=_at_least(0), default=0, help="with --demo: the demo run's seed")
+    audit.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
+    audit.set_defaults(handler=_audit)
     return parser
 
 

@@ -347,6 +347,7 @@ class Stream(enum.IntEnum):
     EPISODE = 8  # training episode seeds
     VALIDATION = 9  # the per-step validation subsample
     EVALUATION = 10  # policies' sampling on held-out evaluation episodes
+    AUDIT = 11  # an audit's replicate episodes (host init, data order, seed inits) beyond the recorded one
 
 
 def stream_seed(seed: int, index: int, stream: Stream) -> int:

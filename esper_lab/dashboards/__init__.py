@@ -6,10 +6,17 @@ inline in JupyterLab (after `pn.extension()`) and inside the served app.
 """
 
 from esper_lab.dashboards.app import PAGES, build_app, save_html, serve
-from esper_lab.dashboards.pages import conv_heavy_page, economy_page, policy_health_page, slot_inspector_page, swimlane_page
+from esper_lab.dashboards.pages import (
+    audit_page,
+    conv_heavy_page,
+    economy_page,
+    policy_health_page,
+    slot_inspector_page,
+    swimlane_page,
+)
 from esper_lab.dashboards.selection import Selection
 
 __all__ = [
-    "PAGES", "Selection", "build_app", "conv_heavy_page", "economy_page", "policy_health_page", "save_html", "serve",
+    "PAGES", "Selection", "audit_page", "build_app", "conv_heavy_page", "economy_page", "policy_health_page", "save_html", "serve",
     "slot_inspector_page", "swimlane_page",
 ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""The dashboard app: the five pages as tabs beside the shared selectors, served on loopback or
+"""The dashboard app: the pages as tabs beside the shared selectors, served on loopback or
 saved as one self-contained HTML file.
 """
 
@@ -14,7 +14,14 @@ import tornado.routing
 import tornado.web
 from bokeh.resources import INLINE
 
-from esper_lab.dashboards.pages import conv_heavy_page, economy_page, policy_health_page, slot_inspector_page, swimlane_page
+from esper_lab.dashboards.pages import (
+    audit_page,
+    conv_heavy_page,
+    economy_page,
+    policy_health_page,
+    slot_inspector_page,
+    swimlane_page,
+)
 from esper_lab.dashboards.selection import Selection
 from esper_lab.telemetry.store import Store
 
@@ -32,6 +39,7 @@ PAGES = {
     "Lifecycle swimlane": swimlane_page,
     "Policy health": policy_health_page,
     "Slot inspector": slot_inspector_page,
+    "Shapley audits": audit_page,
 }
 
 

@@ -1,4 +1,4 @@
-"""The five dashboard pages, each a function of a store and a `Selection`.
+"""The dashboard pages, each a function of a store and a `Selection`.
 
 Every number drawn comes from one store query method; a page only filters rows to the selected
 episode or slot, reshapes them for a plot and formats them. Called without a selection, a page
@@ -195,6 +195,55 @@ def slot_inspector_page(store: Store, selection: Selection | None = None) -> pn.
         )  # fmt: skip
 
     return pn.Column(*header, selection.surface, pn.bind(body, selection.param.view, selection.param.slot))
+
+
+def audit_page(store: Store, selection: Selection | None = None) -> pn.Column:
+    """Shapley audits of the selected run (or the selected audit itself): every audited seed's
+    exact credit phi with its 95% interval beside the online probe's contribution, its v(S) table's
+    leave-one-out, the run's decision about it (fate), and the run's lifecycle events on it."""
+    selection, header = _own(store, selection)
+
+    def body(view):
+        cohort, run, _, _ = view
+        audits = store.audits(cohort, audited_run=run)
+        if audits.is_empty():  # the selected run may be an audit
+            audits = store.audits(cohort, run)
+        if audits.is_empty():
+            return pn.pane.Markdown(f"### Shapley audits — {run}\n\nNo audit of this run yet (`esper-lab audit {run} --root ROOT`).",
+                                    css_classes=["audit-caption"])  # fmt: skip
+        shown = [pn.pane.Markdown(f"### Shapley audits — {audits['audited_run'][0]}", css_classes=["audit-caption"])]
+        for (audit_id,), rows in audits.partition_by("run_id", as_dict=True, maintain_order=True).items():
+            first = rows.row(0, named=True)
+            seeds = rows.with_columns(
+                seed=pl.format("slot {} · {}", "slot", pl.col("blueprint_name").str.to_lowercase()),
+                below=pl.col("phi") - pl.col("phi_low"), above=pl.col("phi_high") - pl.col("phi"),
+                decision=pl.when(pl.col("fate_name").is_null()).then(pl.lit("kept"))
+                .otherwise(pl.format("{} at step {}", "fate_name", "fate_step")),
+            )  # fmt: skip
+            data = seeds.to_pandas()
+            plot = hv.Overlay([
+                hv.ErrorBars(data, "seed", ["phi", "below", "above"]).opts(color=HIGHLIGHT, line_width=2),
+                hv.Scatter(data, "seed", ["phi", "phi_low", "phi_high", "loo", "decision"], label="Shapley φ (95% CI)").opts(
+                    color=HIGHLIGHT, size=9, tools=["hover"]),
+                hv.Scatter(data, "seed", [("contribution", "phi"), "decision"], label="online probe").opts(
+                    color=PALETTE[0], marker="diamond", size=11, tools=["hover"]),
+                hv.HLine(0).opts(color="grey", line_dash="dashed"),
+            ]).opts(title=f"Shapley φ per seed — step {first['step']}", xlabel="", ylabel=f"credit ({first['metric']})",
+                    legend_position="right", width=700, height=320)  # fmt: skip
+            events = store.event_log(run=first["audited_run"], env=first["env"], episode=first["episode"]).filter(
+                pl.col("slot").is_in(rows["slot"].implode()) & (pl.col("step") >= rows["germinated_step"].min()))
+            shown += [
+                f"**audit {audit_id}**: env {first['env']}, episode {first['episode']}, the first {first['step']} steps retrained for "
+                f"each of the {2 ** first['candidates']} coalitions × {first['replicates']} replicates ({first['wall_seconds']:.0f} s)",
+                plot,
+                _table(seeds.select("slot", "blueprint_name", "germinated_step", "phi", "phi_low", "phi_high", "loo", "contribution",
+                                    "decision")),
+                "**the run's lifecycle events on these seeds**",
+                _table(events.select("step", "slot", "kind_name", "name", "value")),
+            ]  # fmt: skip
+        return pn.Column(*shown)
+
+    return pn.Column(*header, pn.bind(body, selection.param.view))
 
 
 def _needs_steps(body):

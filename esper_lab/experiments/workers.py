@@ -215,8 +215,9 @@ class Pool:
 # -- the worker's side ---------------------------------------------------------------------------
 
 
-def _die_with(runner: int) -> None:
-    """Make this process die as soon as the runner does."""
+def die_with(runner: int) -> None:
+    """Make this process die as soon as its parent `runner` does (the pack runner's workers, and
+    the audit's subset trainings)."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     else:
@@ -255,7 +256,7 @@ def execute(task: dict) -> dict:
 
 
 def main() -> None:
-    _die_with(int(sys.argv[1]))
+    die_with(int(sys.argv[1]))
     results = os.fdopen(os.dup(1), "w")  # the status channel; os.dup's copy is not inherited by kernels
     os.dup2(2, 1)  # anything else printed on stdout joins stderr, which the runner forwards
     for line in sys.stdin:

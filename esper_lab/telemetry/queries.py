@@ -23,7 +23,7 @@ _EPISODE = "cohort, run_id, env, episode"
 
 
 class Queries:
-    """Named queries over the views `runs, steps, slots, decisions, events, updates`."""
+    """Named queries over the views `runs, steps, slots, decisions, events, updates, audits`."""
 
     def _query(self, query: str, cohort: str | None, run: str | None, **params) -> pl.DataFrame:  # pragma: no cover
         raise NotImplementedError  # supplied by Store
@@ -226,6 +226,19 @@ class Queries:
             FROM slots s LEFT JOIN blueprint_names b ON b.value = s.blueprint
             WHERE s.contribution_measured = 1 AND {{where}} ORDER BY {", ".join(f"s.{k}" for k in _KEYS.split(", "))}, s.slot""",
             cohort, run)  # fmt: skip
+
+    def audits(self, cohort: str | None = None, run: str | None = None, audited_run: str | None = None) -> pl.DataFrame:
+        """Every seed an audit credited (esper_lab.audit): exact Shapley `phi` with its 95% CI,
+        leave-one-out, the audited run's online contribution and its fate (PRUNE, FOSSILIZE, or
+        null: kept), v of every coalition, with names; `run` is an audit's id, `audited_run` the
+        run it audited."""
+        extra = " AND a.audited_run = $audited_run" if audited_run is not None else ""
+        params = {"audited_run": audited_run} if audited_run is not None else {}
+        return self._query(f"""
+            SELECT a.cohort, a.* EXCLUDE (cohort, run), b.name AS blueprint_name, o.name AS fate_name
+            FROM audits a LEFT JOIN blueprint_names b ON b.value = a.blueprint LEFT JOIN op_names o ON o.value = a.fate_op
+            WHERE {{where}}{extra} ORDER BY a.cohort, a.audited_run, a.env, a.episode, a.step, a.run_id, a.slot""",
+            cohort, run, **params)  # fmt: skip
 
     def grow_lagged_correlation(self, cohort: str | None = None, run: str | None = None, lags: tuple[int, ...] = LAGS) -> pl.DataFrame:
         """Correlation between "a grow event (an executed GROW_INTERNAL) at step t" and the task

@@ -156,6 +156,20 @@ class Recorder:
             raise RuntimeError(f"recorder for run {self.run_id!r} is closed ({self.status})")
         self._updates.append({"update": int(update), **{k: float(v) for k, v in stats.items()}})
 
+    def record_audit(self, rows: list[dict]) -> None:
+        """An audit's `audits` rows (every column but `run_id`), written at once as a new part."""
+        if self._closed:
+            raise RuntimeError(f"recorder for run {self.run_id!r} is closed ({self.status})")
+        schema = SCHEMAS["audits"]
+        for row in rows:
+            wrong = sorted(set(schema.names[1:]) ^ set(row))
+            if wrong:
+                raise ValueError(f"audit row has missing or unknown columns {wrong} (expected {schema.names[1:]})")
+        with self._critical():
+            write_part(self.folder / "audits" / f"part-{self._parts['audits']}.parquet",
+                       pa.Table.from_pylist([{"run_id": self.run_id, **row} for row in rows], schema=schema))
+            self._parts["audits"] += 1
+
     def _slot_values(self, result: StepResult) -> np.ndarray:
         report = result.report
         if self._slot_index is None:

@@ -1,4 +1,4 @@
-"""The six telemetry tables as explicit, versioned pyarrow schemas (DESIGN rule 5).
+"""The seven telemetry tables as explicit, versioned pyarrow schemas (DESIGN rule 5).
 
 Every data table starts with the keys `run_id, env, episode, step`; `step` is the env step a
 decision produced (1..episode_length), so a `decisions` row and the `steps`, `slots` and `events`
@@ -35,7 +35,7 @@ from esper_lab.contracts import (
 # 2: in-forward/incubating params, contributions, full_metric, episode seeds, the run's three
 # configs and its eval arm; head entropies null where the head was not used
 SCHEMA_VERSION = 2  # bump when a column changes type or meaning; readers union parts by name
-TABLES = ("runs", "steps", "slots", "decisions", "events", "updates")
+TABLES = ("runs", "steps", "slots", "decisions", "events", "updates", "audits")
 METADATA_KEY = b"esper_lab.schema_version"  # written into every part's Parquet metadata
 
 # Enums the store turns into `<name>_names(value, name)` lookup tables.
@@ -114,5 +114,21 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("run_id", pa.string()), ("update", pa.int64()),
         *((name, pa.float64()) for name in UPDATE_STATS),
         ("extra", _MAP),
+    ]),
+    # One row per seed an audit credited (esper_lab.audit, seed 003 §5.3): its exact Shapley value
+    # under a full-retraining protocol, beside what the audited run measured about it (the online
+    # probe) and decided (its fate): labels a critic can learn from. The keys are the audit's run id
+    # and the audited env, episode and step (the budget); `audited_run` is the run audited.
+    "audits": _schema([
+        *KEYS, ("audited_run", pa.string()),
+        ("slot", pa.int16()), ("surface_uid", pa.int32()), ("blueprint", pa.int8()), ("germinated_step", pa.int32()),
+        ("phi", pa.float64()), ("phi_low", pa.float64()), ("phi_high", pa.float64()),  # mean over replicates, 95% t interval
+        ("phi_replicates", pa.list_(pa.float64())),  # the exact value of each replicate (common random numbers)
+        ("loo", pa.float64()),  # leave-one-out v(C) - v(C minus this seed), mean over replicates
+        ("contribution", pa.float64()), ("contribution_step", pa.int32()),  # the online probe's last value by `step`
+        ("fate_op", pa.int8()), ("fate_step", pa.int32()),  # the run's PRUNE or FOSSILIZE of it after `step`; null: kept
+        ("candidates", pa.int16()), ("replicates", pa.int16()),
+        ("subset_values", pa.map_(pa.string(), pa.list_(pa.float64()))),  # "{3,5}" -> v of that coalition per replicate
+        ("metric", pa.string()), ("protocol_json", pa.string()), ("wall_seconds", pa.float64()),
     ]),
 }
