@@ -182,7 +182,7 @@ def test_the_pack_report_requests_nothing_from_the_network(root, tmp_path):
         page = browser.new_page()
         page.route("**/*", block)
         page.goto(path.as_uri())
-        page.get_by_text("Exit gates (seed 002)").wait_for()
+        page.get_by_text("Exit gates (seed002), on held-out episodes").wait_for()
         page.locator("canvas").first.wait_for(state="attached")
         browser.close()
     assert requested == []
