@@ -139,7 +139,7 @@ def kernels(pids: set[int]) -> set[int]:
 def check_resumed(tmp_path: Path, before: dict[str, dict]) -> None:
     """A rerun completes every member, redoes none that had completed, and leaves one completed
     run per member in the telemetry (a killed member's partial telemetry replaced)."""
-    done_before = {m: tmp_path.joinpath("reports", "tiny", m + ".ipynb").stat().st_mtime_ns
+    done_before = {m: tmp_path.joinpath("reports", "tiny", "smoke", m + ".ipynb").stat().st_mtime_ns
                    for m, s in before.items() if s["status"] == "completed"}  # fmt: skip
     result = rerun(tmp_path)
     assert result.returncode == 0, result.stderr
@@ -147,7 +147,7 @@ def check_resumed(tmp_path: Path, before: dict[str, dict]) -> None:
     assert "without encryption" not in result.stderr  # the kernel's transport warning is filtered
     after = statuses(tmp_path)
     assert {s["status"] for s in after.values()} == {"completed"} and len(after) == MEMBERS
-    assert {m: tmp_path.joinpath("reports", "tiny", m + ".ipynb").stat().st_mtime_ns for m in done_before} == done_before
+    assert {m: tmp_path.joinpath("reports", "tiny", "smoke", m + ".ipynb").stat().st_mtime_ns for m in done_before} == done_before
     runs = Store(tmp_path / "telemetry").runs()
     assert sorted(runs["status"]) == ["completed"] * MEMBERS
 
