@@ -15,13 +15,13 @@ import torch
 from benchmarks.timing import Pairing, pair, seconds
 from esper_lab.config import RunConfig
 from esper_lab.contracts import Action, Blueprint, Op, SurfaceDensity
-from esper_lab.data import classification_batches, load_pydoc_corpus
+from esper_lab.data import load_pydoc_corpus
 from esper_lab.env import STRUCTURAL_OPS, MorphEnv, VecEnv
 from esper_lab.hosts import TransformerConfig, TransformerHost
 from esper_lab.plane import SeedPlane
 from esper_lab.telemetry import Store
 from benchmarks.telemetry_bench import recorder_rate, synthetic_root, time_queries
-from esper_lab.training import evaluate, loss_of, train_epoch
+from esper_lab.training import loss_of, train_epoch
 
 LM_BATCH = 32  # a training step of the default char LM: batch 32 x context 32
 
@@ -162,9 +162,8 @@ def morphogenesis_tax() -> Row:
             if action.op in STRUCTURAL_OPS:
                 plane.sync_optimizer(optimizer)
             plane.tick()
-            batches = classification_batches(env.train_x, env.train_y, config.batch_size, env.data_order)
-            train_epoch(host, plane, batches, optimizer)
-        evaluate(host, plane, env.val_x, env.val_y)
+            train_epoch(host, plane, env.split.batches(env.train_rows, config.batch_size, env.data_order), optimizer)
+        env.full_evaluation()
         return time.perf_counter() - start
 
     with folder:

@@ -28,6 +28,7 @@ SET_HELP = ("set any study knob, repeatable: a RunConfig field (batch_size=32), 
             "(economy.rent_weight=0.5, ppo.lr=1e-3, policy.encoder=slot_transformer) or rounds/envs/workers/eval_episodes")
 # One intra-op thread is fastest for these tiny models; two on a busy 2-core machine spin-wait
 # (a `run --envs 4` took 696 s with torch's default of 2 against 73 s with 1).
+DEVICE_HELP = "where hosts, seeds and data live: cpu (default), cuda or cuda:N (the policy stays on the CPU)"
 THREADS_HELP = "torch threads for this process and its env workers (default 1: fastest for these tiny models)"
 
 
@@ -55,7 +56,7 @@ def _settings(args: argparse.Namespace, **loop):
     from esper_lab.experiments.settings import Settings, merge, parse_assignments
 
     flags = {"task": args.task, "density": args.density, "seed": args.seed, "episode_length": args.episode_length,
-             "cifar_folder": args.cifar_folder, "envs": args.envs, "workers": args.workers, **loop}  # fmt: skip
+             "cifar_folder": args.cifar_folder, "device": args.device, "envs": args.envs, "workers": args.workers, **loop}  # fmt: skip
     return Settings.build(merge({k: v for k, v in flags.items() if v is not None}, parse_assignments(args.set)))
 
 
@@ -140,6 +141,8 @@ def _pack(args: argparse.Namespace) -> int:
         if malformed:
             raise ValueError(f"--param {malformed[0]!r} must look like NAME=VALUE")
         parameters = dict(item.split("=", 1) for item in args.param)
+        if args.device is not None:
+            args.set.append(f"device={args.device}")
         if args.set:  # every member's settings, as the notebook's `overrides` (checked here, before any kernel)
             settings = parse_assignments(args.set)
             pack.settings(pack.control, pack.preset_seeds(args.preset)[0], args.preset, settings)
@@ -191,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--episode-length", type=_at_least(1), default=None)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--cifar-folder", default=None)
+    run.add_argument("--device", default=None, help=DEVICE_HELP)
     run.add_argument("--telemetry", default="telemetry", help="telemetry root folder (Parquet parts)")
     run.add_argument("--cohort", default="default", help="cohort name the run is filed under")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
@@ -205,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--reports", default=None, help="folder for the members' notebooks and the report (default reports/)")
     pack.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extra notebook parameter")
     pack.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP + "; applied to every member")
+    pack.add_argument("--device", default=None, help=DEVICE_HELP + "; applied to every member (as --set device=...)")
     pack.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write the report after a run")
     pack.set_defaults(handler=_pack)
 
@@ -220,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--episode-length", type=_at_least(1), default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--cifar-folder", default=None)
+    train.add_argument("--device", default=None, help=DEVICE_HELP)
     train.add_argument("--checkpoint", default=None, help="write policy+optimizer+normaliser here after every update")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint exactly where it stopped")
     train.add_argument("--telemetry", default="telemetry", help="telemetry root folder (Parquet parts)")

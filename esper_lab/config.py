@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import torch
+
 from esper_lab.contracts import Blueprint, HostKind, SurfaceDensity
 from esper_lab.data import check_cifar10_folder
 
@@ -134,6 +136,7 @@ class RunConfig:
     # few percent of a digits_cnn episode (see the README's benchmark table)
     contribution_every: int = 4
     cifar_folder: str | None = None
+    device: str = "cpu"  # where host, seeds and data live: "cpu", "cuda" or "cuda:N"
     economy: EconomyConfig = field(default_factory=EconomyConfig)
 
     def __post_init__(self):
@@ -161,6 +164,7 @@ class RunConfig:
         unknown = set(self.host) - set(_host_fields(task.host_kind))
         if unknown:
             raise ValueError(f"host has unknown keys {sorted(unknown)} (allowed: {', '.join(_host_fields(task.host_kind))})")
+        set_("device", _device(self.device))
         if task.data == "cifar10":
             check_cifar10_folder(self.cifar_folder)  # None = the default data/cifar-10-batches-py
         _positive_int(self, "episode_length", "batch_size", "max_seeds")
@@ -194,6 +198,25 @@ class RunConfig:
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _device(value: Any) -> str:
+    """The device's canonical name ("cpu", "cuda:0"), if this machine has it."""
+    allowed = "cpu, cuda, cuda:N"
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={value!r} is not a device (allowed: {allowed})") from None
+    if device.type == "cpu":
+        return "cpu"
+    if device.type != "cuda":
+        raise ValueError(f"device={value!r}: only {allowed} are supported")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={value!r}: this machine has no CUDA device (torch {torch.__version__}); use device='cpu'")
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device={value!r}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return f"cuda:{index}"
 
 
 def _host_fields(kind: HostKind) -> tuple[str, ...]:

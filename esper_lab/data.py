@@ -4,6 +4,9 @@ splits take a seed, iterators a `torch.Generator`."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 import numbers
 import os
@@ -29,6 +32,7 @@ CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 CIFAR10_CLASSES = 10
 CIFAR10_IMAGE = (3, 32, 32)  # a batch row is 1024 red, 1024 green, then 1024 blue bytes
+CIFAR10_CACHE_FILES = ("train_images.u8", "train_labels.u8", "test_images.u8", "test_labels.u8")
 PIXEL_MAX = 255.0  # uint8 pixels
 # (top module, name) of every global a pickled numpy array names in numpy 1.x/2.x (protocol 2 wraps
 # bytes in _codecs.encode); a batch file may name nothing else.
@@ -39,21 +43,55 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensors have no single truth value
 class Split:
-    """A classification train/validation split, standardised per channel with train statistics."""
+    """A classification train/validation split kept compact: raw pixels (uint8) and labels, with
+    the per-channel standardisation of the training pixels, applied per batch (`standardise`).
 
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
+    One copy serves every environment of a process (CIFAR-10's 50k images are 150 MiB as bytes,
+    600 MiB as floats); an environment keeps row indices into it, never a copy."""
+
+    train_pixels: torch.Tensor  # uint8 [N, C, H, W]
+    train_y: torch.Tensor  # int64 [N]
+    val_pixels: torch.Tensor
     val_y: torch.Tensor
     num_classes: int
     name: str
-    mean: tuple[float, ...]  # per channel, of the train images, subtracted from both parts
-    std: tuple[float, ...]  # per channel (population std), divided out of both parts
+    pixel_max: float  # the raw value of a full pixel: x = pixels / pixel_max is in [0, 1]
+    mean: tuple[float, ...]  # per channel, of the train images x, subtracted from both parts
+    std: tuple[float, ...]  # per channel (population std) of the train images x, divided out
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one sample, e.g. (1, 8, 8), for building a host."""
-        return tuple(self.train_x.shape[1:])
+        return tuple(self.train_pixels.shape[1:])
+
+    def standardise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float inputs for the host from raw pixels [B, C, H, W] of this split."""
+        shape = (1, -1) + (1,) * (pixels.ndim - 2)
+        mean = torch.tensor(self.mean, device=pixels.device).view(shape)
+        std = torch.tensor(self.std, device=pixels.device).view(shape)
+        return pixels.float().div_(self.pixel_max).sub_(mean).div_(std)
+
+    @property
+    def train_x(self) -> torch.Tensor:
+        """Every training image standardised: a float copy (fine for digits; envs never make one)."""
+        return self.standardise(self.train_pixels)
+
+    @property
+    def val_x(self) -> torch.Tensor:
+        """Every validation image standardised: a float copy."""
+        return self.standardise(self.val_pixels)
+
+    def batches(self, rows: torch.Tensor, batch_size: int, generator: torch.Generator,
+                max_batches: int | None = None) -> Iterator[Batch]:  # fmt: skip
+        """Standardised training batches over `rows` (indices into the training pixels), in an
+        order drawn from `generator` at the call, as `classification_batches` draws it."""
+        order = batch_indices(len(rows), batch_size, generator, max_batches)
+        return ((self.standardise(self.train_pixels[r]), self.train_y[r]) for r in (rows[i.to(rows.device)] for i in order))
+
+    def to(self, device: torch.device | str) -> Split:
+        """The same split with its tensors on `device`."""
+        moved = {f: getattr(self, f).to(device) for f in ("train_pixels", "train_y", "val_pixels", "val_y")}
+        return dataclasses.replace(self, **moved)
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,10 +132,10 @@ def load_digits(seed: int = 0, val_fraction: float = 0.2) -> Split:
     from sklearn import datasets  # imported here: sklearn costs ~1.4 s, and only digits needs it
 
     bunch = datasets.load_digits()
-    x = torch.from_numpy(bunch.images).float().div_(DIGITS_MAX_PIXEL).unsqueeze(1)
+    pixels = torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1)  # whole counts 0..16
     y = torch.from_numpy(bunch.target).long()
     train, val = _stratified_split(y, val_fraction, seed)
-    return _standardised(x[train], y[train], x[val], y[val], DIGITS_CLASSES, "digits")
+    return _split(pixels[train], y[train], pixels[val], y[val], DIGITS_CLASSES, "digits", DIGITS_MAX_PIXEL)
 
 
 def load_pydoc_corpus(val_fraction: float = 0.1, max_chars: int | None = None) -> CharCorpus:
@@ -138,21 +176,80 @@ def load_cifar10(folder: str | Path | None = None, val_fraction: float | None = 
     """CIFAR-10 from the official python batches in `folder` (default data/cifar-10-batches-py).
 
     Validation is `test_batch`; with `val_fraction` it is instead a seeded stratified part of the
-    training batches (for model selection that never looks at the test set).
+    training batches (for model selection that never looks at the test set). The batches are
+    decoded once into a byte cache under the data root (`cifar10_cache`); every later load, in
+    any process, maps that cache, so processes share one copy of the pixels through the page cache.
     """
     if val_fraction is not None:
         _check_fraction("val_fraction", val_fraction)
     _check_int("seed", seed, 0, SEED_LIMIT)
-    folder = check_cifar10_folder(folder)
-    parts = [_read_cifar_batch(folder / name) for name in CIFAR10_FILES]
-    train_x, train_y = map(torch.cat, zip(*parts[:-1]))
-    val_x, val_y = parts[-1]
+    cache = cifar10_cache(folder)
+    train_x, train_y, val_x, val_y = (_map_bytes(cache / name) for name in CIFAR10_CACHE_FILES)
+    train_x, val_x = train_x.view(-1, *CIFAR10_IMAGE), val_x.view(-1, *CIFAR10_IMAGE)
+    train_y, val_y = train_y.long(), val_y.long()
     if val_fraction is not None:
         train, val = _stratified_split(train_y, val_fraction, seed)
         train_x, train_y, val_x, val_y = train_x[train], train_y[train], train_x[val], train_y[val]
-    # uint8 until here: the split copies bytes, not floats
-    train_x, val_x = train_x.float().div_(PIXEL_MAX), val_x.float().div_(PIXEL_MAX)
-    return _standardised(train_x, train_y, val_x, val_y, CIFAR10_CLASSES, "cifar10")
+    return _split(train_x, train_y, val_x, val_y, CIFAR10_CLASSES, "cifar10", PIXEL_MAX)
+
+
+def cifar10_cache(folder: str | Path | None = None) -> Path:
+    """The byte cache of the CIFAR-10 batches in `folder`, built (atomically) when missing: raw
+    uint8 images and labels, one file each for train and test. Its name hashes the folder and
+    each batch file's size and modification time, so a changed copy gets a new cache."""
+    folder = check_cifar10_folder(folder).resolve()
+    stamp = [[name, (folder / name).stat().st_size, (folder / name).stat().st_mtime_ns] for name in CIFAR10_FILES]
+    key = hashlib.sha256(json.dumps([str(folder), stamp]).encode()).hexdigest()[:16]
+    cache = data_root() / "cache" / f"cifar10-{key}"
+    if all((cache / name).is_file() for name in CIFAR10_CACHE_FILES):
+        return cache
+    parts = [_read_cifar_batch(folder / name) for name in CIFAR10_FILES]
+    train_x, train_y = map(torch.cat, zip(*parts[:-1]))
+    arrays = (train_x, train_y, *parts[-1])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=cache.parent, prefix=cache.name, suffix=".tmp"))
+    try:
+        for name, array in zip(CIFAR10_CACHE_FILES, arrays):
+            (building / name).write_bytes(array.to(torch.uint8).numpy().tobytes())
+        os.replace(building, cache)
+    except OSError:
+        if not all((cache / name).is_file() for name in CIFAR10_CACHE_FILES):
+            raise
+    finally:  # another process finished first (its cache stands), or this one failed
+        if building.exists():
+            for part in building.iterdir():
+                part.unlink()
+            building.rmdir()
+    return cache
+
+
+def _map_bytes(path: Path) -> torch.Tensor:
+    """A file of bytes as a uint8 tensor mapped copy-on-write: pages come from the page cache,
+    shared by every process that maps the same file, and are read only when touched."""
+    return torch.from_file(str(path), shared=False, size=path.stat().st_size, dtype=torch.uint8)
+
+
+def write_cifar10_batches(folder: str | Path, per_batch: int, seed: int = 0) -> None:
+    """Write CIFAR-shaped random batches in the official python format to `folder` (a pickled dict
+    with bytes keys per file): test and benchmark data where the real download is absent."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(CIFAR10_FILES):
+        images = rng.integers(0, 256, size=(per_batch, math.prod(CIFAR10_IMAGE)), dtype=np.uint8)
+        batch = {b"batch_label": name.encode(), b"labels": [(i + j) % CIFAR10_CLASSES for j in range(per_batch)],
+                 b"data": images, b"filenames": [f"{j}.png".encode() for j in range(per_batch)]}  # fmt: skip
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator, max_batches: int | None = None) -> list[torch.Tensor]:
+    """One pass over n samples in an order drawn from `generator`: the index tensor of each
+    batch (the last may be short), at most `max_batches` of them."""
+    _check_int("batch_size", batch_size, minimum=1)
+    if max_batches is not None:
+        _check_int("max_batches", max_batches, minimum=1)
+    _check_generator(generator)
+    return list(torch.randperm(n, generator=generator, device=generator.device).split(batch_size)[:max_batches])
 
 
 def classification_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
@@ -162,12 +259,8 @@ def classification_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, ge
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
         shapes = f"{tuple(x.shape)} and {tuple(y.shape)}"
         raise ValueError(f"x and y must hold the same number >= 1 of samples, got {shapes}")
-    _check_int("batch_size", batch_size, minimum=1)
-    if max_batches is not None:
-        _check_int("max_batches", max_batches, minimum=1)
-    _check_generator(generator)
-    order = torch.randperm(len(x), generator=generator, device=generator.device).to(x.device)
-    return ((x[idx], y[idx]) for idx in order.split(batch_size)[:max_batches])
+    order = batch_indices(len(x), batch_size, generator, max_batches)
+    return ((x[i.to(x.device)], y[i.to(x.device)]) for i in order)
 
 
 def lm_batches(ids: torch.Tensor, context: int, batch_size: int, generator: torch.Generator,
@@ -204,15 +297,17 @@ def _stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[
     return torch.from_numpy(train), torch.from_numpy(val)
 
 
-def _standardised(train_x, train_y, val_x, val_y, num_classes: int, name: str) -> Split:
-    """Standardise both parts in place per channel with train statistics only (no val leakage)."""
-    dims = (0, *range(2, train_x.ndim))
-    mean = train_x.mean(dim=dims, keepdim=True)
-    std = train_x.std(dim=dims, keepdim=True, correction=0)
-    for x in (train_x, val_x):
-        x.sub_(mean).div_(std)
-    stats = tuple(mean.flatten().tolist()), tuple(std.flatten().tolist())
-    return Split(train_x, train_y, val_x, val_y, num_classes, name, *stats)
+def _split(train_pixels, train_y, val_pixels, val_y, num_classes: int, name: str, pixel_max: float) -> Split:
+    """A split standardised per channel with train statistics only (no val leakage), computed
+    exactly from each channel's pixel histogram (no float copy of the images is ever made)."""
+    means, stds = [], []
+    for channel in train_pixels.unbind(1):
+        counts = torch.bincount(channel.flatten(), minlength=256).double()
+        values = torch.arange(len(counts), dtype=torch.float64) / pixel_max
+        mean = float((counts * values).sum() / counts.sum())
+        means.append(mean)
+        stds.append(math.sqrt(float((counts * (values - mean) ** 2).sum() / counts.sum())))
+    return Split(train_pixels, train_y, val_pixels, val_y, num_classes, name, pixel_max, tuple(means), tuple(stds))
 
 
 def _pydoc_text() -> str:

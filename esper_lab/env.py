@@ -38,7 +38,7 @@ from esper_lab.contracts import (
     stream_seed,
     training_episode_seed,
 )
-from esper_lab.data import CharCorpus, Split, classification_batches, lm_batches, load_cifar10, load_digits, load_pydoc_corpus
+from esper_lab.data import CharCorpus, Split, lm_batches, load_cifar10, load_digits, load_pydoc_corpus
 from esper_lab.economy import Ledger
 from esper_lab.governor import Governor
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
@@ -54,13 +54,22 @@ STRUCTURAL_OPS = frozenset({Op.GERMINATE, Op.PRUNE, Op.FOSSILIZE})  # change wha
 
 
 @functools.cache
-def _digits(seed: int) -> Split:
-    return load_digits(seed=seed)
+def _images(data: str, seed: int, cifar_folder: str | None, device: str) -> Split:
+    """One copy of a task's images per process and device, shared by every env in it (digits'
+    split depends on the run seed; CIFAR-10's is the official one, mapped from its byte cache)."""
+    split = load_digits(seed=seed) if data == "digits" else load_cifar10(cifar_folder)
+    return split if device == "cpu" else split.to(device)
 
 
 @functools.cache
 def _corpus() -> CharCorpus:
     return load_pydoc_corpus()
+
+
+@functools.cache
+def _corpus_on(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    corpus = _corpus()
+    return corpus.train_ids.to(device), corpus.val_ids.to(device)
 
 
 def build_host(config: RunConfig, vocab_size: int | None = None) -> torch.nn.Module:
@@ -97,24 +106,34 @@ class MorphEnv:
         return stream_seed(self.episode_seed, 0, stream)
 
     def _load_data(self) -> None:
+        """Point at the process's one copy of the task's data: training rows (a data-fraction
+        share, in an order from the episode seed), the validation split (its inputs, targets and
+        `prepare`, which turns raw pixels into host inputs chunk by chunk), and the subsample
+        every step reads, kept ready as host inputs."""
         config, task = self.config, self.config.spec
         # the validation subsample is fixed for the run (its seed, not the episode's): every
         # episode and every arm of an evaluation reads the same rows
         val_seed = stream_seed(config.seed, 0, Stream.VALIDATION)
         if task.data == "pydoc":
-            corpus = _corpus()
-            self.vocab_size = corpus.vocab_size
-            self.train_ids = corpus.train_ids[: max(int(len(corpus.train_ids) * config.data_fraction), 2 * self._context)]
-            n = (len(corpus.val_ids) - 1) // self._context * self._context
-            self.val_x, self.val_y = corpus.val_ids[:n].view(-1, self._context), corpus.val_ids[1 : n + 1].view(-1, self._context)
+            train_ids, val_ids = _corpus_on(config.device)
+            self.vocab_size = _corpus().vocab_size
+            self.train_ids = train_ids[: max(int(len(train_ids) * config.data_fraction), 2 * self._context)]
+            n = (len(val_ids) - 1) // self._context * self._context
+            self.val_x, self.val_y = val_ids[:n].view(-1, self._context), val_ids[1 : n + 1].view(-1, self._context)
+            self.prepare = None
         else:
-            split = _digits(config.seed) if task.data == "digits" else load_cifar10(config.cifar_folder, seed=config.seed)
-            keep = max(int(len(split.train_x) * config.data_fraction), config.batch_size)
-            order = torch.randperm(len(split.train_x), generator=torch.Generator().manual_seed(self._seed(Stream.DATA)))[:keep]
-            self.train_x, self.train_y = split.train_x[order], split.train_y[order]
-            self.val_x, self.val_y = split.val_x, split.val_y
-        rows = _subsample(len(self.val_x), config.val_samples or task.val_samples, val_seed)
-        self.probe_x, self.probe_y = (self.val_x, self.val_y) if rows is None else (self.val_x[rows], self.val_y[rows])
+            self.split = split = _images(task.data, config.seed, config.cifar_folder, config.device)
+            keep = max(int(len(split.train_y) * config.data_fraction), config.batch_size)
+            order = torch.randperm(len(split.train_y), generator=torch.Generator().manual_seed(self._seed(Stream.DATA)))[:keep]
+            self.train_rows = order.to(config.device)
+            self.val_x, self.val_y, self.prepare = split.val_pixels, split.val_y, split.standardise
+        rows = _subsample(len(self.val_y), config.val_samples or task.val_samples, val_seed)
+        self.probe_x, self.probe_y = self.val_x, self.val_y
+        if rows is not None:
+            rows = rows.to(self.val_y.device)
+            self.probe_x, self.probe_y = self.val_x[rows], self.val_y[rows]
+        if self.prepare is not None:
+            self.probe_x = self.prepare(self.probe_x)
 
     @property
     def _context(self) -> int:
@@ -128,8 +147,9 @@ class MorphEnv:
         self._load_data()
         with torch.random.fork_rng():
             torch.manual_seed(self._seed(Stream.HOST))
-            self.host = build_host(config, getattr(self, "vocab_size", None))
-        self.plane = SeedPlane(self.host, run_seed=self._seed(Stream.PLANE), allowed_blueprints=config.blueprints, max_seeds=config.max_seeds)
+            self.host = build_host(config, getattr(self, "vocab_size", None)).to(config.device)
+        plane = SeedPlane(self.host, run_seed=self._seed(Stream.PLANE), allowed_blueprints=config.blueprints, max_seeds=config.max_seeds)
+        self.plane = plane.to(config.device)
         # fused: one kernel per step for all params; ~20% off a digits_cnn epoch (see benchmarks)
         self.optimizer = torch.optim.Adam(
             [{"params": list(self.host.parameters()), "name": "host"}, {"params": [], "name": "seeds"}], lr=config.lr, fused=True
@@ -208,7 +228,7 @@ class MorphEnv:
             count = config.batches_per_step or LM_BATCHES_PER_STEP
             batches = lm_batches(self.train_ids, self._context, config.batch_size, self.data_order, count)
         else:
-            batches = classification_batches(self.train_x, self.train_y, config.batch_size, self.data_order, config.batches_per_step)
+            batches = self.split.batches(self.train_rows, config.batch_size, self.data_order, config.batches_per_step)
         if self.twin is not None:
             batches = list(batches)  # the twin trains on the very same batches
         if world is None:
@@ -227,8 +247,12 @@ class MorphEnv:
         """The validation subsample, as every step reads it."""
         return evaluate(self.host, self.plane, self.probe_x, self.probe_y)
 
+    def full_evaluation(self) -> Evaluation:
+        """The whole validation split, as every reported outcome reads it."""
+        return evaluate(self.host, self.plane, self.val_x, self.val_y, self.prepare)
+
     def _full_metric(self) -> float:
-        return self._metric(evaluate(self.host, self.plane, self.val_x, self.val_y))
+        return self._metric(self.full_evaluation())
 
     def _metric(self, evaluation: Evaluation) -> float:
         return evaluation.accuracy if self.config.spec.metric == "accuracy" else evaluation.loss

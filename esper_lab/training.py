@@ -32,7 +32,7 @@ def train_epoch(
     `after_backward` runs between backward and the optimizer step (data-parallel gradient
     averaging hooks in there)."""
     host.train()
-    total = torch.zeros(())
+    total = torch.zeros((), device=next(host.parameters()).device)
     count = 0
     for inputs, target in batches:
         optimizer.zero_grad(set_to_none=True)
@@ -53,12 +53,16 @@ class Evaluation:
 
 
 @torch.inference_mode()
-def evaluate(host: nn.Module, plane: nn.Module | None, inputs: torch.Tensor, target: torch.Tensor) -> Evaluation:
+def evaluate(host: nn.Module, plane: nn.Module | None, inputs: torch.Tensor, target: torch.Tensor,
+             prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Evaluation:  # fmt: skip
+    """Loss and accuracy over (inputs, target); `prepare` turns each chunk of raw inputs into
+    host inputs (so a split of raw pixels is never copied whole as floats)."""
     host.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.long)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=target.device)
+    correct = torch.zeros((), dtype=torch.long, device=target.device)
     for start in range(0, len(inputs), EVAL_BATCH):
-        logits = host(inputs[start : start + EVAL_BATCH], plane)
+        chunk = inputs[start : start + EVAL_BATCH]
+        logits = host(chunk if prepare is None else prepare(chunk), plane)
         part = target[start : start + EVAL_BATCH]
         loss_sum += F.cross_entropy(logits.flatten(0, -2), part.flatten(), reduction="sum").double()
         correct += (logits.argmax(-1) == part).sum()

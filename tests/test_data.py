@@ -20,6 +20,7 @@ from esper_lab.data import (
     load_cifar10,
     load_digits,
     load_pydoc_corpus,
+    write_cifar10_batches,
 )
 
 CIFAR_PER_BATCH = 20  # small generated batches: 100 train images, 20 validation images
@@ -128,43 +129,73 @@ def test_pydoc_corpus_rejects_bad_input(data_dir):
 # ---- CIFAR-10 -------------------------------------------------------------------------------
 
 
-def _write_cifar(folder, seed=0):
-    """Small batches in the official python format: a pickled dict with bytes keys."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(exist_ok=True)
+def _write_cifar(folder):
+    """Small generated batches in the official format; returns {file: (images uint8 [N, 3072], labels)}."""
+    write_cifar10_batches(folder, CIFAR_PER_BATCH)
     batches = {}
-    for i, name in enumerate(CIFAR10_FILES):
-        labels = [(i + j) % 10 for j in range(CIFAR_PER_BATCH)]
-        images = rng.integers(0, 256, size=(CIFAR_PER_BATCH, 3072), dtype=np.uint8)
-        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": images,
-                 b"filenames": [f"{j}.png".encode() for j in range(CIFAR_PER_BATCH)]}
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-        batches[name] = (images, labels)
+    for name in CIFAR10_FILES:
+        batch = pickle.loads((folder / name).read_bytes(), encoding="bytes")
+        batches[name] = (batch[b"data"], batch[b"labels"])
     return batches
 
 
-def test_cifar10_loads_generated_batches(tmp_path):
-    batches = _write_cifar(tmp_path / "cifar")
-    split = load_cifar10(tmp_path / "cifar")
+def test_cifar10_loads_generated_batches_as_compact_pixels(data_dir):
+    batches = _write_cifar(data_dir / "cifar")
+    split = load_cifar10(data_dir / "cifar")
     assert split.name == "cifar10" and split.num_classes == 10 and split.input_shape == (3, 32, 32)
-    assert split.train_x.shape == (5 * CIFAR_PER_BATCH, 3, 32, 32) and split.train_x.dtype == torch.float32
-    assert split.val_x.shape == (CIFAR_PER_BATCH, 3, 32, 32)
+    assert split.train_pixels.shape == (5 * CIFAR_PER_BATCH, 3, 32, 32) and split.train_pixels.dtype == torch.uint8
+    assert split.val_pixels.shape == (CIFAR_PER_BATCH, 3, 32, 32)
     train_labels = sum((batches[name][1] for name in CIFAR10_FILES[:5]), [])
     assert split.train_y.tolist() == train_labels and split.train_y.dtype == torch.int64
     assert split.val_y.tolist() == batches["test_batch"][1]
-    assert split.train_x.mean(dim=(0, 2, 3)).abs().max() < 1e-5
-    assert torch.allclose(split.train_x.std(dim=(0, 2, 3), correction=0), torch.ones(3), atol=1e-4)
-    # a row is 1024 red, 1024 green, 1024 blue bytes; val is standardised with the train statistics
+    # a row is 1024 red, 1024 green, 1024 blue bytes
+    assert split.val_pixels[0].flatten().tolist() == batches["test_batch"][0][0].tolist()
+    x = split.train_x  # standardised with the train statistics, computed exactly from histograms
+    assert x.dtype == torch.float32 and x.mean(dim=(0, 2, 3)).abs().max() < 1e-5
+    assert torch.allclose(x.std(dim=(0, 2, 3), correction=0), torch.ones(3), atol=1e-4)
     mean, std = torch.tensor(split.mean).view(3, 1, 1), torch.tensor(split.std).view(3, 1, 1)
     raw = torch.from_numpy(batches["test_batch"][0][0]).view(3, 32, 32).float() / 255
     assert torch.allclose(split.val_x[0] * std + mean, raw, atol=1e-5)
 
 
-def test_cifar10_val_fraction_splits_the_training_batches(tmp_path):
-    _write_cifar(tmp_path)
-    split = load_cifar10(tmp_path, val_fraction=0.2, seed=3)
-    assert (len(split.train_x), len(split.val_x)) == (80, 20)
+def test_cifar10_is_decoded_once_into_a_byte_cache_that_later_loads_map(data_dir, monkeypatch):
+    _write_cifar(data_dir / "cifar")
+    first = load_cifar10(data_dir / "cifar")
+    cache = data.cifar10_cache(data_dir / "cifar")
+    assert sorted(p.name for p in cache.iterdir()) == sorted(data.CIFAR10_CACHE_FILES)
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temp folder left behind
+
+    def no_decoding(path):
+        raise AssertionError(f"{path} decoded again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(data, "_read_cifar_batch", no_decoding)
+        again = load_cifar10(data_dir / "cifar")
+    assert torch.equal(again.train_pixels, first.train_pixels) and torch.equal(again.val_y, first.val_y)
+    write_cifar10_batches(data_dir / "cifar", CIFAR_PER_BATCH, seed=1)  # a changed copy gets its own cache
+    changed = load_cifar10(data_dir / "cifar")
+    assert not torch.equal(changed.train_pixels, first.train_pixels)
+    assert len(list(cache.parent.iterdir())) == 2
+
+
+def test_cifar10_val_fraction_splits_the_training_batches(data_dir):
+    _write_cifar(data_dir)
+    split = load_cifar10(data_dir, val_fraction=0.2, seed=3)
+    assert (len(split.train_y), len(split.val_y)) == (80, 20)
     assert torch.bincount(split.val_y, minlength=10).tolist() == [2] * 10
+
+
+def test_split_batches_standardise_the_rows_they_draw(data_dir):
+    _write_cifar(data_dir / "cifar")
+    split = load_cifar10(data_dir / "cifar")
+    rows = torch.tensor([3, 17, 42, 64, 99, 5, 8])
+    batches = list(split.batches(rows, 3, _generator(0)))
+    order = data.batch_indices(len(rows), 3, _generator(0))
+    assert [len(y) for _, y in batches] == [3, 3, 1]
+    for (x, y), i in zip(batches, order):
+        assert torch.equal(y, split.train_y[rows[i]])
+        assert torch.equal(x, split.standardise(split.train_pixels[rows[i]])) and x.dtype == torch.float32
+    assert torch.equal(split.standardise(split.train_pixels[rows]), split.train_x[rows])
 
 
 def test_cifar10_missing_folder_names_folder_and_files(tmp_path):
@@ -176,12 +207,12 @@ def test_cifar10_missing_folder_names_folder_and_files(tmp_path):
     assert all(name in message for name in CIFAR10_FILES)
 
 
-def test_cifar10_missing_batch_names_it(tmp_path):
-    _write_cifar(tmp_path)
-    (tmp_path / "data_batch_3").unlink()
+def test_cifar10_missing_batch_names_it(data_dir):
+    _write_cifar(data_dir)
+    (data_dir / "data_batch_3").unlink()
     with pytest.raises(FileNotFoundError, match="lacks data_batch_3\\.") as err:
-        load_cifar10(tmp_path)
-    assert str(tmp_path) in str(err.value)
+        load_cifar10(data_dir)
+    assert str(data_dir) in str(err.value)
 
 
 class _Shell:
@@ -201,11 +232,11 @@ class _Shell:
      pickle.dumps({b"labels": [0, 1]}), pickle.dumps(_Shell())],
     ids=["garbage", "truncated", "wrong-shape", "bad-label", "no-data", "code"],
 )
-def test_cifar10_corrupt_batch_names_the_file(tmp_path, payload):
-    _write_cifar(tmp_path)
-    (tmp_path / "data_batch_2").write_bytes(payload)
+def test_cifar10_corrupt_batch_names_the_file(data_dir, payload):
+    _write_cifar(data_dir)
+    (data_dir / "data_batch_2").write_bytes(payload)
     with pytest.raises(ValueError, match="data_batch_2"):
-        load_cifar10(tmp_path)
+        load_cifar10(data_dir)
 
 
 def test_cifar10_reads_python2_pickles():

@@ -23,6 +23,7 @@ from esper_lab.contracts import (
     Stage,
     StepResult,
 )
+from esper_lab.data import DATA_ENV_VAR, write_cifar10_batches
 from esper_lab.economy import rent_cost
 from esper_lab.env import MorphEnv, VecEnv
 from esper_lab.plane import IllegalAction
@@ -375,3 +376,20 @@ def test_vec_env_rejects_bad_input():
     vec.reset()
     with pytest.raises(ValueError, match="1 actions for 2"):
         vec.step([Action(Op.WAIT)])
+
+
+def test_cifar_envs_share_one_compact_copy_and_keep_their_own_order(tmp_path, monkeypatch):
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path))
+    write_cifar10_batches(tmp_path / "cifar", per_batch=40)
+    config = RunConfig(task="cifar10_cnn", cifar_folder=str(tmp_path / "cifar"), host={"widths": (4, 8)},
+                       episode_length=2, batches_per_step=2, batch_size=16, val_samples=12)  # fmt: skip
+    vec = VecEnv(config, 2)
+    results = vec.reset()
+    first, second = vec.envs
+    assert first.split is second.split and first.split.train_pixels.dtype == torch.uint8  # one copy, as bytes
+    assert not torch.equal(first.train_rows, second.train_rows)  # each env draws its own order
+    assert first.probe_x.dtype == torch.float32 and len(first.probe_y) == 12  # the per-step subsample, ready
+    while not results[0].done:
+        results = vec.step([Action(Op.WAIT)] * 2)
+    full = first.full_evaluation()  # the whole split (40 images), standardised chunk by chunk
+    assert results[0].metrics["full_metric"] == full.accuracy and full.accuracy * 40 == round(full.accuracy * 40)

@@ -36,7 +36,6 @@ from esper_lab.env import MorphEnv
 from esper_lab.experiments.replay import ReplayError, action_from_row, episode_seeds, recorded_run
 from esper_lab.plane import IllegalAction
 from esper_lab.telemetry import Store
-from esper_lab.training import evaluate
 
 DEFAULT_CANDIDATES = 3  # seed 003 §5.3: exact Shapley "over up to 3 seeds at a time"
 MAX_CANDIDATES = 4  # 2^4 = 16 coalitions per replicate: the most full retraining is asked to pay
@@ -151,7 +150,7 @@ def train(protocol: Protocol, coalition: frozenset, replicate: int) -> Training:
         except IllegalAction:
             action, skipped = Action(Op.WAIT), skipped + 1
         env.step(action)
-    result = evaluate(env.host, env.plane, env.val_x, env.val_y)
+    result = env.full_evaluation()
     return Training(result.accuracy if protocol.metric == "accuracy" else -result.loss, skipped)
 
 
