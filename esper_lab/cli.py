@@ -23,7 +23,7 @@ def _tour(args: argparse.Namespace) -> int:
     return 0
 
 
-WORKERS_HELP = "worker processes stepping the envs in parallel (0: in this process; one per core pays)"
+WORKERS_HELP = "worker processes stepping the envs in parallel (default: one per core, at most one per env; 0: in this process)"
 SET_HELP = ("set any study knob, repeatable: a RunConfig field (batch_size=32), economy.*, ppo.*, policy.* "
             "(economy.rent_weight=0.5, ppo.lr=1e-3, policy.encoder=slot_transformer) or rounds/envs/workers/eval_episodes")
 # One intra-op thread is fastest for these tiny models; two on a busy 2-core machine spin-wait
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", choices=("heuristic", "random", "static"), default="heuristic", help="static: always WAIT")
     run.add_argument("--episodes", type=_at_least(1), default=1)
     run.add_argument("--envs", type=_at_least(1), default=1)
-    run.add_argument("--workers", type=_at_least(0), default=0, help=WORKERS_HELP)
+    run.add_argument("--workers", type=_at_least(0), default=None, help=WORKERS_HELP)
     run.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
     run.add_argument("--episode-length", type=_at_least(1), default=None)
     run.add_argument("--seed", type=int, default=0)
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--encoder", choices=("flat", "slot_transformer"), default=None, help="the policy's slot encoder (default flat)")
     train.add_argument("--recurrent", action="store_true", default=None, help="add an LSTM over the encoder's pooled vector")
     train.add_argument("--envs", type=_at_least(1), default=8)
-    train.add_argument("--workers", type=_at_least(0), default=0, help=WORKERS_HELP)
+    train.add_argument("--workers", type=_at_least(0), default=None, help=WORKERS_HELP)
     train.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
     train.add_argument("--rounds", type=_at_least(1), default=10, help="total PPO updates (a resumed run continues to this)")
     train.add_argument("--episode-length", type=_at_least(1), default=None)

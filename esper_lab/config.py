@@ -64,7 +64,7 @@ TASKS: dict[str, Task] = {
     # seed 000's A0: the same data on a deeper host, so more (coarse) surfaces
     "digits_cnn_deep": Task(HostKind.CNN, "digits", MappingProxyType({"widths": (8, 8, 16, 16)}), "accuracy", CNN_MODULE_SEEDS + LADDERS[:2], None),
     "pydoc_lm": Task(HostKind.TRANSFORMER, "pydoc", MappingProxyType({"n_layer": 2, "d_model": 32, "n_head": 2, "context": 32}), "loss", TRANSFORMER_MODULE_SEEDS + LADDERS[2:], 64),
-    "cifar10_cnn": Task(HostKind.CNN, "cifar10", MappingProxyType({"in_channels": 3, "image_size": 32, "widths": (16, 32, 64)}), "accuracy", CNN_MODULE_SEEDS + LADDERS[:2], 1024),
+    "cifar10_cnn": Task(HostKind.CNN, "cifar10", MappingProxyType({"in_channels": 3, "image_size": 32, "widths": (16, 32, 64), "channels_last": True}), "accuracy", CNN_MODULE_SEEDS + LADDERS[:2], 1024),
 }  # fmt: skip
 
 

@@ -126,6 +126,15 @@ def test_runner_records_failures_keeps_going_skips_completed_and_retries_failed(
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in again.items())
 
 
+@pytest.mark.parametrize(("machine", "jobs", "each"), [("4", 2, "2"), ("2", 2, "1"), ("1", 3, "1")])
+def test_the_runner_shares_the_cores_out_among_its_jobs(tmp_path, monkeypatch, machine, jobs, each):
+    write_notebook(tmp_path, "import os, pathlib\n"
+                             "pathlib.Path(telemetry_root, f'{cohort}{seed}').write_text(os.environ['ESPER_LAB_CORES'])")
+    monkeypatch.setenv("ESPER_LAB_CORES", machine)
+    run_pack(load_pack(write_pack(tmp_path)), "smoke", jobs=jobs, telemetry_root=tmp_path / "t", reports_dir=tmp_path / "r")
+    assert {p.read_text() for p in (tmp_path / "t").glob("*[01]")} == {each}
+
+
 @pytest.mark.parametrize("name", RESERVED_PARAMETERS)
 def test_a_reserved_parameter_cannot_be_overridden(tmp_path, name):
     write_notebook(tmp_path, "pass")

@@ -18,6 +18,7 @@ from esper_lab.env import MorphEnv, slot_count
 from esper_lab.experiments.evaluation import evaluate_arms, eval_seeds
 from esper_lab.experiments.settings import Settings, merge, parse_assignments
 from esper_lab.experiments.train import train_and_record
+from esper_lab.experiments.workers import CORES_ENV_VAR
 from esper_lab.telemetry import Store
 from esper_lab.training import evaluate
 
@@ -197,3 +198,16 @@ def test_no_twin_while_nothing_reaches_the_forward_path():
     for action in (Action(Op.GERMINATE, HEAVY_SLOT, Blueprint.CONV_HEAVY), Action(Op.ADVANCE, HEAVY_SLOT), Action(Op.WAIT)):
         result = env.step(action)
         assert env.twin is None and result.reward.task == 0.0  # a TRAINING seed leaves the host the static one
+
+
+@pytest.mark.parametrize(("cores", "envs", "workers"), [("1", 8, 0), ("2", 8, 2), ("2", 1, 0), ("4", 3, 3)])
+def test_by_default_every_core_the_study_may_use_steps_envs(monkeypatch, cores, envs, workers):
+    monkeypatch.setenv(CORES_ENV_VAR, cores)
+    assert Settings.build({"envs": envs}).workers == workers
+    assert Settings.build({"envs": envs, "workers": 0}).workers == 0  # asked for: in this process
+
+
+def test_a_bad_core_count_is_named(monkeypatch):
+    monkeypatch.setenv(CORES_ENV_VAR, "bogus")
+    with pytest.raises(ValueError, match="ESPER_LAB_CORES"):
+        Settings.build({})

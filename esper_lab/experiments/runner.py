@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from esper_lab.experiments.packs import Pack
-from esper_lab.experiments.workers import Pool, kill_tagged
+from esper_lab.experiments.workers import Pool, cores, kill_tagged
 from esper_lab.telemetry.recorder import mark_stale_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -155,7 +155,7 @@ def run_pack(
         todo = [m for m, s in statuses.items() if s["status"] != "completed" or s.get("parameters") != tasks[m]["parameters"]]
         finished = set()
         with tqdm(total=len(everyone), initial=len(everyone) - len(todo), desc=f"{pack.name} {preset}", unit="run") as bar:
-            pool = Pool(jobs, token, bar.write)
+            pool = Pool(jobs, token, bar.write, cores=max(1, cores() // jobs))
             try:
                 for member, status in pool.run((m, tasks[m]) for m in todo):
                     finished.add(member)

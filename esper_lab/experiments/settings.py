@@ -20,12 +20,14 @@ from typing import Any
 
 from esper_lab.config import EconomyConfig, RunConfig
 from esper_lab.env import slot_count
+from esper_lab.experiments.workers import cores
 from esper_lab.policy import PolicyConfig
 from esper_lab.ppo import PPOConfig
 
-# The training loop's budget: PPO rounds, environments (and worker processes stepping them), and
-# held-out evaluation episodes per arm after training.
-LOOP_KEYS = {"rounds": 10, "envs": 4, "workers": 0, "eval_episodes": 0}
+# The training loop's budget: PPO rounds, environments (and worker processes stepping them; None:
+# one per core this study may use, see `auto_workers`), and held-out evaluation episodes per arm.
+LOOP_KEYS = {"rounds": 10, "envs": 4, "workers": None, "eval_episodes": 0}
+
 SECTIONS = {"economy": EconomyConfig, "ppo": PPOConfig, "policy": PolicyConfig}
 RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "economy")
 
@@ -52,6 +54,8 @@ class Settings:
         for name, section in sections.items():
             _known(name, section, SECTIONS[name])
         loop = {key: values.pop(key, default) for key, default in LOOP_KEYS.items()}
+        if loop["workers"] is None:
+            loop["workers"] = auto_workers(loop["envs"]) if isinstance(loop["envs"], int) else 0
         for key, value in loop.items():
             low = 1 if key in ("rounds", "envs") else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -70,6 +74,14 @@ class Settings:
         run = {k: v for k, v in dataclasses.asdict(self.run).items() if k != "economy"}
         return {**run, "economy": dataclasses.asdict(self.run.economy), "ppo": dataclasses.asdict(self.ppo),
                 "policy": dataclasses.asdict(self.policy), **{k: getattr(self, k) for k in LOOP_KEYS}}  # fmt: skip
+
+
+def auto_workers(envs: int) -> int:
+    """Env worker processes that put every core to work: one per core, at most one per env; none
+    (the envs step in this process) when there is one core or one env. Workers compute exactly
+    what in-process envs compute, so this changes speed, never results."""
+    n = min(envs, cores())
+    return n if n >= 2 else 0
 
 
 def _known(name: str, values: dict, cls: type) -> None:

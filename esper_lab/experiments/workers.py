@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RUN_TAG = "ESPER_LAB_PACK_RUN"  # environment variable: "<run token>/<worker number>/"
+# Cores one study may use when something above it shares the machine out (each of the runner's
+# --jobs members gets cores // jobs for its env workers); unset: every core this process may use.
+CORES_ENV_VAR = "ESPER_LAB_CORES"
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 KERNEL_START_RETRIES = 2  # kernel launches can race for a port when several start at once
 _KERNEL_START_ERRORS = ("Kernel died before replying", "Address already in use", "Kernel didn't respond")
@@ -36,6 +39,16 @@ _KERNEL_START_ERRORS = ("Kernel died before replying", "Address already in use",
 # (jupyter_client picks the transport), and jupyter_client interrupts every kernel it shuts down,
 # which ipykernel sometimes logs as an error. A user's Ctrl-C never reaches a kernel (see above).
 KERNEL_NOISE = (b"Kernel is running over TCP without encryption", b"KeyboardInterrupt caught in kernel")
+
+
+def cores() -> int:
+    """Cores this study may use: $ESPER_LAB_CORES when set, else this process's CPU affinity."""
+    text = os.environ.get(CORES_ENV_VAR)
+    if text is None:
+        return len(os.sched_getaffinity(0))
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"${CORES_ENV_VAR}={text!r} must be an integer >= 1")
+    return int(text)
 
 
 def write_status(path: Path, status: dict) -> None:
@@ -109,6 +122,7 @@ class Pool:
     size: int
     token: str  # the run's tag: the workers are `<token>/1`, `<token>/2`, ...
     write: Callable[[str], None]
+    cores: int  # each member's share of the machine (its env workers: `settings.auto_workers`)
     workers: list[_Worker] = field(default_factory=list)
     _started: int = 0
     _selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
@@ -134,7 +148,7 @@ class Pool:
         tag = f"{self.token}/{self._started}/"
         process = subprocess.Popen(  # unbuffered: a task is written whole, or fails at once on a dead worker
             [sys.executable, "-m", __name__, str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, process_group=0, env={**os.environ, RUN_TAG: tag}, bufsize=0,
+            stderr=subprocess.PIPE, process_group=0, env={**os.environ, RUN_TAG: tag, CORES_ENV_VAR: str(self.cores)}, bufsize=0,
         )  # fmt: skip
         worker = _Worker(process, tag)
         self._selector.register(process.stdout, selectors.EVENT_READ, (worker, "results"))
