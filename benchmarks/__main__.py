@@ -1,4 +1,5 @@
-"""Run the benchmarks and the scale sweep, write `benchmarks/RESULTS.md`: `python -m benchmarks [name ...]`.
+"""Run the benchmarks, the scale sweep and the CIFAR-10 loop, write `benchmarks/RESULTS.md`:
+`python -m benchmarks [name ...]`.
 
 Not part of the test suite: speed is measured here, as ratios taken side by side in one run.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import cifar
 from benchmarks.cases import CASES, Row
 from benchmarks.sweep import sweep
 
@@ -35,7 +37,7 @@ def table(rows: list[Row]) -> str:
 
 
 def main() -> int:
-    names = [case.__name__ for case in CASES] + ["sweep"]
+    names = [case.__name__ for case in CASES] + ["sweep", "cifar"]
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("cases", nargs="*", help=f"run only these (default: all): {', '.join(names)}")
     args = parser.parse_args()
@@ -51,7 +53,8 @@ def main() -> int:
         row = case()
         print(f"{row.name}: {row.pairing.ratio:.3f} (goal {row.goal}, {'met' if row.met else 'NOT met'})", flush=True)
         rows.append(row)
-    section = sweep() if not args.cases or "sweep" in args.cases else ""
+    sections = [run() for name, run in (("sweep", sweep), ("cifar", cifar.section)) if not args.cases or name in args.cases]
+    section = "\n".join(sections)
     if section:
         print(section, flush=True)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"

@@ -116,7 +116,7 @@ def lockstep_envs(n_envs: int = 8) -> Row:
     return _at_least("lockstep envs", measured, pairing, 2.0)
 
 
-class _RememberingVecEnv(VecEnv):
+class RememberingVecEnv(VecEnv):
     """A VecEnv that keeps the actions its env carried out (a vetoed action did nothing: WAIT)."""
 
     def reset(self, episode: int = 0, seeds=None):
@@ -141,7 +141,7 @@ def morphogenesis_tax() -> Row:
     from esper_lab.telemetry import Recorder
 
     config = RunConfig(task="digits_cnn")
-    vec = _RememberingVecEnv(config, 1)
+    vec = RememberingVecEnv(config, 1)
     agent = Agent(PolicyConfig(encoder="slot_transformer", max_slots=vec.slot_count()), seed=0)
     untrained = copy.deepcopy(agent.state_dict())
     folder = tempfile.TemporaryDirectory()
@@ -226,4 +226,29 @@ def policy_scaling() -> Row:
     return _at_most("policy scaling", f"Slot Transformer forward, batch {BATCH}: 256 slots / 8 slots", pairing, 8.0)
 
 
-CASES = (dormant_plane, sensors, morphogenesis_tax, lockstep_envs, recorder, store, policy_scaling)
+def ppo_rounds() -> Row:
+    """PPO rounds of Pack 0's full preset (baseline cohort: 4 envs x 16 steps x 8 batches, digits):
+    the envs stepped in this process / over env workers on every core (the default when a study
+    has the machine to itself)."""
+    from esper_lab.experiments.packs import load_pack
+    from esper_lab.experiments.settings import auto_workers
+    from esper_lab.policy import Agent
+    from esper_lab.ppo import PPOTrainer
+
+    settings = load_pack("pack0").settings("baseline", 0, "full")
+    workers = auto_workers(settings.envs)
+
+    def trainer(n_workers: int) -> tuple[VecEnv, PPOTrainer]:
+        vec = VecEnv(settings.run, settings.envs, workers=n_workers)
+        return vec, PPOTrainer(vec, Agent(settings.policy, seed=0), settings.ppo)
+
+    (alone, one), (spread, two) = trainer(0), trainer(workers)
+    with alone, spread:
+        pairing = pair(one.train_round, two.train_round, pairs=5, warmup=1)
+    rate = lambda s: 60 / s  # noqa: E731
+    measured = (f"one PPO round of Pack 0's full preset (4 envs x 16 steps x 8 batches): envs in this process "
+                f"({rate(pairing.a_seconds):.1f} rounds/min) / over {workers} env workers ({rate(pairing.b_seconds):.1f} rounds/min)")  # fmt: skip
+    return _at_least("PPO rounds", measured, pairing, 1.5)
+
+
+CASES = (dormant_plane, sensors, morphogenesis_tax, lockstep_envs, recorder, store, policy_scaling, ppo_rounds)
