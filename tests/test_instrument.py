@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from esper_lab.config import RunConfig
 from esper_lab.contracts import EVAL_SEED_BASE, Action, Blueprint, Op, Stage, eval_episode_seed, training_episode_seed
 from esper_lab.env import MorphEnv, slot_count
-from esper_lab.experiments.evaluation import evaluate_arms, eval_seeds
+from esper_lab.experiments.evaluation import evaluate_arms, eval_seeds, played_arms
 from esper_lab.experiments.settings import Settings, merge, parse_assignments
 from esper_lab.experiments.train import train_and_record
 from esper_lab.experiments.workers import CORES_ENV_VAR
@@ -97,6 +97,19 @@ def test_held_out_arms_play_the_same_unseen_episodes_and_the_manifest_holds_ever
     assert all(seeds == set(eval_seeds(0, 2)) for seeds in held_out.values())  # every arm, the same episodes
     assert not training & held_out["static"]
     assert {runs[f"t-eval-{arm}"]["parent_run"] for arm in held_out} == {"t"}
+    assert "t-eval-oracle" not in runs  # no oracle named, no oracle arm
+
+
+def test_an_oracle_arm_grows_its_blueprint_on_the_same_held_out_episodes(tmp_path):
+    settings = Settings.build(dict(rounds=1, envs=2, eval_episodes=2, oracle="conv_heavy", **SMALL))
+    assert played_arms(settings)[-1] == "oracle" and Settings.build(settings.to_dict()) == settings
+    evaluate_arms(settings, None, tmp_path, "unit", "t", arms=("static", "oracle"))
+    outcomes = Store(tmp_path).episode_outcomes()
+    oracle, static = outcomes.filter(arm="oracle"), outcomes.filter(arm="static")
+    assert set(oracle["episode_seed"]) == set(static["episode_seed"]) == set(eval_seeds(0, 2))
+    assert (oracle["forward_params"] > 0).all() and (static["forward_params"] == 0).all()
+    with pytest.raises(ValueError, match="oracle='lora'"):
+        Settings.build({"oracle": "lora"})
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,10 @@ from esper_lab.contracts import Stream, eval_episode_seed, stream_seed
 from esper_lab.env import VecEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.experiments.settings import Settings
-from esper_lab.policy import Agent, HeuristicPolicy, PPOPolicy, RandomPolicy, StaticPolicy
+from esper_lab.policy import Agent, HeuristicPolicy, OraclePolicy, PPOPolicy, RandomPolicy, StaticPolicy
 from esper_lab.telemetry import Recorder
 
-ARMS = ("ppo_greedy", "ppo_sampled", "static", "heuristic", "random")
-BASELINE_ARMS = ("static", "heuristic", "random")  # the arms that need no trained agent
+ARMS = ("ppo_greedy", "ppo_sampled", "static", "heuristic", "random", "oracle")  # oracle: when the settings name one
 CONTROL = "static"  # the arm every other is paired against
 
 
@@ -30,14 +29,23 @@ def eval_seeds(run_seed: int, episodes: int) -> list[int]:
     return [eval_episode_seed(run_seed, k) for k in range(episodes)]
 
 
-def arm_policy(arm: str, agent: Agent | None, run_seed: int):
+def played_arms(settings: Settings) -> tuple[str, ...]:
+    """The arms these settings evaluate: every arm, the oracle only when they name its blueprint."""
+    return tuple(a for a in ARMS if a != "oracle" or settings.oracle is not None)
+
+
+def arm_policy(arm: str, agent: Agent | None, settings: Settings):
     """The policy an arm plays with; sampling draws from the run seed's evaluation stream."""
+    run_seed = settings.run.seed
     if arm in ("ppo_greedy", "ppo_sampled"):
         if agent is None:
             raise ValueError(f"arm {arm!r} needs a trained agent")
         return PPOPolicy(agent, seed=stream_seed(run_seed, 0, Stream.EVALUATION), greedy=arm == "ppo_greedy")
+    if arm == "oracle" and settings.oracle is None:
+        raise ValueError("arm 'oracle' needs settings that name its blueprint (oracle = ...)")
     makers: dict[str, Callable] = {"static": StaticPolicy, "heuristic": HeuristicPolicy,
-                                   "random": lambda: RandomPolicy(seed=stream_seed(run_seed, 0, Stream.EVALUATION))}  # fmt: skip
+                                   "random": lambda: RandomPolicy(seed=stream_seed(run_seed, 0, Stream.EVALUATION)),
+                                   "oracle": lambda: OraclePolicy(settings.oracle)}  # fmt: skip
     if arm not in makers:
         raise ValueError(f"arm={arm!r} is not one of: {', '.join(ARMS)}")
     return makers[arm]()
@@ -49,10 +57,11 @@ def batch_size(episodes: int, envs: int) -> int:
 
 
 def evaluate_arms(settings: Settings, agent: Agent | None, root: str | Path, cohort: str, parent_run: str,
-                  preset: str | None = None, arms: tuple[str, ...] = ARMS,
+                  preset: str | None = None, arms: tuple[str, ...] | None = None,
                   on_episode: Callable[[str], None] | None = None) -> list[str]:  # fmt: skip
     """Play `settings.eval_episodes` held-out episodes with each arm, recorded as eval runs
-    `<parent_run>-eval-<arm>`; returns their run ids. `on_episode(arm)` after each batch."""
+    `<parent_run>-eval-<arm>`; returns their run ids. `on_episode(arm)` after each batch.
+    `arms`: default, every arm of the settings (`played_arms`)."""
     episodes = settings.eval_episodes
     if episodes < 1:
         raise ValueError(f"eval_episodes={episodes} must be >= 1 to evaluate")
@@ -60,8 +69,8 @@ def evaluate_arms(settings: Settings, agent: Agent | None, root: str | Path, coh
     n = batch_size(episodes, settings.envs)
     run_ids = []
     with VecEnv(config, n, min(settings.workers, n)) as vec:
-        for arm in arms:
-            policy = arm_policy(arm, agent, config.seed)
+        for arm in played_arms(settings) if arms is None else arms:
+            policy = arm_policy(arm, agent, settings)
             run_id = f"{parent_run}-eval-{arm}"
             learned = dataclasses.asdict(settings.policy) if arm.startswith("ppo") else None
             with Recorder(root, cohort, config, run_id=run_id, parent_run=parent_run, kind="eval", arm=arm, preset=preset,

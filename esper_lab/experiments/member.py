@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from esper_lab.experiments.evaluation import ARMS, batch_size, evaluate_arms
+from esper_lab.experiments.evaluation import batch_size, evaluate_arms, played_arms
 from esper_lab.experiments.packs import load_pack
 from esper_lab.experiments.train import train_and_record
 
@@ -37,6 +37,6 @@ def run_member(pack: str | Path, cohort: str, seed: int, preset: str, telemetry_
                                            on_round=lambda _: bar.update(1))  # fmt: skip
     if settings.eval_episodes:
         batches = settings.eval_episodes // batch_size(settings.eval_episodes, settings.envs)
-        with tqdm(total=len(ARMS) * batches, desc=f"{cohort} seed={seed} held-out", unit="batch") as bar:
+        with tqdm(total=len(played_arms(settings)) * batches, desc=f"{cohort} seed={seed} held-out", unit="batch") as bar:
             evaluate_arms(settings, agent, telemetry_root, cohort, train_id, preset, on_episode=lambda _: bar.update(1))
     return train_id

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from esper_lab.config import EconomyConfig, RunConfig
+from esper_lab.contracts import Blueprint
 from esper_lab.env import slot_count
 from esper_lab.experiments.workers import cores
 from esper_lab.policy import PolicyConfig
@@ -27,6 +28,10 @@ from esper_lab.ppo import PPOConfig
 # The training loop's budget: PPO rounds, environments (and worker processes stepping them; None:
 # one per core this study may use, see `auto_workers`), and held-out evaluation episodes per arm.
 LOOP_KEYS = {"rounds": 10, "envs": 4, "workers": None, "eval_episodes": 0}
+# The blueprint the scripted oracle arm grows on the held-out episodes (`policy.OraclePolicy`:
+# germinate it at the deepest surface at step 1, advance as fast as the lifecycle allows); None:
+# no oracle arm. It shows what growth can buy in this setup, so a learned policy has a target.
+ORACLE_KEY = "oracle"
 
 SECTIONS = {"economy": EconomyConfig, "ppo": PPOConfig, "policy": PolicyConfig}
 RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "economy")
@@ -41,18 +46,20 @@ class Settings:
     envs: int
     workers: int
     eval_episodes: int
+    oracle: Blueprint | None = None
 
     @classmethod
     def build(cls, values: dict[str, Any]) -> Settings:
         """Settings from nested values (as a pack file or `parse_assignments` gives them)."""
         values = dict(values)
-        unknown = sorted(set(values) - set(RUN_KEYS) - set(SECTIONS) - set(LOOP_KEYS))
+        unknown = sorted(set(values) - set(RUN_KEYS) - set(SECTIONS) - set(LOOP_KEYS) - {ORACLE_KEY})
         if unknown:
-            allowed = ", ".join([*RUN_KEYS, *(f"{s}.*" for s in SECTIONS), *LOOP_KEYS])
+            allowed = ", ".join([*RUN_KEYS, *(f"{s}.*" for s in SECTIONS), *LOOP_KEYS, ORACLE_KEY])
             raise ValueError(f"unknown keys {unknown} (allowed: {allowed})")
         sections = {name: values.pop(name, {}) or {} for name in SECTIONS}
         for name, section in sections.items():
             _known(name, section, SECTIONS[name])
+        oracle = values.pop(ORACLE_KEY, None)
         loop = {key: values.pop(key, default) for key, default in LOOP_KEYS.items()}
         if loop["workers"] is None:
             loop["workers"] = auto_workers(loop["envs"]) if isinstance(loop["envs"], int) else 0
@@ -67,13 +74,19 @@ class Settings:
         policy_values = sections["policy"]
         if policy_values.get("encoder", PolicyConfig.encoder) == "flat" and "max_slots" not in policy_values:
             policy_values = {**policy_values, "max_slots": slot_count(run)}  # the flat encoder's fixed S
-        return cls(run, ppo, _section("policy", PolicyConfig, policy_values), **loop)
+        if oracle is not None:
+            allowed = {b.name.lower(): b for b in run.blueprints}
+            if str(oracle).lower() not in allowed:
+                raise ValueError(f"oracle={oracle!r} must be one of the run's blueprints: {', '.join(allowed)}")
+            oracle = allowed[str(oracle).lower()]
+        return cls(run, ppo, _section("policy", PolicyConfig, policy_values), **loop, oracle=oracle)
 
     def to_dict(self) -> dict[str, Any]:
         """The nested values `build` takes back (what a manifest or a report shows)."""
         run = {k: v for k, v in dataclasses.asdict(self.run).items() if k != "economy"}
         return {**run, "economy": dataclasses.asdict(self.run.economy), "ppo": dataclasses.asdict(self.ppo),
-                "policy": dataclasses.asdict(self.policy), **{k: getattr(self, k) for k in LOOP_KEYS}}  # fmt: skip
+                "policy": dataclasses.asdict(self.policy), **{k: getattr(self, k) for k in LOOP_KEYS},
+                ORACLE_KEY: None if self.oracle is None else self.oracle.name.lower()}  # fmt: skip
 
 
 def auto_workers(envs: int) -> int:
