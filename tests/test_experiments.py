@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from esper_lab.cli import main
-from esper_lab.experiments.gates import ENTROPY_KEPT, GROW_SHRINK_GATE, Evidence, seed002_gates
+from esper_lab.experiments.gates import ENTROPY_KEPT, GROW_SHRINK_GATE, Evidence, seed002_gates, stage1_gates
 from esper_lab.experiments.packs import load_pack, pack_names
 from esper_lab.experiments.params import as_list
 from esper_lab.experiments.runner import RESERVED_PARAMETERS, members, notebook_parameters, run_pack
@@ -225,3 +225,21 @@ def test_exit_gates_judge_each_cohort_against_the_control_with_cis(tmp_path):
     straddling = usage.with_columns(pl.when(pl.col("cohort") == "ladder").then(pl.col("seed") * 0.05).otherwise(0.0).alias("grow_shrink_share"))
     gates = {(g.name, g.cohort): g for g in seed002_gates(pack, Evidence(ev.outcomes, straddling, entropy, ev.heads))}
     assert gates["1 usage", "ladder"].verdict == "INCONCLUSIVE" and "[" in gates["1 usage", "ladder"].evidence
+
+
+def test_stage1_gates_judge_growth_against_the_static_host_and_the_baselines(tmp_path):
+    write_notebook(tmp_path, "pass")
+    pack = load_pack(write_pack(tmp_path))
+    rng = np.random.default_rng(1)
+    common = dict(host_params=5000.0, regerminations=0.1)
+    rows = outcome_rows("base", "static", rng, episode_return=10.0, forward_params_mean=0.0, **common)
+    rows += outcome_rows("base", "ppo_greedy", rng, score=82.0, episode_return=12.0, forward_params_mean=1000.0, **common)
+    rows += outcome_rows("base", "ppo_sampled", rng, score=81.0, episode_return=11.0, forward_params_mean=1000.0, **common)
+    for name in ("heuristic", "random"):
+        rows += outcome_rows("base", name, rng, episode_return=9.0, forward_params_mean=500.0, **common)
+    usage = pl.DataFrame([{"cohort": "base", "seed": s, "grow_shrink_share": 0.0, "wait_share": 0.6} for s in range(5)])
+    heads = pl.DataFrame([{"cohort": "base", "head": h, "open_entropy": e} for h, e in (("op", 1.0), ("blueprint", 0.01))])
+    verdicts = {g.name: g.verdict for g in stage1_gates(pack, Evidence(pl.DataFrame(rows), usage, pl.DataFrame(), heads))}
+    assert verdicts == {"1 growth pays": "PASS", "2 beats baselines": "PASS",
+                        "3 no collapse": "FAIL",  # the blueprint head is dead (0.01 nats where it had a choice)
+                        "4 no oscillation": "PASS"}  # fmt: skip

@@ -167,11 +167,11 @@ def stage1_gates(pack: Pack, ev: Evidence) -> list[Gate]:
     for cohort in sorted(set(outcomes["cohort"])):
         greedy, sampled = arm(outcomes, cohort, GREEDY), arm(outcomes, cohort, SAMPLED)
         static = arm(outcomes, cohort, CONTROL)
-        median = paired_estimate(greedy, static, "score", statistic=median)
+        typical = paired_estimate(greedy, static, "score", statistic=median)
         share = estimate(greedy.with_columns(share=pl.col("forward_params_mean") / pl.col("host_params")), "share")
-        parts = [verdict(median, MIN_GAIN_POINTS), verdict(median, 0.0), verdict(share, MAX_PARAM_SHARE, higher_passes=False)]
+        parts = [verdict(typical, MIN_GAIN_POINTS), verdict(typical, 0.0), verdict(share, MAX_PARAM_SHARE, higher_passes=False)]
         gates.append(Gate("1 growth pays", cohort, combine(parts),
-                          f"{GREEDY} minus static, median over episodes {_say(median)} (gate > {MIN_GAIN_POINTS} point, CI above 0); "
+                          f"{GREEDY} minus static, median over episodes {_say(typical)} (gate > {MIN_GAIN_POINTS} point, CI above 0); "
                           f"mean in-forward seed params / host params {_say(share)} (gate <= {MAX_PARAM_SHARE})"))  # fmt: skip
         returns = {name: paired_estimate(greedy, arm(outcomes, cohort, name), "episode_return") for name in ("heuristic", "random")}
         gates.append(Gate("2 beats baselines", cohort, combine([verdict(e, 0.0) for e in returns.values()]),
