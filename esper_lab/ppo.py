@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from esper_lab.contracts import HEADS, Op, Stream, stream_seed
-from esper_lab.policy.agent import Agent, PolicyConfig, PPOPolicy, decision_record
+from esper_lab.policy.agent import Agent, PolicyConfig, PPOPolicy, decision_record, op_mask
 from esper_lab.policy.features import NORM_VAR_FLOOR, Observation, RunningNorm
 from esper_lab.policy.heads import Decision
 
@@ -149,9 +149,7 @@ class PPOTrainer:
         for stage in self.config.curriculum:
             end += stage["rounds"]
             if self.round < end:
-                allowed = torch.zeros(len(Op), dtype=torch.bool)
-                allowed[[Op.WAIT, *(Op[name.upper()] for name in stage["ops"])]] = True
-                return allowed
+                return op_mask(stage["ops"])
         return None
 
     def collect(self, on_step: Callable[[], None] | None = None) -> Rollout:

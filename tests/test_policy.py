@@ -112,6 +112,19 @@ def test_no_illegal_action_is_ever_sampled_on_random_plane_states(encoder, make_
     assert sampled >= 60  # a quarter of the draws at least are real edits, not WAIT
 
 
+@pytest.mark.parametrize("greedy", [False, True])
+def test_a_policy_chooses_only_from_its_own_op_set(greedy):
+    generator = torch.Generator().manual_seed(2)
+    planes = [random_walk(cnn_plane(i), int(torch.randint(0, 12, (), generator=generator)), generator) for i in range(24)]
+    policy = PPOPolicy(agent_for("slot_transformer", len(planes[0]), ops=("germinate", "advance")), seed=1, greedy=greedy)
+    chosen = {action.op for _ in range(10) for action in policy.act([result_of(p) for p in planes])}
+    assert chosen <= {Op.WAIT, Op.GERMINATE, Op.ADVANCE} and (greedy or chosen > {Op.WAIT})
+    with pytest.raises(ValueError, match="ops='prune'"):
+        PolicyConfig(encoder="slot_transformer", ops="prune")
+    with pytest.raises(ValueError, match="op names"):
+        PolicyConfig(encoder="slot_transformer", ops=("grow",))
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n_slots=st.integers(1, 7))
 def test_sampled_choices_obey_arbitrary_masks(seed, n_slots):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from esper_lab.contracts import HEADS, Action, StepResult, Stream, stream_seed
+from esper_lab.contracts import HEADS, Action, Op, StepResult, Stream, stream_seed
 from esper_lab.policy.encoders import FlatEncoder, SlotTransformer
 from esper_lab.policy.features import GLOBAL_FIELDS, SLOT_FIELDS, Observation, Observer, RunningNorm
 from esper_lab.policy.heads import Decision, FactoredHeads, noise_sizes
@@ -30,6 +30,10 @@ class PolicyConfig:
     attention_heads: int = 4  # 16 dims per head at hidden 64
     max_slots: int | None = None  # the flat encoder's fixed S; the slot transformer takes any S
     recurrent: bool = False  # an LSTM cell over the pooled vector, state reset at episode start
+    # The ops this policy may choose, by name (WAIT always); empty: every op the plane allows. Part
+    # of the policy, so training and evaluation play the same action set (e.g. a growth-only
+    # Tamiyo: germinate and advance; pruning and decay belong to later stages, seed 004).
+    ops: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
@@ -40,6 +44,24 @@ class PolicyConfig:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
         if self.encoder == "flat" and not (isinstance(self.max_slots, int) and self.max_slots >= 1):
             raise ValueError(f"encoder='flat' needs max_slots (an integer >= 1), got {self.max_slots!r}")
+        names = {op.name.lower() for op in Op}
+        unknown = [o for o in self.ops if str(o).lower() not in names]
+        if isinstance(self.ops, str) or unknown:
+            raise ValueError(f"ops={self.ops!r}: give a list of op names ({', '.join(sorted(names))})")
+        object.__setattr__(self, "ops", tuple(str(o).lower() for o in self.ops))
+
+    def op_mask(self) -> torch.Tensor | None:
+        """[n_ops] the ops this policy may choose (WAIT always), or None: every op."""
+        if not self.ops:
+            return None
+        return op_mask(self.ops)
+
+
+def op_mask(names) -> torch.Tensor:
+    """[n_ops] True for WAIT and each named op."""
+    allowed = torch.zeros(len(Op), dtype=torch.bool)
+    allowed[[Op.WAIT, *(Op[name.upper()] for name in names)]] = True
+    return allowed
 
 
 class Agent(nn.Module):
@@ -116,13 +138,15 @@ class PPOPolicy:
 
     def decide(self, results: list[StepResult], update_norm: bool = False,
                ops: torch.Tensor | None = None) -> tuple[Observation, Decision, torch.Tensor]:  # fmt: skip
-        """(normalised observation, decision, value) for one step of every environment. `ops`
-        [n_ops] narrows the legal ops further (a training curriculum); WAIT stays legal."""
+        """(normalised observation, decision, value) for one step of every environment. The
+        policy's own op set (`PolicyConfig.ops`) and `ops` [n_ops] (a training curriculum) narrow
+        the legal ops further; WAIT stays legal."""
         while len(self.generators) < len(results):
             self.generators.append(torch.Generator().manual_seed(stream_seed(self.seed, len(self.generators), Stream.SAMPLING)))
         obs = self.agent.normalise(self.observer(results), update=update_norm)
-        if ops is not None:
-            obs = dataclasses.replace(obs, op_mask=obs.op_mask & ops)
+        for allowed in (self.agent.config.op_mask(), ops):
+            if allowed is not None:
+                obs = dataclasses.replace(obs, op_mask=obs.op_mask & allowed)
         starts = torch.tensor([r.step == 0 for r in results])
         noise = None if self.greedy else self._noise(len(results), obs.n_slots)
         with torch.no_grad():
