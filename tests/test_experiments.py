@@ -13,10 +13,13 @@ import polars as pl
 import pytest
 
 from esper_lab.cli import main
+from esper_lab.data import DATA_ENV_VAR, write_cifar10_batches
+from esper_lab.experiments.member import run_member
 from esper_lab.experiments.gates import ENTROPY_KEPT, GROW_SHRINK_GATE, Evidence, seed002_gates, stage1_gates
 from esper_lab.experiments.packs import load_pack, pack_names
 from esper_lab.experiments.params import as_list
 from esper_lab.experiments.runner import RESERVED_PARAMETERS, members, notebook_parameters, run_pack
+from esper_lab.telemetry import Store
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -243,3 +246,13 @@ def test_stage1_gates_judge_growth_against_the_static_host_and_the_baselines(tmp
     assert verdicts == {"1 growth pays": "PASS", "2 beats baselines": "PASS",
                         "3 no collapse": "FAIL",  # the blueprint head is dead (0.01 nats where it had a choice)
                         "4 no oscillation": "PASS"}  # fmt: skip
+
+
+def test_the_stage1_study_runs_on_cifar10_too(tmp_path, monkeypatch):
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path))
+    write_cifar10_batches(tmp_path / "cifar", per_batch=64)
+    overrides = {"task": "cifar10_cnn", "cifar_folder": str(tmp_path / "cifar"), "host": {"widths": [4, 8]}, "batch_size": 16}
+    run_id = run_member("stage1_growth", "growth", 0, "smoke", tmp_path / "telemetry", overrides)
+    runs = Store(tmp_path / "telemetry").runs()
+    assert set(runs["task"]) == {"cifar10_cnn"} and set(runs["status"]) == {"completed"}
+    assert set(runs.filter(pl.col("parent_run") == run_id)["arm"]) == {"ppo_greedy", "ppo_sampled", "static", "heuristic", "random", "oracle"}
