@@ -13,6 +13,11 @@ import polars as pl
 import pytest
 
 from esper_lab.cli import main
+from esper_lab.contracts import Blueprint
+from esper_lab.env import VecEnv
+from esper_lab.episodes import run_episodes
+from esper_lab.experiments.evaluation import eval_seeds
+from esper_lab.policy import OraclePolicy, StaticPolicy
 from esper_lab.data import DATA_ENV_VAR, write_cifar10_batches
 from esper_lab.experiments.member import run_member
 from esper_lab.experiments.gates import ENTROPY_KEPT, GROW_SHRINK_GATE, Evidence, seed002_gates, stage1_gates
@@ -256,3 +261,20 @@ def test_the_stage1_study_runs_on_cifar10_too(tmp_path, monkeypatch):
     runs = Store(tmp_path / "telemetry").runs()
     assert set(runs["task"]) == {"cifar10_cnn"} and set(runs["status"]) == {"completed"}
     assert set(runs.filter(pl.col("parent_run") == run_id)["arm"]) == {"ppo_greedy", "ppo_sampled", "static", "heuristic", "random", "oracle"}
+
+
+def test_the_stage1_economy_lets_a_cheap_seed_pay_and_prices_a_host_sized_one_at_its_gain():
+    """The calibration (stage1_growth.toml): on held-out episodes the scripted attention seed earns
+    a positive return, a conv_heavy as big as the host roughly its gain (rent about equal to the
+    task reward), and the static host exactly 0."""
+    settings = load_pack("stage1_growth").settings("growth", 0, "full")
+    returns = {}
+    for name, policy in (("attention", OraclePolicy(Blueprint.ATTENTION)), ("conv_heavy", OraclePolicy(Blueprint.CONV_HEAVY)),
+                         ("static", StaticPolicy())):  # fmt: skip
+        (summary,) = run_episodes(VecEnv(settings.run, 1), policy, seeds=eval_seeds(0, 1))
+        returns[name] = summary
+    assert returns["static"].episode_return == 0.0
+    assert returns["attention"].episode_return > 1.0
+    heavy = returns["conv_heavy"]
+    rent = settings.run.economy.rent_weight * heavy.reward_parts["rent"]
+    assert 0.3 < rent / heavy.reward_parts["task"] < 3.0
