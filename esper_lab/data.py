@@ -85,8 +85,8 @@ class Split:
                 max_batches: int | None = None) -> Iterator[Batch]:  # fmt: skip
         """Standardised training batches over `rows` (indices into the training pixels), in an
         order drawn from `generator` at the call, as `classification_batches` draws it."""
-        order = batch_indices(len(rows), batch_size, generator, max_batches)
-        return ((self.standardise(self.train_pixels[r]), self.train_y[r]) for r in (rows[i.to(rows.device)] for i in order))
+        picks = [rows[i.to(rows.device)] for i in batch_indices(len(rows), batch_size, generator, max_batches)]
+        return ((self.standardise(self.train_pixels[r]), self.train_y[r]) for r in picks)
 
     def to(self, device: torch.device | str) -> Split:
         """The same split with its tensors on `device`."""
