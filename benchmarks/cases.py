@@ -14,7 +14,7 @@ import torch
 
 from benchmarks.timing import Pairing, pair, seconds
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Action, Blueprint, Op, SurfaceDensity
+from esper_lab.contracts import Action, Blueprint, Op, SurfaceDensity, Tempo
 from esper_lab.data import load_pydoc_corpus
 from esper_lab.env import STRUCTURAL_OPS, MorphEnv, VecEnv
 from esper_lab.hosts import TransformerConfig, TransformerHost
@@ -69,6 +69,25 @@ def dormant_plane() -> Row:
     optimizer = torch.optim.Adam(host.parameters(), lr=1e-3)
     pairing = pair(_lm_step(host, plane, optimizer, batch), _lm_step(host, None, optimizer, batch), pairs=300)
     return _at_most("dormant plane", "train step, Transformer + plane with 8 dormant A2 surfaces / bare host", pairing, 1.02)
+
+
+def gated_phages() -> Row:
+    """Fully sedated phages (fossils gated to 0 by Emrakul) should cost what dormant slots cost."""
+    host, batch = _a2_lm()
+    gated, dormant = SeedPlane(host, run_seed=0), SeedPlane(host, run_seed=0)
+    for slot in range(len(gated)):
+        for op in (Op.GERMINATE, Op.ADVANCE, Op.ADVANCE):
+            gated.apply(Action(op, slot, Blueprint.LORA_PROJ_LADDER, tempo=Tempo.FAST))
+    while any(s.alpha != s.alpha_target for s in gated.slots):
+        gated.tick()
+    for slot in range(len(gated)):
+        gated.apply(Action(Op.ADVANCE, slot))
+        gated.apply(Action(Op.FOSSILIZE, slot))
+        gated.sedate(slot, 0.0, 0)
+    gated.tick()
+    optimizer = torch.optim.Adam(host.parameters(), lr=1e-3)
+    pairing = pair(_lm_step(host, gated, optimizer, batch), _lm_step(host, dormant, optimizer, batch), pairs=300)
+    return _at_most("gated phages", "train step, Transformer + 8 A2 phages sedated to 0 / 8 dormant A2 surfaces", pairing, 1.02)
 
 
 def sensors() -> Row:
@@ -251,4 +270,4 @@ def ppo_rounds() -> Row:
     return _at_least("PPO rounds", measured, pairing, 1.5)
 
 
-CASES = (dormant_plane, sensors, morphogenesis_tax, lockstep_envs, recorder, store, policy_scaling, ppo_rounds)
+CASES = (dormant_plane, gated_phages, sensors, morphogenesis_tax, lockstep_envs, recorder, store, policy_scaling, ppo_rounds)

@@ -115,6 +115,36 @@ class EconomyConfig:
 
 
 @dataclass(frozen=True)
+class DecayConfig:
+    """Emrakul's rules (seed 003 §9, seed 004 Stage 2; `esper_lab.decay`), off unless `enabled`.
+
+    Debt is in reward units (rent paid minus `task_scale` x contribution, summed over the steps
+    a phage is in custody); metric drops are in the task metric's units, signed so a drop hurts."""
+
+    enabled: bool = False
+    debt_threshold: float = 1.0  # probe a phage once it owes this much: ~5 steps of an unpaid host-sized conv_heavy at rent 0.3
+    probe_steps: int = 2  # steps the sedation mask takes to fade a phage to 0 while the host trains (it can re-route)
+    settle_steps: int = 2  # steps a probed phage stays gated before its probe is judged on their mean metric
+    baseline_steps: int = 3  # steps before a probe whose mean metric is its baseline
+    # a probe hurt when the gated mean metric falls more than this below the baseline: 1 point of
+    # accuracy, about the step-to-step spread of a trained digits host on its validation split
+    harm_tolerance: float = 0.01
+    lock_steps: int = 10  # criticality lock after a probe that hurt: no probe of that phage for this long
+
+    def __post_init__(self):
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"decay.enabled={self.enabled!r} must be true or false")
+        for name in ("debt_threshold", "harm_tolerance"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"decay.{name}={value!r} must be a number >= 0")
+        for name in ("probe_steps", "settle_steps", "baseline_steps", "lock_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"decay.{name}={value!r} must be an integer >= 1")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One environment's run: task, organism, budgets, optimisation and episode shape."""
 
@@ -138,6 +168,7 @@ class RunConfig:
     cifar_folder: str | None = None
     device: str = "cpu"  # where host, seeds and data live: "cpu", "cuda" or "cuda:N"
     economy: EconomyConfig = field(default_factory=EconomyConfig)
+    decay: DecayConfig = field(default_factory=DecayConfig)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -149,6 +180,8 @@ class RunConfig:
             raise ValueError(f"density='a2' needs a Transformer host; task {self.task!r} has a CNN (allowed: a0, a1)")
         if isinstance(self.economy, dict):
             set_("economy", EconomyConfig(**self.economy))
+        if isinstance(self.decay, dict):
+            set_("decay", DecayConfig(**self.decay))
         if self.blueprints is None:
             set_("blueprints", task.blueprints)
         else:

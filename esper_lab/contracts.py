@@ -32,6 +32,14 @@ class Stage(enum.IntEnum):
     RESETTING = 8
 
 
+class SlotKind(enum.IntEnum):
+    """What tissue a slot holds (seed 004, Emrakul v0 `slot_kind`)."""
+
+    SEED = 0  # dormant, or a seed in development: Tamiyo's
+    PHAGE = 1  # a fossilised seed: committed, in Emrakul's custody (seed 003 §9.2)
+    SCAR = 2  # left by a lysis: an identity regrowth surface, quarantined, then open to Tamiyo until it expires
+
+
 # Stage groups (seed 003 §2.4), named once.
 SEED_STAGES = frozenset({Stage.GERMINATED, Stage.TRAINING, Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED})  # a seed occupies the slot
 MODULE_STAGES = frozenset({Stage.TRAINING, Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED})  # the seed module runs in forward
@@ -249,6 +257,18 @@ class EventKind(enum.IntEnum):
     VETO = 4  # an explicit governor veto; `name` says which (never a silent no-op)
     ROLLBACK = 5
     ERROR = 6
+    PROBE = 7  # an Emrakul sedation probe began or was judged; `name` says which
+    LYSIS = 8  # a phage lysed (functional, then physical) or a scar regrown or expired
+
+
+# Emrakul's event names (the `events` table's `name` for PROBE and LYSIS events).
+PROBE_STARTED = "emrakul_probe_started"  # value: the phage's debt when the probe began
+PROBE_RESTORED = "emrakul_probe_restored"  # the probe hurt: sedation lifted, an antibody, a lock; value: the metric drop
+PROBE_CLEARED = "emrakul_probe_cleared"  # the probe did no harm; value: the metric drop (<= tolerance)
+LYSIS_FUNCTIONAL = "emrakul_lysis_functional"  # the phage stays sedated at 0, physical lysis is scheduled
+LYSIS_PHYSICAL = "emrakul_lysis_physical"  # the module is removed at a step boundary; a scar remains
+SCAR_REGROWN = "scar_regrown"  # a seed germinated in a scar
+SCAR_EXPIRED = "scar_expired"  # a scar nobody regrew became a plain dormant slot
 
 
 # Governor event names (the `events` table's `name`; vetoes: seed 000 Phase 0 field names).
@@ -403,6 +423,11 @@ SLOT_COLUMN_TYPES: dict[str, str] = {
     "contribution": "float32", "contribution_measured": "int8",
     "delta_l2_norm": "float32", "output_l2_norm": "float32", "seed_grad_norm": "float32", "grad_ratio": "float32",
     "embargo_remaining": "int16", "germinations": "int32",
+    # decay (seed 003 §9, seed 004 Stage 2): the slot's kind, a phage's sedation mask (1: in full,
+    # 0: gated out), Emrakul's immune ledger for it (debt in reward units, failed probes, steps of
+    # criticality lock left), and a scar's age, what was removed and its last contribution
+    "slot_kind": "int8", "sedation": "float32", "debt": "float32", "antibodies": "int16", "lock_remaining": "int16",
+    "scar_age": "int16", "scar_blueprint": "int8", "scar_contribution": "float32",
 }  # fmt: skip
 
 # Per-step global numbers (`StepResult.metrics`, the `steps` table) with their Arrow types.

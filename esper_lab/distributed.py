@@ -30,7 +30,8 @@ from torch import nn
 from esper_lab.config import RunConfig
 from esper_lab.contracts import Action, StepResult
 from esper_lab.env import MorphEnv
-from esper_lab.plane import SeedPlane, field_text, slot_fields, tensor_digest
+from esper_lab.plane import SeedPlane
+from esper_lab.slot import field_text, slot_fields, tensor_digest
 
 # The host is hashed every this many steps (and at the first and last): hashing copies every host
 # tensor to the CPU for SHA-256 (~1.6 GB/s here). That is ~0.1% of a digits_cnn or pydoc_lm step,

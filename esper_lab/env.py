@@ -39,6 +39,7 @@ from esper_lab.contracts import (
     training_episode_seed,
 )
 from esper_lab.data import CharCorpus, Split, lm_batches, load_cifar10, load_digits, load_pydoc_corpus
+from esper_lab.decay import Emrakul
 from esper_lab.economy import Ledger
 from esper_lab.governor import Governor
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
@@ -160,6 +161,7 @@ class MorphEnv:
         self.governor = Governor(self.param_budget, agree=None if self.world is None else self.world.sum)
         self.governor.remember(self.host, self.plane, self.optimizer)
         self.ledger = Ledger(config.economy)
+        self.emrakul = Emrakul(config.decay, config.economy.task_scale) if config.decay.enabled else None
         self.twin: StaticTwin | None = None  # started when the first seed reaches the forward path
         self.step_count = 0
         evaluation = self._evaluate()
@@ -202,16 +204,17 @@ class MorphEnv:
         gain = self._signed(metric - self.metric)
         self.metric = metric
         income = self._probe_contributions(metric) if self._probe_due(done) else 0.0
+        prices = self.config.economy
+        # what each slot pays for: alpha (times a phage's sedation mask), active params, occupancy
+        paying = (torch.tensor([slot.alpha * slot.sedation for slot in plane.slots]),
+                  torch.tensor([slot.param_count_active() for slot in plane.slots]),
+                  torch.tensor([slot.stage in SEED_STAGES for slot in plane.slots]), plane.host_param_count, prices.max_rent)  # fmt: skip
+        rent = economy.rent_cost(*paying)
+        if self.emrakul is not None:
+            rents = (prices.rent_weight * economy.slot_rents(*paying)).tolist()
+            events += self.emrakul.step(plane, self._signed(metric), rents, self.config.episode_length - self.step_count)
         report = plane.report()
         self.ledger.record(action.op, veto is not None, report.column("alpha"))
-        prices = self.config.economy
-        rent = economy.rent_cost(
-            report.column("alpha"),
-            report.column("seed_param_count_active"),
-            torch.tensor([int(s) in SEED_STAGES for s in report.column("stage").tolist()]),
-            plane.host_param_count,
-            prices.max_rent,
-        )
         static = self._metric(self.twin.evaluate(self.probe_x, self.probe_y)) if self.twin is not None else metric
         over = self._signed(metric - static)
         signal = {"metric_gain": gain, "contribution": income, "gain_over_static": over - self.gain_over_static}[prices.reward_signal]

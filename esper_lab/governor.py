@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from esper_lab.contracts import ROLLBACK_HOST, ROLLBACK_SEED, VETO_GERMINATE, VETO_INTERNAL_GROW, Action, Event, EventKind, Op, Stage
-from esper_lab.plane import LIFECYCLE_FIELDS, SeedPlane, SeedSlot
+from esper_lab.plane import SeedPlane
 from esper_lab.seeds import make_seed
+from esper_lab.slot import LIFECYCLE_FIELDS, SeedSlot
 
 SPIKE_SIGMAS = 6.0  # a loss this many robust sigmas above the trailing median is a divergence
 SPIKE_WINDOW = 8  # trailing losses the spike test looks at

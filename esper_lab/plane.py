@@ -13,12 +13,17 @@ TRAINING keeps the host's forward exactly and lets the seed learn through the st
 form `h + (s - s.detach())` with the seed's input detached (seed 003 §3.2). BLENDING ramps alpha
 along the chosen curve over the chosen tempo to the chosen target. FOSSILIZED keeps the seed
 (no merge): parameters frozen and out of the optimizer, levels and alpha immutable.
+
+A fossil is a phage (seed 003 §9.2): committed, out of the policy's reach, and in Emrakul's
+custody through the lysis interface only: `sedate` fades its sedation mask (a reversible probe),
+`schedule_prune` fades it out and has it removed at the first step boundary that finds it gated
+to 0 (physical lysis, never mid-batch). A lysis leaves a scar: an identity slot that remembers
+what was removed, quarantined for `QUARANTINE_STEPS`, then open to regrowth until it expires.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import hashlib
 import math
 
@@ -27,14 +32,15 @@ from torch import nn
 
 from esper_lab.contracts import (
     LIVE_STAGES,
+    LYSIS_PHYSICAL,
     MODULE_STAGES,
+    SCAR_EXPIRED,
+    SCAR_REGROWN,
     SEED_STAGES,
     SLOT_COLUMNS,
     Action,
     ActionMasks,
     AlphaCurve,
-    AlphaTarget,
-    BlendAlgorithm,
     Blueprint,
     Event,
     EventKind,
@@ -42,16 +48,14 @@ from esper_lab.contracts import (
     Op,
     PlaneReport,
     Stage,
-    Tempo,
 )
 from esper_lab.seeds import fits, make_seed
-from esper_lab.seeds.base import LadderSeed
+from esper_lab.slot import SeedSlot, fault_origin, slot_fields, step_sensors
 
 EMBARGO_STEPS = 3  # cooldown after a prune before the surface may germinate again (anti-thrash)
-SENSOR_EPS = 1e-12  # guards the ratio sensors against an all-zero stream
-SENSE_EVERY = 4  # sensors sample a step's first training batch and one in four after it: a step
-# still averages several, at a quarter of the cost (norms and gradient hooks on every batch cost ~17% of an A2 train step)
 SIGMOID_SHARPNESS = 12.0  # the sigmoid alpha curve goes from ~0.0025 to ~0.9975 over the ramp
+QUARANTINE_STEPS = 6  # a scar's embargo: twice a prune's, so a lysed site settles before regrowth (seed 004 quarantine)
+SCAR_EXPIRY_STEPS = 20  # steps after its lysis a scar nobody regrew stays one; then a plain dormant slot (seed 004: scars must not proliferate)
 
 # (stage, op) -> next stage. Internal ops keep the stage; their extra guards live in `_guard`.
 TRANSITIONS: dict[tuple[Stage, Op], Stage] = {
@@ -75,13 +79,6 @@ AUTOMATIC: dict[Stage, Stage] = {
     Stage.RESETTING: Stage.DORMANT,
 }
 
-# Per-slot sensor accumulators, summed over the batches of one step and read once by `report`.
-# _ACC_ORIGIN counts training batches whose seed output was non-finite on a finite input: the
-# governor's culprit evidence, read only on a rollback (`fault_origins`).
-_ACC_DELTA, _ACC_OUTPUT, _ACC_SEED_GRAD, _ACC_HOST_GRAD, _ACC_FORWARDS, _ACC_BACKWARDS, _ACC_ORIGIN = range(7)
-# A slot's lifecycle state: what a snapshot restores and what ranks must agree on (with the seed's tensors).
-LIFECYCLE_FIELDS = ("stage", "blueprint", "blend_algorithm", "curve", "tempo", "alpha", "alpha_target",
-                    "ramp_start", "ramp_step", "embargo_remaining", "germinations")  # fmt: skip
 
 class IllegalAction(ValueError):
     """An op that the plane's masks would not allow: a caller bug, never silently ignored."""
@@ -98,145 +95,12 @@ def alpha_curve(curve: AlphaCurve, t: float) -> float:
     return (1 / (1 + math.exp(-SIGMOID_SHARPNESS * (t - 0.5))) - lo) / (hi - lo)
 
 
-def blend(algorithm: BlendAlgorithm, h: torch.Tensor, s: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Mix a seed contribution into the host stream. Each form is the identity when s = 0."""
-    if algorithm is BlendAlgorithm.ADD:
-        return h + alpha * s
-    if algorithm is BlendAlgorithm.MULTIPLY:
-        return h * (1 + alpha * torch.tanh(s))
-    gate = torch.sigmoid(s.flatten(1).mean(1)).view(-1, *([1] * (s.dim() - 1)))
-    return h + alpha * gate * s
-
-
 def germination_seed(run_seed: int, surface_uid: int, germinations: int) -> int:
     """Deterministic 63-bit seed for a germination (splitmix64 mixing; never `hash()`)."""
     z = (run_seed * 0x9E3779B97F4A7C15 + surface_uid * 0xBF58476D1CE4E5B9 + germinations) & (2**64 - 1)
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
     return (z ^ (z >> 31)) & (2**63 - 1)
-
-
-class SeedSlot(nn.Module):
-    """One surface's slot: lifecycle state, the seed (when there is one) and its sensors."""
-
-    def __init__(self, index: int, spec: InjectionSpec, in_shape: tuple[int, ...]):
-        super().__init__()
-        self.index = index
-        self.spec = spec
-        self.in_shape = in_shape
-        self.seed: nn.Module | None = None
-        self.stage = Stage.DORMANT
-        self.blueprint: Blueprint | None = None
-        self.blend_algorithm = BlendAlgorithm.ADD
-        self.curve = AlphaCurve.LINEAR
-        self.tempo = Tempo.STANDARD
-        self.alpha = 0.0
-        self.alpha_target = AlphaTarget.FULL.alpha
-        self.ramp_start = 0.0
-        self.ramp_step = 0
-        self.embargo_remaining = 0
-        self.germinations = 0
-        self.sensors_enabled = True
-        self.training_forwards = 0  # which training batches the sensors sample
-        self.ablated = False  # the contribution probe: the seed is left out of forward for a moment
-        self.contribution = math.nan  # last measured counterfactual contribution of this seed
-        self.contribution_measured = False  # measured since the last report
-        self.register_buffer("acc", torch.zeros(7))
-
-    # --- forward ------------------------------------------------------------------------------
-    def forward(self, h: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Called by the plane only when the slot's seed is in the forward pass."""
-        seed_input = h if x is None else x
-        if self.stage is Stage.TRAINING:
-            s = self.seed(seed_input.detach())
-            y = h + (s - s.detach())  # forward is exactly h; the seed still gets dL/dy
-        else:
-            s = self.seed(seed_input)
-            y = blend(self.blend_algorithm, h, s, self.alpha)
-        if torch.is_grad_enabled():
-            self._watch(seed_input, s)
-            if self.sensors_enabled:
-                if self.training_forwards % SENSE_EVERY == 0:
-                    self._sense(h, s, y)
-                self.training_forwards += 1
-        return y
-
-    def _watch(self, seed_input: torch.Tensor, s: torch.Tensor) -> None:
-        """Count a batch where this seed turned a finite input non-finite: the origin of a NaN,
-        seen before the optimizer step spreads it to every parameter. Every training batch (a
-        fault may start on any), on-device, never read here; on even when sensors are off,
-        because the governor's blame depends on it. A sum is non-finite when any element is
-        (or, finite, when it overflows: values near 1e38 / numel are a divergence anyway), and
-        costs a tenth of `isfinite(t).all()` on CPU."""
-        with torch.no_grad():
-            self.acc[_ACC_ORIGIN] += torch.isfinite(seed_input.sum()) > torch.isfinite(s.sum())  # finite in, non-finite out
-
-    def _sense(self, h: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> None:
-        """Accumulate sensors on-device; nothing here leaves the device or syncs with the host."""
-        acc = self.acc
-        root_batch = math.sqrt(h.shape[0])
-        with torch.no_grad():
-            # what the seed changes: while TRAINING (hidden), what it would add at alpha = 1
-            shown = s if self.stage is Stage.TRAINING else y - h
-            h_norm = h.norm()
-            acc[_ACC_DELTA] += shown.norm() / (h_norm + SENSOR_EPS)
-            acc[_ACC_OUTPUT] += y.norm() / root_batch
-            acc[_ACC_FORWARDS] += 1
-        if s.requires_grad:
-            s.register_hook(lambda g: self._add_grad(_ACC_SEED_GRAD, g, root_batch))
-        if h.requires_grad:
-            h.register_hook(lambda g: self._add_grad(_ACC_HOST_GRAD, g, root_batch))
-
-    def _add_grad(self, column: int, grad: torch.Tensor, root_batch: float) -> None:
-        with torch.no_grad():
-            self.acc[column] += grad.norm() / root_batch
-            if column == _ACC_SEED_GRAD:
-                self.acc[_ACC_BACKWARDS] += 1
-
-    # --- state the report reads ---------------------------------------------------------------
-    @property
-    def ladder(self) -> LadderSeed | None:
-        return self.seed if isinstance(self.seed, LadderSeed) else None
-
-    def param_count_active(self) -> int:
-        return self.seed.param_count_active() if self.stage in SEED_STAGES else 0
-
-    def flops_active(self) -> float:
-        return self.seed.flops(self.in_shape) if self.stage in SEED_STAGES else 0.0
-
-    @property
-    def in_forward(self) -> bool:
-        """The seed's output reaches the host's forward: fossilised, or blended in with alpha > 0.
-        A TRAINING seed runs but its output cancels (straight-through), so it is incubating."""
-        return self.stage is Stage.FOSSILIZED or (self.stage in (Stage.BLENDING, Stage.HOLDING) and self.alpha > 0)
-
-    def row(self, sensors: torch.Tensor) -> list[float]:
-        """This slot's report row in `SLOT_COLUMNS` order (sensors already averaged over the step)."""
-        ladder = self.ladder
-        if ladder is not None:
-            levels = ladder.levels.float() / ladder.max_level
-            level, max_level = ladder.level(), ladder.max_level
-            focus, focus_subtarget = int(ladder.focus), int(ladder.subtargets[int(ladder.focus)])
-            level_mean, level_max = float(levels.mean()), float(levels.max())
-        else:
-            level, max_level, focus, focus_subtarget, level_mean, level_max = 0, 0, 0, 0, 0.0, 0.0
-        spec = self.spec
-        level_norm = level / max_level if max_level else 0.0
-        delta, output, seed_grad, grad_ratio = sensors.tolist()
-        row = {
-            "surface_uid": spec.surface_uid, "depth_norm": spec.depth_norm, "site": int(spec.site),
-            "role": int(spec.role), "stage": int(self.stage), "blueprint": -1 if self.blueprint is None else int(self.blueprint),
-            "alpha": self.alpha, "alpha_target": self.alpha_target, "blend": int(self.blend_algorithm),
-            "internal_level": level, "internal_level_norm": level_norm, "max_level": max_level,
-            "focus_idx": focus, "focus_subtarget": focus_subtarget, "focus_internal_level_norm": level_norm,
-            "internal_level_mean_norm": level_mean, "internal_level_max_norm": level_max,
-            "seed_param_count_active": self.param_count_active(), "seed_flops_active_est": self.flops_active(),
-            "in_forward": int(self.in_forward), "contribution": self.contribution,
-            "contribution_measured": int(self.contribution_measured),
-            "delta_l2_norm": delta, "output_l2_norm": output, "seed_grad_norm": seed_grad, "grad_ratio": grad_ratio,
-            "embargo_remaining": self.embargo_remaining, "germinations": self.germinations,
-        }  # fmt: skip
-        return [row[name] for name in SLOT_COLUMNS]
 
 
 class SeedPlane(nn.Module):
@@ -265,7 +129,7 @@ class SeedPlane(nn.Module):
 
     def forward(self, i: int, h: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         slot = self.slots[i]
-        if slot.stage not in MODULE_STAGES or slot.ablated:  # dormant, seedless or probed: no module call
+        if slot.stage not in MODULE_STAGES or slot.ablated or slot.sedation == 0.0:  # dormant, seedless, probed or gated: no module call
             return h
         return slot(h, x)
 
@@ -324,6 +188,9 @@ class SeedPlane(nn.Module):
         slot = self.slots[action.slot]
         op, events = action.op, []
         if op is Op.GERMINATE:
+            if slot.scar_blueprint is not None:
+                events.append(self._event(slot, EventKind.LYSIS, SCAR_REGROWN, float(action.blueprint)))
+                slot.clear_scar()
             self._germinate(slot, action)
         elif op is Op.ADVANCE and slot.stage is Stage.TRAINING:
             slot.ramp_start, slot.ramp_step = slot.alpha, 0
@@ -333,7 +200,7 @@ class SeedPlane(nn.Module):
         elif op is Op.FOSSILIZE:
             slot.seed.requires_grad_(False)
         elif op is Op.PRUNE:
-            _drop_seed(slot)
+            slot.drop_seed(EMBARGO_STEPS)
         elif op in (Op.GROW_INTERNAL, Op.SHRINK_INTERNAL):
             ladder = slot.ladder
             ladder.set_level(ladder.level() + (1 if op is Op.GROW_INTERNAL else -1))
@@ -353,9 +220,17 @@ class SeedPlane(nn.Module):
         slot.germinations += 1
 
     def tick(self) -> list[Event]:
-        """Step boundary: advance alpha ramps and embargo clocks, make automatic transitions."""
+        """Step boundary: fade sedation masks and lyse the phages due (the one safe boundary),
+        advance alpha ramps and embargo clocks, make automatic transitions, age scars."""
         events: list[Event] = []
         for slot in self.slots:
+            if slot.stage is Stage.FOSSILIZED:
+                events += self._tick_phage(slot)
+            elif slot.scar_blueprint is not None:
+                slot.scar_age += 1
+                if slot.stage is Stage.DORMANT and slot.scar_age >= SCAR_EXPIRY_STEPS:
+                    events.append(self._event(slot, EventKind.LYSIS, SCAR_EXPIRED, float(slot.scar_blueprint)))
+                    slot.clear_scar()
             if slot.stage is Stage.BLENDING and slot.alpha != slot.alpha_target:
                 slot.ramp_step += 1
                 progress = alpha_curve(slot.curve, slot.ramp_step / slot.tempo.steps)
@@ -368,6 +243,48 @@ class SeedPlane(nn.Module):
                 events += self._move(slot, AUTOMATIC[slot.stage])
         return events
 
+    def _tick_phage(self, slot: SeedSlot) -> list[Event]:
+        if slot.sedation != slot.sedation_target:
+            step = slot.sedation + slot.sedation_rate
+            done = (step <= slot.sedation_target) if slot.sedation_rate < 0 else (step >= slot.sedation_target)
+            slot.sedation = slot.sedation_target if done else step
+        if not (slot.lysis_due and slot.sedation == 0.0):
+            return []
+        blueprint, contribution = slot.blueprint, slot.contribution
+        slot.drop_seed(QUARANTINE_STEPS)
+        slot.scar_blueprint, slot.scar_age, slot.scar_contribution = blueprint, 0, contribution
+        return [self._event(slot, EventKind.LYSIS, LYSIS_PHYSICAL, float(blueprint)), *self._move(slot, Stage.PRUNED)]
+
+    # --- a phage's lysis interface (seed 003 §9.2): Emrakul's only levers ------------------------
+    def _phage(self, index: int) -> SeedSlot:
+        slot = self.slots[index]
+        if slot.stage is not Stage.FOSSILIZED:
+            raise IllegalAction(f"slot {index} ({slot.stage.name}): not a phage; only fossils are in Emrakul's custody")
+        return slot
+
+    def sedate(self, index: int, target: float, steps: int) -> None:
+        """Fade phage `index`'s sedation mask linearly to `target` in [0, 1] over `steps` step
+        boundaries (0: at the next one) while training goes on: a probe fades it to 0, a
+        restore back to 1. Every blend is the identity at 0, so a gated phage is not called."""
+        slot = self._phage(index)
+        if not 0.0 <= target <= 1.0:
+            raise ValueError(f"sedation target {target!r} outside [0, 1]")
+        if not (isinstance(steps, int) and steps >= 0):
+            raise ValueError(f"steps={steps!r} must be an integer >= 0")
+        slot.sedation_target = float(target)
+        slot.sedation_rate = (slot.sedation_target - slot.sedation) / max(steps, 1)
+
+    def schedule_prune(self, index: int, steps: int = 0) -> None:
+        """Functional lysis: fade phage `index` out over `steps`, then remove it (physical lysis)
+        at the first step boundary that finds it gated to 0, leaving a scar."""
+        self.sedate(index, 0.0, steps)
+        self.slots[index].lysis_due = True
+
+    def note_ledger(self, index: int, debt: float, antibodies: int, lock_remaining: int) -> None:
+        """Record Emrakul's ledger for phage `index` (shown by `report`, read by Tamiyo)."""
+        slot = self.slots[index]
+        slot.debt, slot.antibodies, slot.lock_remaining = float(debt), int(antibodies), int(lock_remaining)
+
     def remove_culprit(self, index: int) -> list[Event]:
         """The governor's removal of a seed that poisoned the forward, FOSSILIZED included: it
         goes to PRUNED (then embargo, back to DORMANT) like a prune. Not an op: the policy's
@@ -376,7 +293,7 @@ class SeedPlane(nn.Module):
         slot = self.slots[index]
         if slot.stage not in SEED_STAGES:
             raise IllegalAction(f"slot {index} ({slot.stage.name}): no seed to remove")
-        _drop_seed(slot)
+        slot.drop_seed(EMBARGO_STEPS)
         return self._move(slot, Stage.PRUNED)
 
     def _move(self, slot: SeedSlot, stage: Stage) -> list[Event]:
@@ -413,15 +330,7 @@ class SeedPlane(nn.Module):
 
     def report(self, reset: bool = True) -> PlaneReport:
         """All slots as one `[S, F]` tensor; sensors averaged over the step, then cleared."""
-        acc = torch.stack([slot.acc for slot in self.slots]).cpu()
-        forwards = acc[:, _ACC_FORWARDS].clamp(min=1)
-        backwards = acc[:, _ACC_BACKWARDS].clamp(min=1)
-        host_grad = acc[:, _ACC_HOST_GRAD] / backwards
-        seed_grad = acc[:, _ACC_SEED_GRAD] / backwards
-        sensors = torch.stack(
-            [acc[:, _ACC_DELTA] / forwards, acc[:, _ACC_OUTPUT] / forwards, seed_grad, seed_grad / (host_grad + SENSOR_EPS)],
-            dim=1,
-        )
+        sensors = step_sensors(torch.stack([slot.acc for slot in self.slots]).cpu())
         values = torch.tensor([slot.row(sensors[slot.index]) for slot in self.slots], dtype=torch.float64)
         if reset:
             for slot in self.slots:
@@ -453,7 +362,7 @@ class SeedPlane(nn.Module):
     def fault_origins(self) -> torch.Tensor:
         """[S] training batches this step in which each slot's seed turned a finite input
         non-finite (one read, by the governor on a rollback)."""
-        return torch.stack([slot.acc[_ACC_ORIGIN] for slot in self.slots]).cpu()
+        return torch.stack([fault_origin(slot) for slot in self.slots]).cpu()
 
     def set_sensors(self, enabled: bool) -> None:
         for slot in self.slots:
@@ -462,28 +371,3 @@ class SeedPlane(nn.Module):
     def fingerprint(self) -> str:
         """SHA-256 of the lifecycle state and seed parameters: equal across ranks, or a desync."""
         return hashlib.sha256(repr([slot_fields(slot) for slot in self.slots]).encode()).hexdigest()
-
-
-def _drop_seed(slot: SeedSlot) -> None:
-    slot.seed, slot.blueprint, slot.alpha, slot.contribution = None, None, 0.0, math.nan
-    slot.embargo_remaining = EMBARGO_STEPS
-
-
-def slot_fields(slot: SeedSlot) -> dict[str, str]:
-    """Every field of a slot that shapes the forward pass, by name: the lifecycle state as text,
-    then each seed tensor (parameters, levels, masks, focus) as a digest of its bytes."""
-    fields = {name: field_text(getattr(slot, name)) for name in LIFECYCLE_FIELDS}
-    if slot.seed is not None:
-        fields.update({f"seed.{name}": tensor_digest(t) for name, t in slot.seed.state_dict().items()})
-    return fields
-
-
-def field_text(value: object) -> str:
-    """An enum by name, anything else (ints, exact floats, None) by repr."""
-    return value.name if isinstance(value, enum.Enum) else repr(value)
-
-
-def tensor_digest(tensor: torch.Tensor) -> str:
-    """A tensor's exact bytes as a short hex digest."""
-    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-

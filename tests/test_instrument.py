@@ -140,8 +140,8 @@ def test_knob_values_parse_as_toml_literals():
 
 # --- the layers (DESIGN rule 9) ------------------------------------------------------------------
 PACKAGE = Path(__file__).resolve().parents[1] / "esper_lab"
-ORGANISM = ("hosts", "seeds", "plane")
-CORE = ("contracts", "config", "data", *ORGANISM, "training", "economy", "governor", "env", "episodes", "policy", "ppo", "telemetry")
+ORGANISM = ("hosts", "seeds", "slot", "plane")
+CORE = ("contracts", "config", "data", *ORGANISM, "training", "economy", "governor", "decay", "env", "episodes", "policy", "ppo", "telemetry")
 
 
 def project_imports(path: Path) -> set[str]:
@@ -169,7 +169,7 @@ def test_layers_stay_in_their_rooms(path):
         assert imports <= {"contracts", *ORGANISM}, imports
     if part == "telemetry":
         assert imports <= {"contracts", "config"}, imports
-    if part in ("policy", "env", "governor", *ORGANISM):
+    if part in ("policy", "env", "governor", "decay", *ORGANISM):
         assert "telemetry" not in imports
     if part in CORE:
         assert "dashboards" not in imports and "experiments" not in imports, imports

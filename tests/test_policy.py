@@ -15,7 +15,7 @@ from esper_lab.contracts import HEADS, SLOT_COLUMNS, STEP_METRICS, Action, Actio
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
 from esper_lab.plane import SeedPlane
 from esper_lab.policy import GLOBAL_FIELDS, SLOT_FIELDS, Agent, Observation, Observer, PolicyConfig, PPOPolicy
-from esper_lab.policy.features import RunningNorm
+from esper_lab.policy.features import SLOT_ID_FIELDS, RunningNorm
 from esper_lab.policy.heads import CHOICES, DEFAULTS
 from esper_lab.policy.synthetic import KnownAnswerEnv
 
@@ -135,7 +135,7 @@ def test_sampled_choices_obey_arbitrary_masks(seed, n_slots):
     blueprint_mask[..., int(torch.randint(len(Blueprint), (), generator=g))] = True
     obs = Observation(
         torch.randn(4, len(GLOBAL_FIELDS), generator=g), torch.randn(4, n_slots, len(SLOT_FIELDS), generator=g),
-        torch.zeros(4, n_slots, 5, dtype=torch.long), torch.ones(4, n_slots, dtype=torch.bool), op_mask, blueprint_mask,
+        torch.zeros(4, n_slots, len(SLOT_ID_FIELDS), dtype=torch.long), torch.ones(4, n_slots, dtype=torch.bool), op_mask, blueprint_mask,
     )  # fmt: skip
     noise = {h: torch.rand(4, n_slots if h == "slot" else len(CHOICES[h]), generator=g) for h in HEADS}
     decision, _, _ = agent_for("slot_transformer", n_slots)(obs, noise=noise)

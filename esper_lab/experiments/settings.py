@@ -3,10 +3,10 @@
 Keys are spelled the same everywhere: in a pack file's cohorts and presets, and on the command
 line as `--set KEY=VALUE`:
 
-    batch_size=32  economy.rent_weight=0.5  ppo.lr=1e-3  policy.encoder=slot_transformer  rounds=40
+    batch_size=32  economy.rent_weight=0.5  decay.enabled=true  ppo.lr=1e-3  policy.encoder=slot_transformer  rounds=40
 
-Top-level keys are `RunConfig` fields or the loop's own (`LOOP_KEYS`); `economy.*`, `ppo.*` and
-`policy.*` reach `EconomyConfig`, `PPOConfig` and `PolicyConfig`. Values are TOML literals
+Top-level keys are `RunConfig` fields or the loop's own (`LOOP_KEYS`); `economy.*`, `decay.*`,
+`ppo.*` and `policy.*` reach `EconomyConfig`, `DecayConfig`, `PPOConfig` and `PolicyConfig`. Values are TOML literals
 (`[4, 8]`, `{op = 0.02}`, `1e-3`, `true`); anything else is a string. Every key and value is
 checked before any compute, and an error names the key and what it allows.
 """
@@ -18,7 +18,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from esper_lab.config import EconomyConfig, RunConfig
+from esper_lab.config import DecayConfig, EconomyConfig, RunConfig
 from esper_lab.contracts import Blueprint
 from esper_lab.env import slot_count
 from esper_lab.experiments.workers import cores
@@ -33,8 +33,9 @@ LOOP_KEYS = {"rounds": 10, "envs": 4, "workers": None, "eval_episodes": 0}
 # no oracle arm. It shows what growth can buy in this setup, so a learned policy has a target.
 ORACLE_KEY = "oracle"
 
-SECTIONS = {"economy": EconomyConfig, "ppo": PPOConfig, "policy": PolicyConfig}
-RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "economy")
+SECTIONS = {"economy": EconomyConfig, "decay": DecayConfig, "ppo": PPOConfig, "policy": PolicyConfig}
+RUN_SECTIONS = ("economy", "decay")  # the sections that are RunConfig fields
+RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in RUN_SECTIONS)
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class Settings:
                 raise ValueError(f"{key}={value!r} must be an integer >= {low}")
         if loop["workers"] > loop["envs"]:
             raise ValueError(f"workers={loop['workers']} must be at most envs={loop['envs']}")
-        run = RunConfig(**values, economy=_section("economy", EconomyConfig, sections["economy"]))
+        run = RunConfig(**values, **{name: _section(name, SECTIONS[name], sections[name]) for name in RUN_SECTIONS})
         ppo = _section("ppo", PPOConfig, {"seed": run.seed, **sections["ppo"]})
         policy_values = sections["policy"]
         if policy_values.get("encoder", PolicyConfig.encoder) == "flat" and "max_slots" not in policy_values:
@@ -83,8 +84,7 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         """The nested values `build` takes back (what a manifest or a report shows)."""
-        run = {k: v for k, v in dataclasses.asdict(self.run).items() if k != "economy"}
-        return {**run, "economy": dataclasses.asdict(self.run.economy), "ppo": dataclasses.asdict(self.ppo),
+        return {**dataclasses.asdict(self.run), "ppo": dataclasses.asdict(self.ppo),
                 "policy": dataclasses.asdict(self.policy), **{k: getattr(self, k) for k in LOOP_KEYS},
                 ORACLE_KEY: None if self.oracle is None else self.oracle.name.lower()}  # fmt: skip
 
@@ -138,7 +138,7 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
 
 
 def merge(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Later layers win; the `economy`, `ppo` and `policy` tables merge key by key."""
+    """Later layers win; the section tables (`economy`, `decay`, `ppo`, `policy`) merge key by key."""
     out: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():

@@ -5,11 +5,11 @@ chooses only among the choices the plane's masks allow.
 """
 
 from esper_lab.policy.agent import Agent, PolicyConfig, PPOPolicy
-from esper_lab.policy.baselines import HeuristicPolicy, OraclePolicy, RandomPolicy, StaticPolicy
+from esper_lab.policy.baselines import HeuristicPolicy, OraclePolicy, PlanterPolicy, RandomPolicy, StaticPolicy
 from esper_lab.policy.features import GLOBAL_FIELDS, SLOT_FIELDS, Observation, Observer
 from esper_lab.policy.heads import Decision
 
 __all__ = [
-    "Agent", "Decision", "GLOBAL_FIELDS", "HeuristicPolicy", "Observation", "Observer", "OraclePolicy", "PPOPolicy",
+    "Agent", "Decision", "GLOBAL_FIELDS", "HeuristicPolicy", "Observation", "Observer", "OraclePolicy", "PlanterPolicy", "PPOPolicy",
     "PolicyConfig", "RandomPolicy", "SLOT_FIELDS", "StaticPolicy",
 ]  # fmt: skip

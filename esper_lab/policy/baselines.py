@@ -7,7 +7,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-from esper_lab.contracts import SEED_STAGES, Action, AlphaCurve, AlphaTarget, BlendAlgorithm, Blueprint, Op, Stage, StepResult, Stream, Tempo, stream_seed
+from esper_lab.contracts import (
+    SEED_STAGES,
+    Action,
+    AlphaCurve,
+    AlphaTarget,
+    BlendAlgorithm,
+    Blueprint,
+    Op,
+    SlotKind,
+    Stage,
+    StepResult,
+    Stream,
+    Tempo,
+    stream_seed,
+)
 
 
 class StaticPolicy:
@@ -40,6 +54,36 @@ class OraclePolicy:
             return Action(Op.ADVANCE, slot)
         if stage in (Stage.BLENDING, Stage.HOLDING) and legal(Op.GROW_INTERNAL):
             return Action(Op.GROW_INTERNAL, slot)
+        return Action(Op.WAIT)
+
+
+class PlanterPolicy:
+    """Plants redundancy for the decay studies (seed 004 Stages 2 and 3): germinate `blueprint`
+    at each of `slots` (default: every surface it fits), one a step, advance each as fast as the
+    lifecycle allows and fossilise it once it holds, so every seed ends in Emrakul's custody;
+    then WAIT. With `regrow`, germinate the blueprint again in each scar its quarantine releases
+    (Tamiyo heals what Emrakul cut); without, scars stay dormant (is the identity enough?)."""
+
+    def __init__(self, blueprint: Blueprint = Blueprint.CONV_HEAVY, slots: tuple[int, ...] | None = None, regrow: bool = False):
+        self.blueprint, self.slots, self.regrow = Blueprint(blueprint), slots, regrow
+
+    def act(self, results: list[StepResult]) -> list[Action]:
+        return [self._one(r) for r in results]
+
+    def _one(self, result: StepResult) -> Action:
+        report, masks = result.report, result.masks
+        slots = range(len(report.values)) if self.slots is None else self.slots
+        stages = [Stage(int(s)) for s in report.column("stage").tolist()]
+        kinds, germinations = report.column("slot_kind").tolist(), report.column("germinations").tolist()
+        for slot in slots:  # bring planted seeds home first: advance, then fossilise
+            if stages[slot] in (Stage.GERMINATED, Stage.TRAINING) or (stages[slot] is Stage.BLENDING and masks.op[slot, Op.ADVANCE]):
+                return Action(Op.ADVANCE, slot)
+            if stages[slot] is Stage.HOLDING:
+                return Action(Op.FOSSILIZE, slot)
+        for slot in slots:
+            fresh = germinations[slot] == 0 or (self.regrow and kinds[slot] == SlotKind.SCAR)
+            if fresh and masks.op[slot, Op.GERMINATE] and masks.blueprint[slot, self.blueprint]:
+                return Action(Op.GERMINATE, slot, self.blueprint, tempo=Tempo.FAST, target=AlphaTarget.FULL)
         return Action(Op.WAIT)
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from esper_lab.policy.features import GLOBAL_FIELDS, ID_VOCAB, SLOT_FIELDS, SLOT_ID_FIELDS, Observation
 
 ID_DIM = 8  # width of each categorical id embedding: 14 blueprints fit comfortably in 8 dims
-STATE_IDS = ("stage", "blueprint", "blend")  # concatenated into the slot MLP's input
+STATE_IDS = ("stage", "blueprint", "blend", "slot_kind")  # concatenated into the slot MLP's input
 _DEPTH = SLOT_FIELDS.index("depth_norm")
 _SITE, _ROLE = SLOT_ID_FIELDS.index("site"), SLOT_ID_FIELDS.index("role")
 _STATE = [SLOT_ID_FIELDS.index(name) for name in STATE_IDS]
@@ -35,7 +35,7 @@ def mlp(width_in: int, hidden: int, layers: int) -> nn.Sequential:
 
 
 class SlotTokens(nn.Module):
-    """Per-slot token: MLP(features ++ stage/blueprint/blend embeddings) plus learned site, role
+    """Per-slot token: MLP(features ++ stage/blueprint/blend/kind embeddings) plus learned site, role
     and depth encodings (the positional part: where on the host the slot sits)."""
 
     def __init__(self, hidden: int):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from esper_lab.contracts import SLOT_COLUMNS, BlendAlgorithm, Blueprint, Op, Role, Site, Stage
+from esper_lab.contracts import SLOT_COLUMNS, BlendAlgorithm, Blueprint, Op, Role, Site, SlotKind, Stage
 from esper_lab.plane import EMBARGO_STEPS
 
 # Global fields read straight from `StepResult.metrics`, then the ones derived here.
@@ -42,8 +42,9 @@ RAW_COLUMNS: tuple[str, ...] = (
     "depth_norm", "alpha", "alpha_target", "internal_level_norm", "focus_internal_level_norm",
     "internal_level_mean_norm", "internal_level_max_norm", "in_forward",
     "contribution",  # the last measured counterfactual contribution (0 until measured)
+    "sedation", "scar_contribution",  # a phage's sedation mask; what a scar's removed phage last contributed
 )  # fmt: skip
-LOG_COLUMNS: tuple[str, ...] = ("delta_l2_norm", "output_l2_norm", "seed_grad_norm", "grad_ratio", "germinations")
+LOG_COLUMNS: tuple[str, ...] = ("delta_l2_norm", "output_l2_norm", "seed_grad_norm", "grad_ratio", "germinations", "scar_age")
 DERIVED_SLOT_FIELDS: tuple[str, ...] = ("is_ladder", "param_share", "flop_share", "embargo_left")
 LEGAL_FIELDS = tuple(f"legal_{op.name.lower()}" for op in Op if op is not Op.WAIT)
 SLOT_FIELDS = RAW_COLUMNS + LOG_COLUMNS + DERIVED_SLOT_FIELDS + LEGAL_FIELDS
@@ -51,7 +52,7 @@ SLOT_FIELDS = RAW_COLUMNS + LOG_COLUMNS + DERIVED_SLOT_FIELDS + LEGAL_FIELDS
 # Categorical per-slot ids and their vocabulary sizes. Blueprint -1 (no seed) is shifted to 0.
 ID_VOCAB: dict[str, int] = {
     "stage": len(Stage), "blueprint": len(Blueprint) + 1, "blend": len(BlendAlgorithm),
-    "site": len(Site), "role": len(Role),
+    "site": len(Site), "role": len(Role), "slot_kind": len(SlotKind),
 }  # fmt: skip
 SLOT_ID_FIELDS = tuple(ID_VOCAB)
 
