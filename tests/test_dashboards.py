@@ -26,7 +26,7 @@ from esper_lab.contracts import Stage
 from esper_lab.dashboards import PAGES, Selection, build_app, save_html
 from esper_lab.dashboards.pages import STAGE_COLORS
 from esper_lab.experiments import views
-from esper_lab.experiments.evaluation import ARMS, CONTROL
+from esper_lab.experiments.evaluation import ARMS, CONTROL, DEFAULT_ARMS
 from esper_lab.experiments.gates import held_out
 from esper_lab.experiments.member import run_member
 from esper_lab.experiments.packs import load_pack
@@ -97,7 +97,7 @@ def test_slot_series_and_event_log_name_what_the_tables_hold(store):
 def test_per_episode_lines_every_arm_up_on_the_same_held_out_episode(store):
     outcomes = held_out(store)
     table = views.per_episode(outcomes, "gain", ARMS)
-    played = [a for a in ARMS if a != "oracle"]  # these runs name no oracle blueprint, so it never played
+    played = [a for a in DEFAULT_ARMS if a != "oracle"]  # these runs name no oracle blueprint, so it never played
     assert table.columns == ["cohort", "seed", "episode_seed", *played]
     assert table.height == outcomes.select("cohort", "seed", "episode_seed").n_unique() == len(COHORTS) * len(SEEDS) * 2
     assert (table[CONTROL] == 0).all()  # the control's gain over itself

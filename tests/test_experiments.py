@@ -8,22 +8,25 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
+import panel as pn
 import papermill
 import polars as pl
 import pytest
 
 from esper_lab.cli import main
 from esper_lab.contracts import Blueprint
+from esper_lab.dashboards import Selection, decay_page
 from esper_lab.env import VecEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.experiments.evaluation import eval_seeds
 from esper_lab.policy import OraclePolicy, StaticPolicy
 from esper_lab.data import DATA_ENV_VAR, write_cifar10_batches
 from esper_lab.experiments.member import run_member
-from esper_lab.experiments.gates import ENTROPY_KEPT, GROW_SHRINK_GATE, Evidence, seed002_gates, stage1_gates
+from esper_lab.experiments.gates import ENTROPY_KEPT, GROW_SHRINK_GATE, Evidence, evidence, seed002_gates, stage1_gates, stage2_gates
 from esper_lab.experiments.packs import load_pack, pack_names
 from esper_lab.experiments.params import as_list
 from esper_lab.experiments.runner import RESERVED_PARAMETERS, members, notebook_parameters, run_pack
+from esper_lab.experiments.settings import Settings
 from esper_lab.telemetry import Store
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -278,3 +281,45 @@ def test_the_stage1_economy_lets_a_cheap_seed_pay_and_prices_a_host_sized_one_at
     heavy = returns["conv_heavy"]
     rent = settings.run.economy.rent_weight * heavy.reward_parts["rent"]
     assert 0.3 < rent / heavy.reward_parts["task"] < 3.0
+
+
+def test_scripted_arms_need_what_they_play_and_only_a_ppo_arm_needs_training():
+    settings = load_pack("stage2_decay").settings("emrakul", 0, "smoke")
+    assert settings.rounds == 0 and settings.arms == ("static", "planter") and settings.planter is Blueprint.CONV_HEAVY
+    base = {"task": "digits_cnn", "rounds": 0}
+    with pytest.raises(ValueError, match="rounds=0 must be an integer >= 1"):
+        Settings.build(base)  # the default arms include the trained policy
+    with pytest.raises(ValueError, match="'planter' needs settings that name the blueprint"):
+        Settings.build({**base, "arms": ["planter"]})
+    with pytest.raises(ValueError, match="'plantr' is not one of"):
+        Settings.build({**base, "arms": ["plantr"], "planter": "conv_heavy"})
+    with pytest.raises(ValueError, match="planter='lora' must be one of the run's blueprints"):
+        Settings.build({**base, "arms": ["planter"], "planter": "lora"})
+
+
+def test_the_decay_gates_read_emrakul_against_the_same_planted_episodes_without_it(tmp_path):
+    """Both Stage 2 cohorts at the smoke preset, then the report's evidence: the two cohorts
+    played the same held-out episodes, Emrakul probed and lysed in live training, and every gate
+    reads those numbers (one seed: INCONCLUSIVE where a CI is needed)."""
+    root = tmp_path / "telemetry"
+    for cohort in ("planted", "emrakul"):
+        run_member("stage2_decay", cohort, 0, "smoke", root)
+    ev = evidence(Store(root))
+    planter = ev.outcomes.filter(pl.col("arm") == "planter")
+    seeds = {c: sorted(planter.filter(pl.col("cohort") == c)["episode_seed"]) for c in ("planted", "emrakul")}
+    assert seeds["planted"] == seeds["emrakul"]  # paired
+    assert planter.filter(pl.col("cohort") == "planted")["lyses"].sum() == 0
+    emrakul = planter.filter(pl.col("cohort") == "emrakul")
+    assert emrakul["lyses"].sum() >= 1 and (emrakul["probes"] >= emrakul["lyses"]).all()
+    assert ev.probes.height == emrakul["restored"].sum() + emrakul["cleared"].sum()
+    assert (ev.probes["recovery_steps"].drop_nulls() >= 1).all() and set(ev.probes["lock_steps"]) == {10}
+    gates = {g.name: g for g in stage2_gates(load_pack("stage2_decay"), ev)}
+    assert list(gates) == ["1 lyses", "2 no lasting spike", "3 locks hold", "4 cheaper", "5 accuracy kept"]
+    assert gates["1 lyses"].verdict == "INCONCLUSIVE" and f"of {ev.probes.height} judged probes" in gates["2 no lasting spike"].evidence
+    selection = Selection(Store(root), cohort="emrakul", run=planter.filter(pl.col("cohort") == "emrakul")["run_id"][0])
+    page = decay_page(Store(root), selection)
+    assert page.select(pn.pane.Markdown)[0].object.startswith("### Decay — emrakul-seed0-smoke-flat-eval-planter")
+    assert len(page.select(pn.pane.HoloViews)) == 2  # debt and sedation per phage
+    probes = page.select(pn.pane.DataFrame)[0].object
+    assert len(probes) == ev.probes.filter((pl.col("run_id") == selection.run.value) & (pl.col("env") == 0)
+                                           & (pl.col("episode") == 0)).height  # fmt: skip

@@ -9,6 +9,7 @@ from esper_lab.dashboards.app import PAGES, build_app, save_html, serve
 from esper_lab.dashboards.pages import (
     audit_page,
     conv_heavy_page,
+    decay_page,
     economy_page,
     policy_health_page,
     slot_inspector_page,
@@ -17,6 +18,6 @@ from esper_lab.dashboards.pages import (
 from esper_lab.dashboards.selection import Selection
 
 __all__ = [
-    "PAGES", "Selection", "audit_page", "build_app", "conv_heavy_page", "economy_page", "policy_health_page", "save_html", "serve",
+    "PAGES", "Selection", "audit_page", "build_app", "conv_heavy_page", "decay_page", "economy_page", "policy_health_page", "save_html", "serve",
     "slot_inspector_page", "swimlane_page",
 ]  # fmt: skip

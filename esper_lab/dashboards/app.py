@@ -17,6 +17,7 @@ from bokeh.resources import INLINE
 from esper_lab.dashboards.pages import (
     audit_page,
     conv_heavy_page,
+    decay_page,
     economy_page,
     policy_health_page,
     slot_inspector_page,
@@ -40,6 +41,7 @@ PAGES = {
     "Policy health": policy_health_page,
     "Slot inspector": slot_inspector_page,
     "Shapley audits": audit_page,
+    "Decay (Emrakul)": decay_page,
 }
 
 

@@ -139,6 +139,39 @@ def swimlane_page(store: Store, selection: Selection | None = None) -> pn.Column
     return pn.Column(*header, pn.bind(body, selection.param.view))
 
 
+def decay_page(store: Store, selection: Selection | None = None) -> pn.Column:
+    """Emrakul's work in one env and episode (seed 004 Stage 2): each phage's debt and sedation per
+    step (the immune ledger; a scar keeps its slot's line, at sedation 1), every judged probe with
+    its baseline, drop and recovery, and the probe, lysis and scar events."""
+    selection, header = _own(store, selection)
+
+    @_needs_steps
+    def body(view):
+        cohort, run, env, episode = view
+        ledger = store.immune_ledger(cohort, run, env, episode)
+        probes = store.probes(cohort, run).filter((pl.col("env") == env) & (pl.col("episode") == episode))
+        events = store.event_log(cohort, run, env, episode).filter(pl.col("kind_name").is_in(["PROBE", "LYSIS"]))
+        if ledger.is_empty():
+            return pn.Column(f"### Decay — {run}, env {env}, episode {episode}",
+                             "No phage was in Emrakul's custody in this episode (nothing fossilised, or Emrakul off).")  # fmt: skip
+        phages = ledger["phage"].unique(maintain_order=True).to_list()
+        by_phage = {name: ledger.filter(pl.col("phage") == name) for name in phages}
+
+        def plot(y: str, title: str) -> hv.Overlay:
+            lines = [_line(frame, "step", y, name, color) for (name, frame), color in zip(by_phage.items(), (HIGHLIGHT, *PALETTE * 2))]
+            return hv.Overlay(lines).opts(title=title, ylabel=y, xticks=_integers(), legend_position="right", **SMALL)
+
+        return pn.Column(
+            f"### Decay — {run}, env {env}, episode {episode}",
+            pn.Row(plot("debt", "debt per phage (rent paid minus contribution)"), plot("sedation", "sedation mask per phage")),
+            "**judged probes** (recovery: steps until the metric was back within the harm tolerance of the baseline)",
+            _table(probes.drop("cohort", "run_id", "env", "episode")),
+            "**probe, lysis and scar events**", _table(events.drop("cohort", "run_id", "env", "episode")),
+        )  # fmt: skip
+
+    return pn.Column(*header, pn.bind(body, selection.param.view))
+
+
 def policy_health_page(store: Store, selection: Selection | None = None) -> pn.Column:
     """Policy health of one run: entropy per head (decision time), PPO approx KL and clip
     fraction per update, and the invalid-action rate (near zero when masks are honoured)."""

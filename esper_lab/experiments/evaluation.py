@@ -17,10 +17,13 @@ from esper_lab.contracts import Stream, eval_episode_seed, stream_seed
 from esper_lab.env import VecEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.experiments.settings import Settings
-from esper_lab.policy import Agent, HeuristicPolicy, OraclePolicy, PPOPolicy, RandomPolicy, StaticPolicy
+from esper_lab.policy import Agent, HeuristicPolicy, OraclePolicy, PlanterPolicy, PPOPolicy, RandomPolicy, StaticPolicy
 from esper_lab.telemetry import Recorder
 
-ARMS = ("ppo_greedy", "ppo_sampled", "static", "heuristic", "random", "oracle")  # oracle: when the settings name one
+# oracle: when the settings name one; the planter arms (the decay studies' scripted Tamiyo, which
+# plants fossils for Emrakul; `planter_regrow` also regrows the scars) when they name `arms`
+ARMS = ("ppo_greedy", "ppo_sampled", "static", "heuristic", "random", "oracle", "planter", "planter_regrow")
+DEFAULT_ARMS = ("ppo_greedy", "ppo_sampled", "static", "heuristic", "random", "oracle")
 CONTROL = "static"  # the arm every other is paired against
 
 
@@ -30,8 +33,18 @@ def eval_seeds(run_seed: int, episodes: int) -> list[int]:
 
 
 def played_arms(settings: Settings) -> tuple[str, ...]:
-    """The arms these settings evaluate: every arm, the oracle only when they name its blueprint."""
-    return tuple(a for a in ARMS if a != "oracle" or settings.oracle is not None)
+    """The arms these settings evaluate: the ones they name (`arms`), else the default arms, the
+    oracle only when they name its blueprint. Raises, naming the arm, when one cannot play."""
+    if settings.arms is None:
+        return tuple(a for a in DEFAULT_ARMS if a != "oracle" or settings.oracle is not None)
+    for arm in settings.arms:
+        if arm not in ARMS:
+            raise ValueError(f"arms: {arm!r} is not one of: {', '.join(ARMS)}")
+        if arm == "oracle" and settings.oracle is None:
+            raise ValueError("arms: 'oracle' needs settings that name its blueprint (oracle = ...)")
+        if arm.startswith("planter") and settings.planter is None:
+            raise ValueError(f"arms: {arm!r} needs settings that name the blueprint to plant (planter = ...)")
+    return settings.arms
 
 
 def arm_policy(arm: str, agent: Agent | None, settings: Settings):
@@ -43,9 +56,13 @@ def arm_policy(arm: str, agent: Agent | None, settings: Settings):
         return PPOPolicy(agent, seed=stream_seed(run_seed, 0, Stream.EVALUATION), greedy=arm == "ppo_greedy")
     if arm == "oracle" and settings.oracle is None:
         raise ValueError("arm 'oracle' needs settings that name its blueprint (oracle = ...)")
+    if arm.startswith("planter") and settings.planter is None:
+        raise ValueError(f"arm {arm!r} needs settings that name the blueprint to plant (planter = ...)")
     makers: dict[str, Callable] = {"static": StaticPolicy, "heuristic": HeuristicPolicy,
                                    "random": lambda: RandomPolicy(seed=stream_seed(run_seed, 0, Stream.EVALUATION)),
-                                   "oracle": lambda: OraclePolicy(settings.oracle)}  # fmt: skip
+                                   "oracle": lambda: OraclePolicy(settings.oracle),
+                                   "planter": lambda: PlanterPolicy(settings.planter),
+                                   "planter_regrow": lambda: PlanterPolicy(settings.planter, regrow=True)}  # fmt: skip
     if arm not in makers:
         raise ValueError(f"arm={arm!r} is not one of: {', '.join(ARMS)}")
     return makers[arm]()

@@ -12,7 +12,7 @@ INCONCLUSIVE (`stats.verdict`); a gate with several parts combines them (`stats.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -54,7 +54,8 @@ def held_out(store: Store) -> pl.DataFrame:
     """Every completed evaluation episode with `score` (accuracy, or minus the validation loss),
     `gain` (score minus the static host's on the same cohort, seed and episode; 100x for accuracy:
     points), `conv_heavy_share` (of in-forward seed params at the end), `roi` (gain per 1,000
-    in-forward seed params, where there are any) and the oscillation counts."""
+    in-forward seed params, where there are any), the oscillation counts and Emrakul's
+    (`Store.decay_counts`)."""
     outcomes = store.episode_outcomes(kind="eval")
     if outcomes.is_empty():
         return outcomes
@@ -68,11 +69,13 @@ def held_out(store: Store) -> pl.DataFrame:
     keys = ["cohort", "parent_run", "episode_seed"]
     static = outcomes.filter(pl.col("arm") == CONTROL).select(*keys, pl.col("score").alias("static_score"))
     oscillation = store.oscillation().select("run_id", "env", "episode", "regerminations", "alpha_reversals", "level_flips")
+    decay = store.decay_counts().drop("cohort")
     return (
         outcomes.join(static, on=keys, how="left")
         .with_columns(gain=pl.col("score") - pl.col("static_score"))
         .with_columns(roi=pl.when(pl.col("forward_params") > 0).then(pl.col("gain") / pl.col("forward_params") * 1000))
         .join(oscillation, on=["run_id", "env", "episode"], how="left")
+        .join(decay, on=["run_id", "env", "episode"], how="left")
     )
 
 
@@ -101,6 +104,7 @@ class Evidence:
     usage: pl.DataFrame  # cohort, seed, grow_shrink_share, wait_share: the sampled arm's held-out decisions
     entropy: pl.DataFrame  # cohort, seed, kept: op-head entropy, last over first training episode
     heads: pl.DataFrame  # cohort, head, open_entropy: the sampled arm's held-out decisions with >= 2 legal choices
+    probes: pl.DataFrame = field(default_factory=pl.DataFrame)  # `Store.probes` of the held-out runs (decay studies)
 
 
 def evidence(store: Store) -> Evidence:
@@ -113,7 +117,8 @@ def evidence(store: Store) -> Evidence:
     curves = store.learning_curve().join(training, on="run_id").drop_nulls("entropy_op").sort("episode")
     entropy = (curves.group_by("cohort", "run_id", "seed").agg(first=pl.col("entropy_op").first(), last=pl.col("entropy_op").last())
                .filter(pl.col("first") > 0).select("cohort", "seed", kept=pl.col("last") / pl.col("first")))  # fmt: skip
-    return Evidence(held_out(store), usage, entropy, heads)
+    probes = store.probes().join(runs.filter(pl.col("kind") == "eval").select("run_id"), on="run_id")
+    return Evidence(held_out(store), usage, entropy, heads, probes)
 
 
 def seed002_gates(pack: Pack, ev: Evidence) -> list[Gate]:
@@ -207,4 +212,86 @@ def rent_sweep_gates(pack: Pack, ev: Evidence) -> list[Gate]:
                  f"{sorted(set(greedy['weight'].drop_nulls()))} (gate: CI below 0)")]  # fmt: skip
 
 
-GATE_SETS = {"seed002": seed002_gates, "stage1": stage1_gates, "rent_sweep": rent_sweep_gates}
+# Seed 004 Stages 2 and 3 (decay), made measurable. The planter arm (`policy.PlanterPolicy`)
+# plays Tamiyo in every cohort, so cohorts differ only in Emrakul: pairs are (seed, episode seed).
+PLANTER, REGROWER = "planter", "planter_regrow"
+MIN_LYSES = 3  # Stage 2: "N successful prunes in live training": N = 3 per run (episode)
+RECOVERY_STEPS = 5  # a probe's metric is back within the harm tolerance of its baseline this soon, or it spiked
+NON_INFERIORITY = 1.0  # points: "without losing achieved accuracy" = the paired CI's low end above -1 point
+
+
+def _decay_cohorts(pack: Pack, ev: Evidence) -> list[str]:
+    return sorted(c for c in set(ev.outcomes["cohort"]) if (pack.cohorts[c].get("decay") or {}).get("enabled"))
+
+
+def stage2_gates(pack: Pack, ev: Evidence) -> list[Gate]:
+    """Seed 004 Stage 2's exit per Emrakul cohort, paired with the control cohort (the same
+    planted episodes without Emrakul): lyses in live training, no permanent loss spike, locks that
+    stop repeated bad probes, a cheaper organism, and accuracy not lower."""
+    gates: list[Gate] = []
+    control = arm(ev.outcomes, pack.control, PLANTER)
+    for cohort in _decay_cohorts(pack, ev):
+        planted = arm(ev.outcomes, cohort, PLANTER)
+        lyses = estimate(planted, "lyses")
+        gates.append(Gate("1 lyses", cohort, verdict(lyses, MIN_LYSES - 0.5),
+                          f"physical lyses per held-out episode {_say(lyses)} (gate >= {MIN_LYSES}, CI above {MIN_LYSES - 0.5})"))
+        probes = ev.probes.filter(pl.col("cohort") == cohort)
+        spiked = probes.filter(pl.col("recovery_steps").is_null() | (pl.col("recovery_steps") > RECOVERY_STEPS))
+        gates.append(Gate("2 no lasting spike", cohort, PASS if probes.height and spiked.is_empty() else FAIL,
+                          f"{probes.height - spiked.height} of {probes.height} judged probes had the metric back within the "
+                          f"harm tolerance of its pre-probe baseline within {RECOVERY_STEPS} steps (gate: all); "
+                          f"restored {int(probes['restored'].sum() or 0)}, cleared {int((~probes['restored']).sum() or 0)}"))  # fmt: skip
+        repeats = _probes_under_lock(probes)
+        gates.append(Gate("3 locks hold", cohort, PASS if repeats == 0 else FAIL,
+                          f"probes of a phage during its criticality lock: {repeats} (gate 0); restored probes (antibodies) "
+                          f"{int(probes['restored'].sum() or 0)}, most on one phage {_most_restored(probes)}"))  # fmt: skip
+        cheaper = paired_estimate(planted, control, "forward_params_mean", on=SAME_SEED_EPISODE)
+        gates.append(Gate("4 cheaper", cohort, verdict(cheaper, 0.0, higher_passes=False),
+                          f"mean in-forward seed params per episode minus without Emrakul {_say(cheaper)} (gate: CI below 0)"))
+        score = paired_estimate(planted, control, "score", on=SAME_SEED_EPISODE)
+        gates.append(Gate("5 accuracy kept", cohort, verdict(score, -NON_INFERIORITY),
+                          f"final score minus without Emrakul {_say(score)} points (gate: CI above -{NON_INFERIORITY})"))
+    return gates
+
+
+def stage3_gates(pack: Pack, ev: Evidence) -> list[Gate]:
+    """Seed 004 Stage 3's exit per Emrakul cohort: with the Tamiyo that regrows scars, on every
+    seed a cut -> scar -> regrowth at that site, a run no less stable than without Emrakul, and the
+    metric kept (paired with the control without Emrakul); with the Tamiyo that leaves scars
+    dormant, the metric kept too is the proof that the identity sufficed."""
+    gates: list[Gate] = []
+    control = arm(ev.outcomes, pack.control, PLANTER)
+    for cohort in _decay_cohorts(pack, ev):
+        for name, label in ((REGROWER, "regrown"), (PLANTER, "left dormant")):
+            frame = arm(ev.outcomes, cohort, name)
+            if frame.is_empty():
+                continue
+            if name == REGROWER:
+                seeds = frame.group_by("seed").agg(handoffs=(pl.col("lyses").gt(0) & pl.col("regrown").gt(0)).sum())
+                gates.append(Gate("1 handoff on every seed", cohort, PASS if seeds.height and seeds["handoffs"].min() > 0 else FAIL,
+                                  f"held-out episodes with a lysis and a regrowth, per seed: "
+                                  f"{dict(zip(seeds['seed'].to_list(), seeds['handoffs'].to_list()))} (gate: >= 1 on every seed)"))  # fmt: skip
+                rollbacks = paired_estimate(frame, control, "rollbacks", on=SAME_SEED_EPISODE)  # planting itself can diverge
+                gates.append(Gate("2 stable", cohort, verdict(rollbacks, 0.0, higher_passes=False),
+                                  f"governor rollbacks per episode minus without Emrakul {_say(rollbacks)} (gate: CI at or below 0)"))
+            score = paired_estimate(frame, control, "score", on=SAME_SEED_EPISODE)
+            gates.append(Gate(f"3 metric kept, scars {label}", cohort, verdict(score, -NON_INFERIORITY),
+                              f"final score minus without Emrakul {_say(score)} points (gate: CI above -{NON_INFERIORITY})"))
+    return gates
+
+
+def _probes_under_lock(probes: pl.DataFrame) -> int:
+    """Probes that started on a phage before the lock its last restored probe set had run out."""
+    return 0 if probes.is_empty() else int(probes.sort("started").with_columns(
+        previous_restored=pl.col("restored").shift().over("run_id", "env", "episode", "slot"),
+        previous_judged=pl.col("judged").shift().over("run_id", "env", "episode", "slot"),
+    ).filter(pl.col("previous_restored") & (pl.col("started") - pl.col("previous_judged") <= pl.col("lock_steps"))).height)
+
+
+def _most_restored(probes: pl.DataFrame) -> int:
+    restored = probes.filter(pl.col("restored"))
+    return 0 if restored.is_empty() else int(restored.group_by("run_id", "env", "episode", "slot").len()["len"].max())
+
+
+GATE_SETS = {"seed002": seed002_gates, "stage1": stage1_gates, "rent_sweep": rent_sweep_gates,
+             "stage2": stage2_gates, "stage3": stage3_gates}  # fmt: skip

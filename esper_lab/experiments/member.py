@@ -26,15 +26,18 @@ def member_run_id(cohort: str, seed: int, preset: str, encoder: str) -> str:
 def run_member(pack: str | Path, cohort: str, seed: int, preset: str, telemetry_root: str | Path,
                overrides: dict[str, Any] | None = None) -> str:  # fmt: skip
     """Train for the preset's rounds, evaluate every arm on the held-out episodes (when the preset
-    asks for any), and return the training run's id."""
+    asks for any), and return the training run's id (the id the arms' runs name as their parent,
+    also when `rounds = 0` left nothing to train)."""
     spec = load_pack(pack)
     settings = spec.settings(cohort, seed, preset, overrides)
     run_id = member_run_id(cohort, seed, preset, settings.policy.encoder)
     for folder in Path(telemetry_root).glob(f"cohort={cohort}/run={run_id}*"):
         shutil.rmtree(folder)  # a failed or killed earlier attempt (and its eval runs): the runner only retries those
-    with tqdm(total=settings.rounds, desc=f"{cohort} seed={seed}", unit="round") as bar:
-        train_id, agent = train_and_record(settings, telemetry_root, cohort, run_id=run_id, preset=preset,
-                                           on_round=lambda _: bar.update(1))  # fmt: skip
+    train_id, agent = run_id, None  # rounds = 0: scripted arms only, nothing to train
+    if settings.rounds:
+        with tqdm(total=settings.rounds, desc=f"{cohort} seed={seed}", unit="round") as bar:
+            train_id, agent = train_and_record(settings, telemetry_root, cohort, run_id=run_id, preset=preset,
+                                               on_round=lambda _: bar.update(1))  # fmt: skip
     if settings.eval_episodes:
         batches = settings.eval_episodes // batch_size(settings.eval_episodes, settings.envs)
         with tqdm(total=len(played_arms(settings)) * batches, desc=f"{cohort} seed={seed} held-out", unit="batch") as bar:

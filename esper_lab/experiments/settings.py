@@ -32,6 +32,13 @@ LOOP_KEYS = {"rounds": 10, "envs": 4, "workers": None, "eval_episodes": 0}
 # germinate it at the deepest surface at step 1, advance as fast as the lifecycle allows); None:
 # no oracle arm. It shows what growth can buy in this setup, so a learned policy has a target.
 ORACLE_KEY = "oracle"
+# The blueprint the planter arms plant and fossilise at every surface (`policy.PlanterPolicy`,
+# the decay studies' scripted Tamiyo); None: no planter arm.
+PLANTER_KEY = "planter"
+# Which arms play the held-out episodes (`evaluation.ARMS`); None: every arm the settings allow
+# (`evaluation.played_arms`). Without a PPO arm, `rounds = 0` is allowed: nothing is trained.
+ARMS_KEY = "arms"
+BLUEPRINT_KEYS = (ORACLE_KEY, PLANTER_KEY)
 
 SECTIONS = {"economy": EconomyConfig, "decay": DecayConfig, "ppo": PPOConfig, "policy": PolicyConfig}
 RUN_SECTIONS = ("economy", "decay")  # the sections that are RunConfig fields
@@ -48,24 +55,28 @@ class Settings:
     workers: int
     eval_episodes: int
     oracle: Blueprint | None = None
+    planter: Blueprint | None = None
+    arms: tuple[str, ...] | None = None
 
     @classmethod
     def build(cls, values: dict[str, Any]) -> Settings:
         """Settings from nested values (as a pack file or `parse_assignments` gives them)."""
         values = dict(values)
-        unknown = sorted(set(values) - set(RUN_KEYS) - set(SECTIONS) - set(LOOP_KEYS) - {ORACLE_KEY})
+        unknown = sorted(set(values) - set(RUN_KEYS) - set(SECTIONS) - set(LOOP_KEYS) - {*BLUEPRINT_KEYS, ARMS_KEY})
         if unknown:
-            allowed = ", ".join([*RUN_KEYS, *(f"{s}.*" for s in SECTIONS), *LOOP_KEYS, ORACLE_KEY])
+            allowed = ", ".join([*RUN_KEYS, *(f"{s}.*" for s in SECTIONS), *LOOP_KEYS, *BLUEPRINT_KEYS, ARMS_KEY])
             raise ValueError(f"unknown keys {unknown} (allowed: {allowed})")
         sections = {name: values.pop(name, {}) or {} for name in SECTIONS}
         for name, section in sections.items():
             _known(name, section, SECTIONS[name])
-        oracle = values.pop(ORACLE_KEY, None)
+        scripted = {key: values.pop(key, None) for key in BLUEPRINT_KEYS}
+        arms = _arms(values.pop(ARMS_KEY, None))
         loop = {key: values.pop(key, default) for key, default in LOOP_KEYS.items()}
         if loop["workers"] is None:
             loop["workers"] = auto_workers(loop["envs"]) if isinstance(loop["envs"], int) else 0
+        trains = arms is None or any(a.startswith("ppo") for a in arms)
         for key, value in loop.items():
-            low = 1 if key in ("rounds", "envs") else 0
+            low = 1 if key == "envs" or (key == "rounds" and trains) else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{key}={value!r} must be an integer >= {low}")
         if loop["workers"] > loop["envs"]:
@@ -75,18 +86,24 @@ class Settings:
         policy_values = sections["policy"]
         if policy_values.get("encoder", PolicyConfig.encoder) == "flat" and "max_slots" not in policy_values:
             policy_values = {**policy_values, "max_slots": slot_count(run)}  # the flat encoder's fixed S
-        if oracle is not None:
-            allowed = {b.name.lower(): b for b in run.blueprints}
-            if str(oracle).lower() not in allowed:
-                raise ValueError(f"oracle={oracle!r} must be one of the run's blueprints: {', '.join(allowed)}")
-            oracle = allowed[str(oracle).lower()]
-        return cls(run, ppo, _section("policy", PolicyConfig, policy_values), **loop, oracle=oracle)
+        allowed = {b.name.lower(): b for b in run.blueprints}
+        for key, value in scripted.items():
+            if value is not None:
+                if str(value).lower() not in allowed:
+                    raise ValueError(f"{key}={value!r} must be one of the run's blueprints: {', '.join(allowed)}")
+                scripted[key] = allowed[str(value).lower()]
+        settings = cls(run, ppo, _section("policy", PolicyConfig, policy_values), **loop, **scripted, arms=arms)
+        from esper_lab.experiments.evaluation import played_arms  # evaluation builds on settings: imported here
+
+        played_arms(settings)  # an arm whose blueprint or agent is missing fails here, before compute
+        return settings
 
     def to_dict(self) -> dict[str, Any]:
         """The nested values `build` takes back (what a manifest or a report shows)."""
         return {**dataclasses.asdict(self.run), "ppo": dataclasses.asdict(self.ppo),
                 "policy": dataclasses.asdict(self.policy), **{k: getattr(self, k) for k in LOOP_KEYS},
-                ORACLE_KEY: None if self.oracle is None else self.oracle.name.lower()}  # fmt: skip
+                **{k: None if getattr(self, k) is None else getattr(self, k).name.lower() for k in BLUEPRINT_KEYS},
+                ARMS_KEY: None if self.arms is None else list(self.arms)}  # fmt: skip
 
 
 def auto_workers(envs: int) -> int:
@@ -95,6 +112,14 @@ def auto_workers(envs: int) -> int:
     what in-process envs compute, so this changes speed, never results."""
     n = min(envs, cores())
     return n if n >= 2 else 0
+
+
+def _arms(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise ValueError(f"arms={value!r} must be a non-empty list of arm names")
+    return tuple(value)
 
 
 def _known(name: str, values: dict, cls: type) -> None:

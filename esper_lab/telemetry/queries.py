@@ -15,7 +15,23 @@ from __future__ import annotations
 
 import polars as pl
 
-from esper_lab.contracts import HEADS, MODULE_STAGES, VETO_GERMINATE, VETO_INTERNAL_GROW, Blueprint, EventKind, Op, Stage
+from esper_lab.contracts import (
+    HEADS,
+    LYSIS_PHYSICAL,
+    MODULE_STAGES,
+    PROBE_CLEARED,
+    PROBE_RESTORED,
+    PROBE_STARTED,
+    SCAR_EXPIRED,
+    SCAR_REGROWN,
+    VETO_GERMINATE,
+    VETO_INTERNAL_GROW,
+    Blueprint,
+    EventKind,
+    Op,
+    SlotKind,
+    Stage,
+)
 
 LAGS = (1, 2, 3, 5)  # env steps after a grow over which the task improvement is summed
 _KEYS = "cohort, run_id, env, episode, step"
@@ -296,7 +312,8 @@ class Queries:
     def slot_series(self, cohort: str | None = None, run: str | None = None, env: int | None = None,
                     episode: int | None = None) -> pl.DataFrame:  # fmt: skip
         """Per step and slot, with names: stage, blueprint, alpha, ladder level, sensors, whether
-        the seed is in forward, its contribution and the params/FLOPs rent is charged on."""
+        the seed is in forward, its contribution, the params/FLOPs rent is charged on, and the
+        slot's kind (seed, phage, scar) with a phage's sedation."""
         extra, params = _env_episode(env, episode)
         return self._query(f"""
             SELECT s.cohort, s.run_id, s.env, s.episode, s.step, s.slot, s.surface_uid,
@@ -304,7 +321,7 @@ class Queries:
                              printf('depth %.2f', s.depth_norm)) AS surface,
                    s.stage, st.name AS stage_name, s.blueprint, b.name AS blueprint_name, s.alpha, s.alpha_target,
                    s.internal_level, s.max_level, s.delta_l2_norm, s.output_l2_norm, s.seed_param_count_active,
-                   s.seed_flops_active_est, s.in_forward, s.contribution, s.germinations
+                   s.seed_flops_active_est, s.in_forward, s.contribution, s.germinations, s.slot_kind, s.sedation
             FROM slots s LEFT JOIN stage_names st ON st.value = s.stage  -- blueprint -1: no seed (null name)
                  LEFT JOIN blueprint_names b ON b.value = s.blueprint LEFT JOIN site_names si ON si.value = s.site
                  LEFT JOIN role_names ro ON ro.value = s.role
@@ -352,6 +369,64 @@ class Queries:
                  LEFT JOIN governor USING (cohort) ORDER BY cohort""",
             cohort, None, kind=kind, wait=int(Op.WAIT), grow=int(Op.GROW_INTERNAL), shrink=int(Op.SHRINK_INTERNAL),
             germinate=int(Op.GERMINATE), conv_heavy=int(Blueprint.CONV_HEAVY))  # fmt: skip
+
+    # --- decay (Emrakul) ---------------------------------------------------------------------------
+    def decay_counts(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """Per finished (run, env, episode): Emrakul's sedation probes started, restored (they
+        hurt) and cleared, the phages physically lysed, and the scars regrown or expired."""
+        counts = {"probes": PROBE_STARTED, "restored": PROBE_RESTORED, "cleared": PROBE_CLEARED, "lyses": LYSIS_PHYSICAL,
+                  "regrown": SCAR_REGROWN, "expired": SCAR_EXPIRED}  # fmt: skip
+        columns = ", ".join(f"count(name) FILTER (WHERE name = ${key}) AS {key}" for key in counts)
+        return self._query(f"""
+            WITH ep AS (SELECT {_EPISODE} FROM steps WHERE {{where}} GROUP BY ALL HAVING bool_or(done)),
+            ev AS (SELECT {_EPISODE}, name FROM events WHERE kind IN ($probe, $lysis) AND {{where}})
+            SELECT ep.*, {columns} FROM ep LEFT JOIN ev USING ({_EPISODE}) GROUP BY ALL ORDER BY {_EPISODE}""",
+            cohort, run, probe=int(EventKind.PROBE), lysis=int(EventKind.LYSIS), **counts)  # fmt: skip
+
+    def probes(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """One row per judged sedation probe: the phage's slot, the steps it started and was
+        judged, its baseline metric, the drop while gated, whether it was `restored` (it hurt) or
+        cleared, the run's `decay.harm_tolerance` and `decay.lock_steps`, and `recovery_steps`: steps after the judgement
+        until the step metric was back within the tolerance of the baseline (null: not within
+        the episode), the measure of a permanent loss spike."""
+        return self._query(f"""
+            WITH st AS (SELECT {_EPISODE}, slot, step AS started, value AS baseline FROM events
+                        WHERE kind = $probe AND name = $started AND {{where}}),
+            ju AS (SELECT {_EPISODE}, slot, step AS judged, name = $restored AS restored, value AS drop FROM events
+                   WHERE kind = $probe AND name IN ($restored, $cleared) AND {{where}}),
+            tol AS (SELECT run_id, CAST(json_extract(config_json, '$.decay.harm_tolerance') AS DOUBLE) AS tolerance,
+                           CAST(json_extract(config_json, '$.decay.lock_steps') AS INTEGER) AS lock_steps
+                    FROM runs WHERE {{where}}),
+            m AS (SELECT {_EPISODE}, step, metric FROM steps WHERE {{where}}),
+            p AS (SELECT ju.cohort, ju.run_id, ju.env, ju.episode, ju.slot, st.started, ju.judged, st.baseline, ju.drop,
+                         ju.restored, tol.tolerance, tol.lock_steps
+                  FROM ju ASOF JOIN st ON ju.cohort = st.cohort AND ju.run_id = st.run_id AND ju.env = st.env
+                       AND ju.episode = st.episode AND ju.slot = st.slot AND ju.judged >= st.started
+                  JOIN tol ON tol.run_id = ju.run_id),
+            rec AS (SELECT p.cohort, p.run_id, p.env, p.episode, p.judged, min(m.step) - p.judged AS recovery_steps
+                    FROM p JOIN m ON m.cohort = p.cohort AND m.run_id = p.run_id AND m.env = p.env AND m.episode = p.episode
+                    WHERE m.step > p.judged AND m.metric >= p.baseline - p.tolerance
+                    GROUP BY p.cohort, p.run_id, p.env, p.episode, p.judged)
+            SELECT p.*, rec.recovery_steps FROM p LEFT JOIN rec USING (cohort, run_id, env, episode, judged)
+            ORDER BY cohort, run_id, env, episode, judged""",
+            cohort, run, probe=int(EventKind.PROBE), started=PROBE_STARTED, restored=PROBE_RESTORED, cleared=PROBE_CLEARED)  # fmt: skip
+
+    def immune_ledger(self, cohort: str | None = None, run: str | None = None, env: int | None = None,
+                      episode: int | None = None) -> pl.DataFrame:  # fmt: skip
+        """Per step and slot that is a phage or a scar (seed 004 Stage 2): its kind, sedation
+        mask, Emrakul's ledger (debt in reward units, antibodies, lock left), the blueprint there
+        (or, for a scar, the one removed), its age as a scar and its last contribution; `phage`
+        labels the slot and its blueprint for plots."""
+        extra, params = _env_episode(env, episode)
+        return self._query(f"""
+            SELECT s.cohort, s.run_id, s.env, s.episode, s.step, s.slot, s.surface_uid, s.slot_kind,
+                   CASE s.slot_kind WHEN $phage THEN 'PHAGE' ELSE 'SCAR' END AS kind_name, s.sedation, s.debt, s.antibodies,
+                   s.lock_remaining, coalesce(b.name, r.name) AS blueprint_name, s.scar_age, s.contribution, s.scar_contribution,
+                   'slot ' || s.slot || ' ' || lower(coalesce(b.name, r.name)) AS phage
+            FROM (SELECT * FROM slots WHERE slot_kind IN ($phage, $scar) AND {{where}}{extra}) s
+            LEFT JOIN blueprint_names b ON b.value = s.blueprint LEFT JOIN blueprint_names r ON r.value = s.scar_blueprint
+            ORDER BY {", ".join(f"s.{k}" for k in _KEYS.split(", "))}, s.slot""",
+            cohort, run, phage=int(SlotKind.PHAGE), scar=int(SlotKind.SCAR), **params)  # fmt: skip
 
     def run_status_counts(self) -> pl.DataFrame:
         """Runs per (kind, status): the report shows failed, killed and running ones apart."""
