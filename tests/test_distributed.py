@@ -1,4 +1,5 @@
-"""Two gloo ranks on CPU: identical planes through a lifecycle, and a forced desync is caught."""
+"""Two gloo ranks on CPU: identical planes through a lifecycle and through Emrakul's lyses and a
+regrowth, and a forced desync is caught."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import torch
 import torch.multiprocessing as mp
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Action, Blueprint, Op
+from esper_lab.contracts import Action, Blueprint, Op, SlotKind
 from esper_lab.distributed import DesyncError, process_group, run
+from esper_lab.policy import PlanterPolicy
 
 CONFIG = RunConfig(task="digits_cnn", episode_length=12, batches_per_step=4, data_fraction=0.3)
 LADDER = Blueprint.CONV_CHANNEL_LADDER
@@ -35,11 +37,25 @@ def _worker(rank: int, world_size: int, rendezvous: str, results: dict, desync_s
         results[rank] = ("desync", str(error))
 
 
-def _launch(tmp_path, desync_step=None) -> dict:
+def _launch(tmp_path, desync_step=None, worker=None) -> dict:
     manager = mp.Manager()
     results = manager.dict()
-    mp.spawn(_worker, args=(2, f"file://{tmp_path}/rendezvous", results, desync_step), nprocs=2, join=True)
+    mp.spawn(worker or _worker, args=(2, f"file://{tmp_path}/rendezvous", results, desync_step), nprocs=2, join=True)
     return dict(results)
+
+
+DECAY = RunConfig(task="digits_cnn", density="a1", episode_length=40, batches_per_step=4, data_fraction=0.3, max_seeds=6,
+                  param_budget=4.0, contribution_every=2, economy={"rent_weight": 1.0}, decay={"enabled": True})  # fmt: skip
+
+
+def _decay_worker(rank: int, world_size: int, rendezvous: str, results: dict, _) -> None:
+    """Rank 0's planter plants and regrows; Emrakul decides on every rank from what it sees."""
+    torch.set_num_threads(1)
+    policy, kinds = PlanterPolicy(Blueprint.CONV_HEAVY, regrow=True), []
+    with process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size):
+        prints = run(DECAY, lambda result: policy.act([result])[0], DECAY.episode_length,
+                     before_check=lambda step, env: kinds.append([int(slot.kind) for slot in env.plane.slots]))  # fmt: skip
+    results[rank] = (prints, kinds)
 
 
 def test_two_ranks_keep_identical_planes_through_grow_shrink_and_fossilise(tmp_path):
@@ -57,3 +73,14 @@ def test_a_forced_desync_is_detected_naming_rank_and_slot(tmp_path):
         status, message = results[rank][:2]
         assert status == "desync"
         assert "rank 1 slot 0" in message and "step 4" in message
+
+
+def test_lysis_and_regrowth_stay_symmetric_across_ranks(tmp_path):
+    results = _launch(tmp_path, worker=_decay_worker)
+    (prints0, kinds0), (prints1, kinds1) = results[0], results[1]
+    assert prints0 == prints1 and kinds0 == kinds1  # every step: the same phages, sedations, scars and seeds
+    seen = {kind for step in kinds0 for kind in step}
+    assert {SlotKind.PHAGE, SlotKind.SCAR} <= seen  # Emrakul lysed on both ranks alike
+    scarred_then_seed = any(a == SlotKind.SCAR and b == SlotKind.SEED for t in range(len(kinds0) - 1)
+                            for a, b in zip(kinds0[t], kinds0[t + 1]))  # fmt: skip
+    assert scarred_then_seed  # and a scar was regrown (or expired) in step on both
