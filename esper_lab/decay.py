@@ -72,14 +72,16 @@ class Emrakul:
         that up is good; `rents[i]` is slot i's rent this step in reward units; `steps_left` is
         the steps the episode has after this one. Decisions act at the next step boundary."""
         self._custody(plane)
+        locked = {index: ledger.lock_remaining for index, ledger in self.ledgers.items()}
         for index, ledger in self.ledgers.items():
             slot = plane.slots[index]
-            ledger.lock_remaining = max(ledger.lock_remaining - 1, 0)
             if self.probe is None or self.probe.slot != index:  # a gated phage is judged by its probe
                 contribution = 0.0 if math.isnan(slot.contribution) else slot.contribution
                 ledger.debt += rents[index] - self.task_scale * contribution
         events = self._judge(plane, metric) if self.probe is not None else self._maybe_probe(plane, metric, steps_left)
         for index, ledger in self.ledgers.items():
+            if locked.get(index):  # a lock set this step starts counting at the next: it blocks `lock_steps` steps
+                ledger.lock_remaining -= 1
             plane.note_ledger(index, ledger.debt, ledger.antibodies, ledger.lock_remaining)
         return events
 
@@ -99,7 +101,7 @@ class Emrakul:
         if len(self.recent) < config.baseline_steps or steps_left < config.probe_steps + config.settle_steps:
             return []
         owing = [(ledger.debt, index) for index, ledger in self.ledgers.items()
-                 if ledger.debt > config.debt_threshold and ledger.lock_remaining == 0]  # fmt: skip
+                 if ledger.debt > config.debt_threshold and not ledger.lock_remaining]  # fmt: skip
         if not owing:
             return []
         _, index = max(owing)

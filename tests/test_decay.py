@@ -195,21 +195,24 @@ def test_a_probe_that_hurt_is_restored_gets_an_antibody_and_a_lock():
 
 
 def test_the_criticality_lock_stops_repeated_bad_probes():
-    """A phage the host needs, with debt past the threshold all along: it is probed once per
-    lock period, never more, and every probe is restored."""
+    """A phage the host needs, with debt past the threshold all along (rent 2 a step): every probe
+    is restored, and the next one starts only once the lock's steps have all gone by."""
     _, plane, _ = phage_plane()
     emrakul = Emrakul(RULES, TASK_SCALE)
-    events, metrics = [], []
-    for _ in range(40):
+    events, stepped = [], []
+    for step in range(40):
         gated = plane.slots[0].sedation == 0.0
-        metrics.append(0.80 if gated else 0.90)
-        events += drive(emrakul, plane, metrics[-1:], rent=2.0)
+        new = drive(emrakul, plane, [0.80 if gated else 0.90], rent=2.0)
+        events += new
+        stepped += [(step, e) for e in new]
     starts = [i for i, e in enumerate(events) if e.name == PROBE_STARTED]
     judged = len(starts) - (emrakul.probe is not None)  # the last may still be in flight
     assert names(events).count(PROBE_RESTORED) == judged >= 2 and LYSIS_FUNCTIONAL not in names(events)
     assert emrakul.ledgers[0].antibodies == judged
-    probe_length = RULES.probe_steps + RULES.settle_steps
-    assert len(starts) <= 40 // (probe_length + RULES.lock_steps) + 1  # the lock spaces them out
+    judged = [i for i, e in enumerate(events) if e.name == PROBE_RESTORED]
+    steps = {id(e): step for step, e in stepped}
+    gaps = [steps[id(events[s])] - steps[id(events[j])] for j, s in zip(judged, starts[1:])]
+    assert gaps and min(gaps) == RULES.lock_steps + 1  # the lock blocks exactly its steps, then the debt is owed again
     assert plane.slots[0].stage is Stage.FOSSILIZED
 
 
