@@ -28,14 +28,18 @@ LEVEL_OPS = frozenset({Op.GROW_INTERNAL, Op.SHRINK_INTERNAL})
 
 def rent_cost(alpha: torch.Tensor, seed_params: torch.Tensor, occupied: torch.Tensor, host_params: int, max_rent: float) -> float:
     """C_rent for one step from per-slot alpha, active seed params and occupancy ([S] tensors)."""
-    return min(max_rent, math.log1p(float(_paid(alpha, seed_params, occupied, host_params).sum()) / host_params))
+    return _cost(float(_paid(alpha, seed_params, occupied, host_params).sum()), host_params, max_rent)
 
 
 def slot_rents(alpha: torch.Tensor, seed_params: torch.Tensor, occupied: torch.Tensor, host_params: int, max_rent: float) -> torch.Tensor:
     """[S] each slot's share of C_rent, in proportion to what it pays for (Emrakul's ledger)."""
     paid = _paid(alpha, seed_params, occupied, host_params)
     total = float(paid.sum())
-    return paid * (rent_cost(alpha, seed_params, occupied, host_params, max_rent) / total) if total > 0 else paid
+    return paid * (_cost(total, host_params, max_rent) / total) if total > 0 else paid
+
+
+def _cost(paid: float, host_params: int, max_rent: float) -> float:
+    return min(max_rent, math.log1p(paid / host_params))
 
 
 def _paid(alpha: torch.Tensor, seed_params: torch.Tensor, occupied: torch.Tensor, host_params: int) -> torch.Tensor:

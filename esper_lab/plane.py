@@ -244,10 +244,8 @@ class SeedPlane(nn.Module):
         return events
 
     def _tick_phage(self, slot: SeedSlot) -> list[Event]:
-        if slot.sedation != slot.sedation_target:
-            step = slot.sedation + slot.sedation_rate
-            done = (step <= slot.sedation_target) if slot.sedation_rate < 0 else (step >= slot.sedation_target)
-            slot.sedation = slot.sedation_target if done else step
+        step, target = slot.sedation + slot.sedation_rate, slot.sedation_target
+        slot.sedation = max(step, target) if slot.sedation_rate < 0 else min(step, target)  # no overshoot
         if not (slot.lysis_due and slot.sedation == 0.0):
             return []
         blueprint, contribution = slot.blueprint, slot.contribution

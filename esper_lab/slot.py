@@ -202,7 +202,7 @@ class SeedSlot(nn.Module):
             "delta_l2_norm": delta, "output_l2_norm": output, "seed_grad_norm": seed_grad, "grad_ratio": grad_ratio,
             "embargo_remaining": self.embargo_remaining, "germinations": self.germinations,
             "slot_kind": int(self.kind), "sedation": self.sedation, "debt": self.debt, "antibodies": self.antibodies,
-            "lock_remaining": self.lock_remaining, "scar_age": self.scar_age if self.scar_blueprint is not None else 0,
+            "lock_remaining": self.lock_remaining, "scar_age": self.scar_age,
             "scar_blueprint": -1 if self.scar_blueprint is None else int(self.scar_blueprint),
             "scar_contribution": self.scar_contribution,
         }  # fmt: skip

@@ -38,13 +38,18 @@ def played_arms(settings: Settings) -> tuple[str, ...]:
     if settings.arms is None:
         return tuple(a for a in DEFAULT_ARMS if a != "oracle" or settings.oracle is not None)
     for arm in settings.arms:
-        if arm not in ARMS:
-            raise ValueError(f"arms: {arm!r} is not one of: {', '.join(ARMS)}")
-        if arm == "oracle" and settings.oracle is None:
-            raise ValueError("arms: 'oracle' needs settings that name its blueprint (oracle = ...)")
-        if arm.startswith("planter") and settings.planter is None:
-            raise ValueError(f"arms: {arm!r} needs settings that name the blueprint to plant (planter = ...)")
+        _check_arm(arm, settings)
     return settings.arms
+
+
+def _check_arm(arm: str, settings: Settings) -> None:
+    """Raise, naming the arm, when it is unknown or the settings lack the blueprint it plays."""
+    if arm not in ARMS:
+        raise ValueError(f"arms: {arm!r} is not one of: {', '.join(ARMS)}")
+    if arm == "oracle" and settings.oracle is None:
+        raise ValueError("arms: 'oracle' needs settings that name its blueprint (oracle = ...)")
+    if arm.startswith("planter") and settings.planter is None:
+        raise ValueError(f"arms: {arm!r} needs settings that name the blueprint to plant (planter = ...)")
 
 
 def arm_policy(arm: str, agent: Agent | None, settings: Settings):
@@ -54,17 +59,12 @@ def arm_policy(arm: str, agent: Agent | None, settings: Settings):
         if agent is None:
             raise ValueError(f"arm {arm!r} needs a trained agent")
         return PPOPolicy(agent, seed=stream_seed(run_seed, 0, Stream.EVALUATION), greedy=arm == "ppo_greedy")
-    if arm == "oracle" and settings.oracle is None:
-        raise ValueError("arm 'oracle' needs settings that name its blueprint (oracle = ...)")
-    if arm.startswith("planter") and settings.planter is None:
-        raise ValueError(f"arm {arm!r} needs settings that name the blueprint to plant (planter = ...)")
+    _check_arm(arm, settings)
     makers: dict[str, Callable] = {"static": StaticPolicy, "heuristic": HeuristicPolicy,
                                    "random": lambda: RandomPolicy(seed=stream_seed(run_seed, 0, Stream.EVALUATION)),
                                    "oracle": lambda: OraclePolicy(settings.oracle),
                                    "planter": lambda: PlanterPolicy(settings.planter),
                                    "planter_regrow": lambda: PlanterPolicy(settings.planter, regrow=True)}  # fmt: skip
-    if arm not in makers:
-        raise ValueError(f"arm={arm!r} is not one of: {', '.join(ARMS)}")
     return makers[arm]()
 
 
