@@ -122,6 +122,9 @@ class DecayConfig:
     a phage is in custody); metric drops are in the task metric's units, signed so a drop hurts."""
 
     enabled: bool = False
+    # probes ordered by a learned head set (seed 003 §9.1's Tamiyo/Emrakul split) instead of the
+    # debt rule; the policy that trains it is the one that plays (`policy.agent.ROLES`)
+    learned: bool = False
     debt_threshold: float = 1.0  # probe a phage once it owes this much: ~5 steps of an unpaid host-sized conv_heavy at rent 0.3
     probe_steps: int = 2  # steps the sedation mask takes to fade a phage to 0 while the host trains (it can re-route)
     settle_steps: int = 2  # steps a probed phage stays gated before its probe is judged on their mean metric
@@ -132,8 +135,11 @@ class DecayConfig:
     lock_steps: int = 10  # criticality lock after a probe that hurt: no probe of that phage for this long
 
     def __post_init__(self):
-        if not isinstance(self.enabled, bool):
-            raise ValueError(f"decay.enabled={self.enabled!r} must be true or false")
+        for name in ("enabled", "learned"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"decay.{name}={getattr(self, name)!r} must be true or false")
+        if self.learned and not self.enabled:
+            raise ValueError("decay.learned=true needs decay.enabled=true (a learned Emrakul is still Emrakul)")
         for name in ("debt_threshold", "harm_tolerance"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:

@@ -61,6 +61,14 @@ class Op(enum.IntEnum):
     FOCUS_PREV = 9
 
 
+class Decay(enum.IntEnum):
+    """Emrakul's order, chosen by the decay head when Emrakul is learned (seed 003 §9.4: she
+    sedates, the system judges and deletes; `esper_lab.decay`)."""
+
+    HOLD = 0
+    SEDATE = 1  # begin a sedation probe of the phage the `phage` head names
+
+
 class HostKind(enum.IntEnum):
     CNN = 1
     TRANSFORMER = 2
@@ -262,7 +270,7 @@ class EventKind(enum.IntEnum):
 
 
 # Emrakul's event names (the `events` table's `name` for PROBE and LYSIS events).
-PROBE_STARTED = "emrakul_probe_started"  # value: the phage's debt when the probe began
+PROBE_STARTED = "emrakul_probe_started"  # value: the baseline the probe is judged against
 PROBE_RESTORED = "emrakul_probe_restored"  # the probe hurt: sedation lifted, an antibody, a lock; value: the metric drop
 PROBE_CLEARED = "emrakul_probe_cleared"  # the probe did no harm; value: the metric drop (<= tolerance)
 LYSIS_FUNCTIONAL = "emrakul_lysis_functional"  # the phage stays sedated at 0, physical lysis is scheduled
@@ -283,12 +291,13 @@ _ACTION_ENUMS: dict[str, type[enum.IntEnum]] = {}  # filled below, once Action's
 
 @dataclass(frozen=True)
 class Action:
-    """One decision: the op, the slot it targets, and the germination config it resolves to.
+    """One decision: Tamiyo's op, the slot it targets and the germination config it resolves to,
+    and Emrakul's order with the phage it names (obeyed only when Emrakul is learned).
 
-    Fields a given op does not use are carried but ignored (the policy's log-prob does not count
-    them either). Built by hand or by a policy, an action is checked here, at construction: enum
-    fields take their enum or a valid integer value (coerced), the slot a non-negative integer;
-    anything else raises naming the field, before it can reach a plane.
+    Fields a given op (or order) does not use are carried but ignored (the policy's log-prob does
+    not count them either). Built by hand or by a policy, an action is checked here, at
+    construction: enum fields take their enum or a valid integer value (coerced), the slots
+    non-negative integers; anything else raises naming the field, before it can reach a plane.
     """
 
     op: Op
@@ -298,15 +307,19 @@ class Action:
     curve: AlphaCurve = AlphaCurve.LINEAR
     tempo: Tempo = Tempo.STANDARD
     target: AlphaTarget = AlphaTarget.FULL
+    decay: Decay = Decay.HOLD
+    phage: int = 0
 
     def __post_init__(self):
         for name, cls in _ACTION_ENUMS.items():
             value = getattr(self, name)
             if not isinstance(value, cls):
                 object.__setattr__(self, name, _enum_value(cls, value, f"Action.{name}"))
-        if not _is_int(self.slot) or self.slot < 0:
-            raise ValueError(f"Action.slot={self.slot!r} must be an integer >= 0")
-        object.__setattr__(self, "slot", int(self.slot))
+        for name in _ACTION_SLOTS:
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"Action.{name}={value!r} must be an integer >= 0")
+            object.__setattr__(self, name, int(value))
 
 
 def _is_int(value) -> bool:
@@ -321,7 +334,8 @@ def _enum_value(cls: type[enum.IntEnum], value, name: str) -> enum.IntEnum:
     raise ValueError(f"{name}={value!r} is not a valid {cls.__name__} (allowed: {allowed})")
 
 
-_ACTION_ENUMS.update({name: cls for name, cls in get_type_hints(Action).items() if name != "slot"})
+_ACTION_SLOTS = ("slot", "phage")  # the Action fields that name a slot
+_ACTION_ENUMS.update({name: cls for name, cls in get_type_hints(Action).items() if name not in _ACTION_SLOTS})
 
 
 @dataclass(frozen=True)
@@ -336,7 +350,11 @@ class Event:
 
 
 # --- the policy's factored heads (seed 001 §4) ---------------------------------------------------
-HEADS = ("op", "slot", "blueprint", "blend", "curve", "tempo", "target")  # sampling order
+# Two head sets (seed 003 §9.1, the Tamiyo/Emrakul split): Tamiyo's grow, Emrakul's decay. Each
+# is played by a learned agent or by rules (`policy.agent.ROLES`, `DecayConfig.learned`).
+TAMIYO_HEADS = ("op", "slot", "blueprint", "blend", "curve", "tempo", "target")  # sampling order
+EMRAKUL_HEADS = ("decay", "phage")
+HEADS = TAMIYO_HEADS + EMRAKUL_HEADS
 GERMINATION_HEADS = ("blueprint", "blend", "curve", "tempo", "target")
 
 
@@ -351,6 +369,11 @@ def heads_used(op: Op) -> tuple[str, ...]:
     if op is Op.SET_ALPHA_TARGET:
         return ("op", "slot", "target")
     return ("op", "slot")
+
+
+def decay_heads_used(decay: Decay) -> tuple[str, ...]:
+    """Emrakul's heads that `decay` applies (when Emrakul's head set decides at all)."""
+    return ("decay", "phage") if decay is Decay.SEDATE else ("decay",)
 
 
 # --- random streams and episode seeds (DESIGN rule 7) ---------------------------------------------
@@ -463,13 +486,16 @@ class PlaneReport:
 
 @dataclass(frozen=True)
 class ActionMasks:
-    """Legal choices: `op[S, n_ops]` per slot and `blueprint[S, n_blueprints]` per slot.
+    """Legal choices: `op[S, n_ops]` per slot, `blueprint[S, n_blueprints]` per slot, and
+    `phage[S]`, the phages a learned Emrakul may sedate now (none unless Emrakul is learned).
 
-    WAIT is legal on every slot, so every row keeps at least one legal choice.
+    WAIT is legal on every slot, so every row keeps at least one legal choice; HOLD is always
+    legal, so a learned Emrakul never has to sedate.
     """
 
     op: torch.Tensor
     blueprint: torch.Tensor
+    phage: torch.Tensor
 
 
 @dataclass(frozen=True)

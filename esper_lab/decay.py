@@ -19,6 +19,12 @@ Tamiyo's reach, and Emrakul may take it out again through the plane's lysis inte
 One probe at a time, so a metric change has one suspect; a probe starts only when the episode has
 the steps to finish it, so no phage ends an episode half sedated. Every decision is a function of
 the plane and the metric, which data-parallel ranks share, so ranks decide alike.
+
+**Learned Emrakul** (`DecayConfig.learned`, seed 003 §9.4's action space): the debt rule no
+longer starts probes; the policy's Emrakul heads do, with `Decay.SEDATE` and the phage to sedate,
+among the phages `phage_mask` allows (the ones the rule could probe, whatever their debt). The
+judgement stays a measurement: a probe that hurt is restored, one that did no harm lyses, and
+Emrakul never deletes anything directly. The ledger goes on counting: it is what she observes.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+
+import torch
 
 from esper_lab.config import DecayConfig
 from esper_lab.contracts import (
@@ -67,10 +75,11 @@ class Emrakul:
         self.recent: deque[float] = deque(maxlen=config.baseline_steps)  # metrics while nothing was probed
         self.probe: Probe | None = None
 
-    def step(self, plane: SeedPlane, metric: float, rents: list[float], steps_left: int) -> list[Event]:
+    def step(self, plane: SeedPlane, metric: float, rents: list[float], steps_left: int, order: int | None = None) -> list[Event]:
         """One step's decisions, after the step's training and evaluation. `metric` is signed so
         that up is good; `rents[i]` is slot i's rent this step in reward units; `steps_left` is
-        the steps the episode has after this one. Decisions act at the next step boundary."""
+        the steps the episode has after this one; `order` is the phage a learned Emrakul ordered
+        sedated (from this step's `phage_mask`). Decisions act at the next step boundary."""
         self._custody(plane)
         locked = {index: ledger.lock_remaining for index, ledger in self.ledgers.items()}
         for index, ledger in self.ledgers.items():
@@ -78,7 +87,7 @@ class Emrakul:
             if self.probe is None or self.probe.slot != index:  # a gated phage is judged by its probe
                 contribution = 0.0 if math.isnan(slot.contribution) else slot.contribution
                 ledger.debt += rents[index] - self.task_scale * contribution
-        events = self._judge(plane, metric) if self.probe is not None else self._maybe_probe(plane, metric, steps_left)
+        events = self._judge(plane, metric) if self.probe is not None else self._maybe_probe(plane, metric, steps_left, order)
         for index, ledger in self.ledgers.items():
             if locked.get(index):  # a lock set this step starts counting at the next: it blocks `lock_steps` steps
                 ledger.lock_remaining -= 1
@@ -95,19 +104,35 @@ class Emrakul:
             if self.probe is not None and self.probe.slot == index:
                 self.probe = None  # removed under the probe (a governor rollback's culprit, say)
 
-    def _maybe_probe(self, plane: SeedPlane, metric: float, steps_left: int) -> list[Event]:
+    def phage_mask(self, n_slots: int, steps_left: int) -> torch.Tensor:
+        """[n_slots] the phages a learned Emrakul may order sedated at the next step (none for the
+        rule-based one): those the next step could probe, read now, before it runs."""
+        mask = torch.zeros(n_slots, dtype=torch.bool)
+        if self.config.learned and self.probe is None and self._room(len(self.recent) + 1, steps_left - 1):
+            mask[self._probeable()] = True
+        return mask
+
+    def _room(self, baseline: int, steps_left: int) -> bool:
+        """A full baseline, and the steps to fade, settle and judge a probe before the episode ends."""
+        return baseline >= self.config.baseline_steps and steps_left >= self.config.probe_steps + self.config.settle_steps
+
+    def _probeable(self) -> list[int]:
+        return [index for index, ledger in self.ledgers.items() if not ledger.lock_remaining]
+
+    def _maybe_probe(self, plane: SeedPlane, metric: float, steps_left: int, order: int | None) -> list[Event]:
         self.recent.append(metric)
-        config = self.config
-        if len(self.recent) < config.baseline_steps or steps_left < config.probe_steps + config.settle_steps:
+        if not self._room(len(self.recent), steps_left):
             return []
-        owing = [(ledger.debt, index) for index, ledger in self.ledgers.items()
-                 if ledger.debt > config.debt_threshold and not ledger.lock_remaining]  # fmt: skip
-        if not owing:
+        if self.config.learned:  # the order stands if the phage is still probeable (a rollback may have taken it)
+            chosen = [order] if order in self._probeable() else []
+        else:
+            chosen = [i for i in self._probeable() if self.ledgers[i].debt > self.config.debt_threshold]
+        if not chosen:
             return []
-        _, index = max(owing)
+        index = max(chosen, key=lambda i: (self.ledgers[i].debt, i))
         baseline = sum(self.recent) / len(self.recent)
         self.probe = Probe(index, baseline)
-        plane.sedate(index, 0.0, config.probe_steps)
+        plane.sedate(index, 0.0, self.config.probe_steps)
         return [_event(plane, index, EventKind.PROBE, PROBE_STARTED, baseline)]
 
     def _judge(self, plane: SeedPlane, metric: float) -> list[Event]:

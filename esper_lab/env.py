@@ -13,6 +13,7 @@ at the episode's last step, on the whole validation split (`full_metric`, what o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import multiprocessing
@@ -28,6 +29,8 @@ from esper_lab.config import RunConfig
 from esper_lab.contracts import (
     SEED_STAGES,
     Action,
+    ActionMasks,
+    Decay,
     Event,
     EventKind,
     HostKind,
@@ -43,7 +46,7 @@ from esper_lab.decay import Emrakul
 from esper_lab.economy import Ledger
 from esper_lab.governor import Governor
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
-from esper_lab.plane import SeedPlane
+from esper_lab.plane import IllegalAction, SeedPlane
 from esper_lab.training import Evaluation, evaluate, train_epoch
 from esper_lab.twin import StaticTwin
 
@@ -169,7 +172,7 @@ class MorphEnv:
         self.gain_over_static = 0.0
         metrics = self._metrics(train_loss=math.nan, evaluation=evaluation, gain=0.0, veto=False, rollback=False)
         zero = RewardParts(task=0.0, rent=0.0, churn=0.0, intervention=0.0, total=0.0)
-        return StepResult(0, self.plane.report(), self.plane.action_masks(), metrics, zero, [], False, self.episode_seed)
+        return StepResult(0, self.plane.report(), self._masks(), metrics, zero, [], False, self.episode_seed)
 
     # --- one step -----------------------------------------------------------------------------
     def step(self, action: Action) -> StepResult:
@@ -177,6 +180,9 @@ class MorphEnv:
             raise RuntimeError(f"episode is over after {self.config.episode_length} steps; call reset()")
         plane, events = self.plane, []
         plane.check(action)  # the plane's masks are the rules; an illegal action is a caller bug
+        sedate = action.decay is Decay.SEDATE
+        if sedate and not (action.phage < len(self.masks.phage) and self.masks.phage[action.phage]):
+            raise IllegalAction(f"SEDATE phage {action.phage}: not a phage Emrakul may sedate now (the step's phage mask)")
         veto = self.governor.veto(plane, action)
         if veto is not None:
             events.append(Event(EventKind.VETO, action.slot, plane.specs[action.slot].surface_uid, veto, float(action.op)))
@@ -212,7 +218,8 @@ class MorphEnv:
         rent = economy.rent_cost(*paying)
         if self.emrakul is not None:
             rents = (prices.rent_weight * economy.slot_rents(*paying)).tolist()
-            events += self.emrakul.step(plane, self._signed(metric), rents, self.config.episode_length - self.step_count)
+            events += self.emrakul.step(plane, self._signed(metric), rents, self.config.episode_length - self.step_count,
+                                        order=action.phage if sedate else None)  # fmt: skip
         report = plane.report()
         self.ledger.record(action.op, veto is not None, report.column("alpha"))
         static = self._metric(self.twin.evaluate(self.probe_x, self.probe_y)) if self.twin is not None else metric
@@ -222,7 +229,17 @@ class MorphEnv:
         reward = economy.reward(prices, signal, rent, self.ledger.churn_cost(), action.op, veto is not None)
         metrics = self._metrics(train_loss, evaluation, gain, veto is not None, rollback, full=self._full_metric() if done else math.nan,
                                 static=static if prices.reward_signal == "gain_over_static" else math.nan)  # fmt: skip
-        return StepResult(self.step_count, report, plane.action_masks(), metrics, reward, events, done, self.episode_seed)
+        return StepResult(self.step_count, report, self._masks(), metrics, reward, events, done, self.episode_seed)
+
+    def _masks(self) -> ActionMasks:
+        """The plane's masks, and the phages a learned Emrakul may sedate at the next step; kept,
+        so that the next step can check the order it gets against what the policy was shown."""
+        masks = self.plane.action_masks()
+        if self.emrakul is not None:
+            steps_left = self.config.episode_length - self.step_count
+            masks = dataclasses.replace(masks, phage=self.emrakul.phage_mask(len(self.plane.slots), steps_left))
+        self.masks = masks
+        return masks
 
     def _train(self) -> float:
         """One epoch; the mean training loss (averaged over ranks when data-parallel)."""

@@ -159,12 +159,13 @@ class SeedPlane(nn.Module):
         return None
 
     def action_masks(self) -> ActionMasks:
-        """Legal ops per slot and legal blueprints per slot: the one source of truth."""
+        """Legal ops per slot and legal blueprints per slot: the one source of truth. Which phages
+        may be sedated is Emrakul's to say (`decay.Emrakul.phage_mask`): none, here."""
         op = torch.zeros(len(self.slots), len(Op), dtype=torch.bool)
         for slot in self.slots:
             for o in Op:
                 op[slot.index, o] = o is Op.WAIT or self._guard(slot, o) is None
-        return ActionMasks(op=op, blueprint=self._blueprint_fit.clone())
+        return ActionMasks(op=op, blueprint=self._blueprint_fit.clone(), phage=torch.zeros(len(self.slots), dtype=torch.bool))
 
     # --- applying decisions -------------------------------------------------------------------
     def check(self, action: Action) -> None:

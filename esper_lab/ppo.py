@@ -31,7 +31,7 @@ from esper_lab.policy.heads import Decision
 ADAM_EPS = 1e-5  # the PPO implementations' Adam epsilon (Huang et al. 2022, "37 details")
 ADVANTAGE_EPS = 1e-8  # guards advantage normalisation against a constant batch
 ENTROPY_COEF_RANGE = (1e-4, 1.0)  # an adapted coefficient stays where the policy loss still counts
-CHECKPOINT_VERSION = 3  # 2: the caller's metadata (the run it records into); 3: adapted entropy coefficients
+CHECKPOINT_VERSION = 4  # 2: the caller's metadata (the run it records into); 3: adapted entropy coefficients; 4: Emrakul's heads
 
 
 def _entropy_defaults() -> dict[str, float]:
@@ -131,10 +131,11 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, gamma:
 
 
 class PPOTrainer:
-    def __init__(self, env, agent: Agent, config: PPOConfig = PPOConfig(), recorder=None):
-        """`env` is a `VecEnv` or anything with `reset()`, `step(actions)` and `len()`."""
+    def __init__(self, env, agent: Agent, config: PPOConfig = PPOConfig(), recorder=None, partner=None):
+        """`env` is a `VecEnv` or anything with `reset()`, `step(actions)` and `len()`; `partner`
+        plays the heads the agent does not learn (`PPOPolicy`), e.g. a scripted Tamiyo."""
         self.env, self.agent, self.config, self.recorder = env, agent, config, recorder
-        self.policy = PPOPolicy(agent, seed=config.seed)
+        self.policy = PPOPolicy(agent, seed=config.seed, partner=partner)
         self.optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=ADAM_EPS, foreach=True)
         self.shuffle = torch.Generator().manual_seed(stream_seed(config.seed, 0, Stream.SHUFFLE))
         self.return_norm = RunningNorm(1)
@@ -312,14 +313,14 @@ class PPOTrainer:
         os.replace(temp, path)
 
     @classmethod
-    def resume(cls, path: str | Path, env, recorder=None) -> PPOTrainer:
+    def resume(cls, path: str | Path, env, recorder=None, partner=None) -> PPOTrainer:
         """A trainer that continues from checkpoint `path` as if it had never stopped."""
         payload = torch.load(path, weights_only=True)
         if payload.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint {path} has version {payload.get('version')}, expected {CHECKPOINT_VERSION}")
         agent = Agent(PolicyConfig(**payload["policy_config"]))
         agent.load_state_dict(payload["agent"])
-        trainer = cls(env, agent, PPOConfig(**payload["ppo_config"]), recorder)
+        trainer = cls(env, agent, PPOConfig(**payload["ppo_config"]), recorder, partner)
         trainer.optimizer.load_state_dict(payload["optimizer"])
         trainer.return_norm.load_state_dict(payload["return_norm"])
         trainer.policy.set_rng_state(payload["sampling_rng"])

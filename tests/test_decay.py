@@ -3,6 +3,7 @@ step boundaries and scars, on real hosts and real tensors; then Emrakul inside a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -22,6 +23,7 @@ from esper_lab.contracts import (
     Action,
     BlendAlgorithm,
     Blueprint,
+    Decay,
     EventKind,
     Op,
     SlotKind,
@@ -144,12 +146,13 @@ def test_the_scar_and_sedation_state_is_part_of_the_fingerprint():
 
 
 # --- Emrakul's rules -----------------------------------------------------------------------------
-def drive(emrakul: Emrakul, plane: SeedPlane, metrics: list[float], rent: float = 0.5, steps_left: int = 100):
+def drive(emrakul: Emrakul, plane: SeedPlane, metrics: list[float], rent: float = 0.5, steps_left: int = 100,
+          order: int | None = None):  # fmt: skip
     """One Emrakul decision per metric, each followed by the step boundary; all events."""
     events = []
     for metric in metrics:
         rents = [rent if slot.stage is Stage.FOSSILIZED else 0.0 for slot in plane.slots]
-        events += emrakul.step(plane, metric, rents, steps_left)
+        events += emrakul.step(plane, metric, rents, steps_left, order)
         events += plane.tick()
     return events
 
@@ -234,6 +237,52 @@ def test_decay_config_fails_before_compute_naming_the_field():
         RunConfig(decay={"harm_tolerance": -1})
     with pytest.raises(ValueError, match="decay.enabled"):
         DecayConfig(enabled="yes")
+    with pytest.raises(ValueError, match="decay.learned=true needs decay.enabled"):
+        DecayConfig(learned=True)
+
+
+# --- the learned Emrakul ---------------------------------------------------------------------------
+LEARNED = dataclasses.replace(RULES, learned=True)
+
+
+def test_a_learned_emrakul_probes_only_what_she_orders_among_what_her_mask_allows():
+    _, plane, _ = phage_plane(slots=(0, 1))
+    emrakul = Emrakul(LEARNED, TASK_SCALE)
+    n = len(plane.slots)
+    assert not drive(emrakul, plane, [0.9] * 6, rent=2.0)  # deep in debt, but nobody ordered a probe
+    mask = emrakul.phage_mask(n, steps_left=100)
+    assert mask.nonzero().flatten().tolist() == [0, 1]  # both phages, whatever their debt
+    assert not emrakul.phage_mask(n, steps_left=LEARNED.probe_steps + LEARNED.settle_steps).any()  # no room to finish
+    assert not Emrakul(RULES, TASK_SCALE).phage_mask(n, 100).any()  # the rule-based Emrakul takes no orders
+    events = drive(emrakul, plane, [0.9], order=0)  # slot 1 owes as much: the order, not the debt, chooses
+    assert names(events) == [PROBE_STARTED] and events[0].slot == 0
+    assert not emrakul.phage_mask(n, 100).any()  # one probe at a time
+    events = drive(emrakul, plane, [0.88, 0.85, 0.86])  # the judgement is still the measurement: it hurt
+    assert names(events) == [PROBE_RESTORED] and emrakul.ledgers[0].lock_remaining == LEARNED.lock_steps
+    drive(emrakul, plane, [0.9] * LEARNED.baseline_steps)
+    assert emrakul.phage_mask(n, 100).nonzero().flatten().tolist() == [1]  # a locked phage cannot be ordered
+    assert not drive(emrakul, plane, [0.9], order=0)  # and an order for it is no probe
+
+
+def test_the_env_shows_a_learned_emrakul_her_phages_and_refuses_an_order_outside_the_mask():
+    config = RunConfig(task="digits_cnn", density="a1", episode_length=30, max_seeds=8, param_budget=4.0, batches_per_step=2,
+                       data_fraction=0.25, economy={"rent_weight": 1.0}, decay={"enabled": True, "learned": True})  # fmt: skip
+    env, planter = MorphEnv(config), PlanterPolicy(Blueprint.CONV_HEAVY)
+    result, probed = env.reset(), []
+    with pytest.raises(IllegalAction, match="SEDATE phage 0"):
+        env.step(Action(Op.WAIT, decay=Decay.SEDATE, phage=0))  # no phage yet
+    while not result.done:
+        action = planter.act([result])[0]
+        phages = result.masks.phage.nonzero().flatten().tolist()
+        for slot in phages:
+            assert env.plane.slots[slot].kind is SlotKind.PHAGE
+        if phages:
+            action = dataclasses.replace(action, decay=Decay.SEDATE, phage=phages[-1])
+        result = env.step(action)
+        started = [e.slot for e in result.events if e.name == PROBE_STARTED]
+        assert started == ([phages[-1]] if phages else [])  # the order, obeyed at the step it was given
+        probed += started
+    assert probed
 
 
 # --- in a real env ---------------------------------------------------------------------------------

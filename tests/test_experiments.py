@@ -19,7 +19,7 @@ from esper_lab.dashboards import Selection, decay_page
 from esper_lab.env import VecEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.experiments.evaluation import eval_seeds
-from esper_lab.policy import OraclePolicy, StaticPolicy
+from esper_lab.policy import OraclePolicy, PlanterPolicy, StaticPolicy
 from esper_lab.data import DATA_ENV_VAR, write_cifar10_batches
 from esper_lab.experiments.member import run_member
 from esper_lab.experiments.gates import ENTROPY_KEPT, GROW_SHRINK_GATE, Evidence, evidence, seed002_gates, stage1_gates, stage2_gates
@@ -295,6 +295,22 @@ def test_scripted_arms_need_what_they_play_and_only_a_ppo_arm_needs_training():
         Settings.build({**base, "arms": ["plantr"], "planter": "conv_heavy"})
     with pytest.raises(ValueError, match="planter='lora' must be one of the run's blueprints"):
         Settings.build({**base, "arms": ["planter"], "planter": "lora"})
+
+
+def test_a_learned_emrakul_sets_the_policys_role_and_plays_beside_the_planter():
+    settings = load_pack("stage2_learned").settings("learned", 0, "smoke")
+    assert settings.run.decay.learned and settings.policy.role == "emrakul"
+    assert isinstance(settings.partner(), PlanterPolicy) and Settings.build(settings.to_dict()) == settings
+    alone = Settings.build({"decay": {"enabled": True, "learned": True}})
+    assert alone.policy.role == "both" and alone.partner() is None  # no scripted Tamiyo: one agent learns both sets
+    assert Settings.build({}).policy.role == "tamiyo"
+    learned = {"decay": {"enabled": True, "learned": True}, "planter": "conv_heavy"}
+    with pytest.raises(ValueError, match="arms must include ppo_greedy or ppo_sampled"):
+        Settings.build({**learned, "rounds": 0, "arms": ["static"]})
+    with pytest.raises(ValueError, match=r"arms \['planter'\] play Tamiyo's script beside a learned Emrakul"):
+        Settings.build({**learned, "arms": ["ppo_greedy", "planter"]})
+    with pytest.raises(ValueError, match="policy.role='tamiyo': decay.learned and planter make it 'emrakul'"):
+        Settings.build({**learned, "policy": {"role": "tamiyo"}})
 
 
 def test_the_decay_gates_read_emrakul_against_the_same_planted_episodes_without_it(tmp_path):

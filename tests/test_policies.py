@@ -67,7 +67,7 @@ def test_random_policy_is_deterministic_per_seed():
     n_slots = result.masks.op.shape[0]
     # Everything legal, so every head of the random policy has real choices to make.
     open_result = dataclasses.replace(
-        result, masks=ActionMasks(op=torch.ones(n_slots, len(Op), dtype=torch.bool), blueprint=result.masks.blueprint)
+        result, masks=ActionMasks(op=torch.ones(n_slots, len(Op), dtype=torch.bool), blueprint=result.masks.blueprint, phage=result.masks.phage)
     )
 
     def actions(seed: int, n_envs: int = 3, steps: int = 40):
@@ -88,7 +88,7 @@ def test_random_policy_samples_only_legal_ops_and_all_of_them():
     ops = torch.zeros_like(result.masks.op)
     ops[:, Op.WAIT] = True
     ops[2, Op.PRUNE] = ops[4, Op.ADVANCE] = ops[4, Op.GROW_INTERNAL] = True
-    partial = dataclasses.replace(result, masks=ActionMasks(op=ops, blueprint=result.masks.blueprint))
+    partial = dataclasses.replace(result, masks=ActionMasks(op=ops, blueprint=result.masks.blueprint, phage=result.masks.phage))
     policy = RandomPolicy(seed=1)
     seen = Counter((a.op, a.slot if a.op is not Op.WAIT else None) for _ in range(200) for a in policy.act([partial]))
     assert set(seen) == {(Op.WAIT, None), (Op.PRUNE, 2), (Op.ADVANCE, 4), (Op.GROW_INTERNAL, 4)}

@@ -11,13 +11,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esper_lab.contracts import HEADS, SLOT_COLUMNS, STEP_METRICS, Action, ActionMasks, Blueprint, Op, PlaneReport, RewardParts, StepResult, SurfaceDensity
+from esper_lab.contracts import HEADS, SLOT_COLUMNS, STEP_METRICS, Action, ActionMasks, Blueprint, Decay, Op, PlaneReport, RewardParts, StepResult, SurfaceDensity
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
 from esper_lab.plane import SeedPlane
-from esper_lab.policy import GLOBAL_FIELDS, SLOT_FIELDS, Agent, Observation, Observer, PolicyConfig, PPOPolicy
+from esper_lab.policy import GLOBAL_FIELDS, SLOT_FIELDS, Agent, Observation, Observer, PlanterPolicy, PolicyConfig, PPOPolicy
 from esper_lab.policy.features import SLOT_ID_FIELDS, RunningNorm
-from esper_lab.policy.heads import CHOICES, DEFAULTS
-from esper_lab.policy.synthetic import KnownAnswerEnv
+from esper_lab.policy.heads import DEFAULTS, noise_sizes
+from esper_lab.policy.synthetic import ImmuneAnswerEnv, KnownAnswerEnv
 
 ENCODERS = ("flat", "slot_transformer")
 
@@ -133,18 +133,23 @@ def test_sampled_choices_obey_arbitrary_masks(seed, n_slots):
     op_mask[..., Op.WAIT] = True
     blueprint_mask = torch.rand(4, n_slots, len(Blueprint), generator=g) < 0.3
     blueprint_mask[..., int(torch.randint(len(Blueprint), (), generator=g))] = True
+    phage_mask = torch.rand(4, n_slots, generator=g) < 0.3
     obs = Observation(
         torch.randn(4, len(GLOBAL_FIELDS), generator=g), torch.randn(4, n_slots, len(SLOT_FIELDS), generator=g),
         torch.zeros(4, n_slots, len(SLOT_ID_FIELDS), dtype=torch.long), torch.ones(4, n_slots, dtype=torch.bool), op_mask, blueprint_mask,
+        phage_mask,
     )  # fmt: skip
-    noise = {h: torch.rand(4, n_slots if h == "slot" else len(CHOICES[h]), generator=g) for h in HEADS}
-    decision, _, _ = agent_for("slot_transformer", n_slots)(obs, noise=noise)
+    noise = {h: torch.rand(4, n, generator=g) for h, n in noise_sizes(n_slots).items()}
+    decision, _, _ = agent_for("slot_transformer", n_slots, role="both")(obs, noise=noise)
     rows = torch.arange(4)
     op, slot, blueprint = decision.choice["op"], decision.choice["slot"], decision.choice["blueprint"]
     assert op_mask.any(1)[rows, op].all()
     assert op_mask[rows, slot, op].all()
     germinate = op == Op.GERMINATE
     assert blueprint_mask[rows, slot, blueprint][germinate].all()
+    sedate = decision.choice["decay"] == Decay.SEDATE
+    assert phage_mask[rows, decision.choice["phage"]][sedate].all()
+    assert (decision.used["decay"] == phage_mask.any(1)).all()  # HOLD alone is no decision
     for h in HEADS:  # unused heads carry Action's defaults and add nothing
         unused = ~decision.used[h]
         assert (decision.choice[h][unused] == DEFAULTS[h]).all()
@@ -156,7 +161,7 @@ def test_a_head_with_one_legal_choice_has_zero_entropy_and_zero_log_prob():
     masks = plane.action_masks()
     only_wait = torch.zeros_like(masks.op)
     only_wait[:, Op.WAIT] = True
-    result = dataclasses.replace(result_of(plane), masks=ActionMasks(only_wait, masks.blueprint))
+    result = dataclasses.replace(result_of(plane), masks=ActionMasks(only_wait, masks.blueprint, masks.phage))
     decision = PPOPolicy(agent_for("flat", 6)).decide([result])[1]
     assert decision.choice["op"].item() == Op.WAIT
     assert decision.entropy["op"].item() == 0.0 and decision.logp["op"].item() == 0.0
@@ -166,7 +171,7 @@ def test_a_head_with_one_legal_choice_has_zero_entropy_and_zero_log_prob():
     one[:, Op.WAIT], one[4, Op.GERMINATE] = True, True
     blueprints = torch.zeros_like(masks.blueprint)
     blueprints[4, Blueprint.CONV_LIGHT] = True
-    result = dataclasses.replace(result_of(plane), masks=ActionMasks(one, blueprints))
+    result = dataclasses.replace(result_of(plane), masks=ActionMasks(one, blueprints, masks.phage))
     agent = agent_for("flat", 6)
     obs = agent.normalise(Observer(6)([result]), update=False)
     decision, _, _ = agent(obs, given={**{h: torch.tensor([DEFAULTS[h]]) for h in HEADS}, "op": torch.tensor([Op.GERMINATE]),
@@ -174,6 +179,27 @@ def test_a_head_with_one_legal_choice_has_zero_entropy_and_zero_log_prob():
     for h in ("slot", "blueprint"):
         assert decision.entropy[h].item() == 0.0 and decision.logp[h].item() == 0.0
     assert decision.entropy["blend"].item() > 0  # style heads are unmasked and used by GERMINATE
+
+
+def test_an_emrakul_agent_has_only_her_heads_and_plays_her_partners_tamiyo_uncredited():
+    env = ImmuneAnswerEnv(3)
+    env.reset()
+    results = env.step([Action(Op.WAIT)] * 3)  # the baseline window fills: both phages may be sedated
+    assert results[0].masks.phage[:2].all()
+    agent = Agent(PolicyConfig(encoder="slot_transformer", role="emrakul"), seed=0)
+    assert not hasattr(agent.heads, "op") and hasattr(agent.heads, "decay")
+    partner = PlanterPolicy(Blueprint.CONV_LIGHT)
+    obs, decision, _ = PPOPolicy(agent, seed=1, partner=partner).decide(results)
+    actions = decision.actions()
+    for action, planted in zip(actions, partner.act(results)):  # Tamiyo's fields are the partner's
+        assert dataclasses.replace(action, decay=planted.decay, phage=planted.phage) == planted
+    for h in ("op", "slot", "blueprint"):
+        assert not decision.used[h].any() and (decision.logp[h] == 0).all()
+    assert decision.used["decay"].all()
+    own = decision.logp["decay"] + decision.logp["phage"]
+    assert torch.allclose(decision.total_logp, own) and (own < 0).any()
+    again, _, _ = agent(obs, given=decision.choice)  # the PPO update re-scores the same numbers
+    assert torch.allclose(again.total_logp, decision.total_logp, atol=1e-6)
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)

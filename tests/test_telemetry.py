@@ -108,8 +108,8 @@ def test_learned_policy_decision_is_checked_and_stored(tmp_path):
     action = Action(Op.WAIT)
     result = env.step(action)
     masks = {"op": [True] * 10, "slot": [True] * 6, "blueprint": [True] * 14, "blend": [True] * 3,
-             "curve": [True] * 3, "tempo": [True] * 3, "target": [False, False, True]}  # fmt: skip
-    decision = {h: int(getattr(action, h)) for h in HEADS} | {"value": 0.5, "logp": -3.0}
+             "curve": [True] * 3, "tempo": [True] * 3, "target": [False, False, True], "decay": [True, False], "phage": [True] * 6}  # fmt: skip
+    decision = {h: int(getattr(action, h)) for h in HEADS} | {"value": 0.5, "logp": -3.0, "used": ["op"]}
     decision |= {f"{h}_logp": -0.5 for h in HEADS} | {f"{h}_entropy": 0.25 for h in HEADS} | {f"{h}_mask": masks[h] for h in HEADS}
     with Recorder(tmp_path, "unit", CONFIG, run_id="ppo", kind="ppo") as recorder:
         with pytest.raises(ValueError, match="lacks keys"):

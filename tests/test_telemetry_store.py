@@ -14,8 +14,10 @@ import torch
 
 from esper_lab.config import RunConfig
 from esper_lab.contracts import (
+    EMRAKUL_HEADS,
     HEADS,
     SLOT_COLUMNS,
+    TAMIYO_HEADS,
     VETO_GERMINATE,
     VETO_INTERNAL_GROW,
     Action,
@@ -28,6 +30,7 @@ from esper_lab.contracts import (
     RewardParts,
     Stage,
     StepResult,
+    heads_used,
 )
 from esper_lab.telemetry import Recorder
 from esper_lab.telemetry.store import Store
@@ -53,7 +56,8 @@ def result(step, metric, gain, total, rent, churn, slots, events=(), veto=0, rol
                "rollback": float(rollback), "level_change_rate": lcr, "net_level_change": nlc}  # fmt: skip
     return StepResult(
         step, PlaneReport(SLOT_COLUMNS, values, torch.ones(len(slots), dtype=torch.bool)),
-        ActionMasks(torch.ones(len(slots), len(Op), dtype=torch.bool), torch.ones(len(slots), len(Blueprint), dtype=torch.bool)),
+        ActionMasks(torch.ones(len(slots), len(Op), dtype=torch.bool), torch.ones(len(slots), len(Blueprint), dtype=torch.bool),
+                    torch.zeros(len(slots), dtype=torch.bool)),
         metrics, RewardParts(task=total, rent=rent, churn=churn, intervention=0.0, total=total), list(events), step == 3, 7,
     )  # fmt: skip
 
@@ -102,14 +106,15 @@ B1_ENTROPY = [  # per step: op, slot, blueprint, blend, curve, tempo, target
 
 
 def decision(action: Action, entropies, legal_op: bool) -> dict:
-    sizes = {"op": len(Op), "slot": 2, "blueprint": len(Blueprint), "blend": 3, "curve": 3, "tempo": 3, "target": 3}
+    sizes = {"op": len(Op), "slot": 2, "blueprint": len(Blueprint), "blend": 3, "curve": 3, "tempo": 3, "target": 3, "decay": 2, "phage": 2}
     masks = {h: [True] * n for h, n in sizes.items()}
     masks["op"][int(action.op)] = legal_op
     if not legal_op:
         masks["slot"] = [False, True]  # one legal slot: a forced choice, not an open one
     row = {h: int(getattr(action, h)) for h in HEADS} | {"value": 0.0, "logp": -1.0}
     row |= {f"{h}_logp": -0.1 for h in HEADS} | {f"{h}_mask": masks[h] for h in HEADS}
-    return row | {f"{h}_entropy": e for h, e in zip(HEADS, entropies)}
+    row |= {f"{h}_entropy": 0.0 for h in EMRAKUL_HEADS} | {"used": list(heads_used(action.op))}  # a Tamiyo: Emrakul's heads hold
+    return row | {f"{h}_entropy": e for h, e in zip(TAMIYO_HEADS, entropies)}
 
 
 @pytest.fixture(scope="module")
@@ -173,12 +178,12 @@ def test_grow_shrink_share(store):
 def test_policy_entropy_is_the_mean_over_decisions_that_used_the_head(store):
     entropy = store.policy_entropy()
     assert entropy["run_id"].unique().to_list() == ["b1"]  # baselines record no entropies
-    assert entropy["head"].to_list() == list(HEADS)
+    assert entropy["head"].to_list() == list(TAMIYO_HEADS)  # Emrakul's heads decided nothing
     # b1 decided GERMINATE, GERMINATE, ADVANCE: the ADVANCE used only the op and slot heads, so the
     # germination heads' entropies average over the two germinations (hand-computed from B1_ENTROPY)
     means = dict(zip(entropy["head"], entropy["entropy"]))
     assert means == pytest.approx({"op": 0.6, "slot": 0.3, "blueprint": 1.05, "blend": 0.3, "curve": 0.2, "tempo": 0.1, "target": 0.4})
-    assert dict(zip(entropy["head"], entropy["decisions"])) == {"op": 3, "slot": 3, **{h: 2 for h in HEADS[2:]}}
+    assert dict(zip(entropy["head"], entropy["decisions"])) == {"op": 3, "slot": 3, **{h: 2 for h in TAMIYO_HEADS[2:]}}
     # the ADVANCE had one legal slot: a forced choice, left out of the open-choice mean
     opened = entropy.filter(head="slot").row(0, named=True)
     assert (opened["open_decisions"], opened["open_entropy"]) == (2, pytest.approx(0.45))

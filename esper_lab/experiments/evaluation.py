@@ -58,7 +58,7 @@ def arm_policy(arm: str, agent: Agent | None, settings: Settings):
     if arm in ("ppo_greedy", "ppo_sampled"):
         if agent is None:
             raise ValueError(f"arm {arm!r} needs a trained agent")
-        return PPOPolicy(agent, seed=stream_seed(run_seed, 0, Stream.EVALUATION), greedy=arm == "ppo_greedy")
+        return PPOPolicy(agent, seed=stream_seed(run_seed, 0, Stream.EVALUATION), greedy=arm == "ppo_greedy", partner=settings.partner())
     _check_arm(arm, settings)
     makers: dict[str, Callable] = {"static": StaticPolicy, "heuristic": HeuristicPolicy,
                                    "random": lambda: RandomPolicy(seed=stream_seed(run_seed, 0, Stream.EVALUATION)),

@@ -21,7 +21,7 @@ import polars as pl
 import torch
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Action, AlphaCurve, AlphaTarget, BlendAlgorithm, Blueprint, Op, StepResult, Tempo
+from esper_lab.contracts import HEADS, Action, StepResult
 from esper_lab.env import MorphEnv
 from esper_lab.telemetry import Recorder, Store
 from esper_lab.telemetry.recorder import FLUSH_EVERY
@@ -61,8 +61,7 @@ def recorded_run(store: Store, run_id: str) -> tuple[dict, RunConfig]:
 
 def action_from_row(row: dict) -> Action:
     """The action the policy chose, from a `decisions` row."""
-    return Action(Op(row["op"]), row["slot"], Blueprint(row["blueprint"]), BlendAlgorithm(row["blend"]),
-                  AlphaCurve(row["curve"]), Tempo(row["tempo"]), AlphaTarget(row["target"]))  # fmt: skip
+    return Action(*(row[h] for h in HEADS))  # `Action`'s fields, in order; it coerces the enums
 
 
 def episode_seeds(store: Store, run_id: str) -> dict[tuple[int, int], int]:

@@ -22,7 +22,7 @@ from esper_lab.config import DecayConfig, EconomyConfig, RunConfig
 from esper_lab.contracts import Blueprint
 from esper_lab.env import slot_count
 from esper_lab.experiments.workers import cores
-from esper_lab.policy import PolicyConfig
+from esper_lab.policy import PlanterPolicy, PolicyConfig
 from esper_lab.ppo import PPOConfig
 
 # The training loop's budget: PPO rounds, environments (and worker processes stepping them; None:
@@ -33,7 +33,8 @@ LOOP_KEYS = {"rounds": 10, "envs": 4, "workers": None, "eval_episodes": 0}
 # no oracle arm. It shows what growth can buy in this setup, so a learned policy has a target.
 ORACLE_KEY = "oracle"
 # The blueprint the planter arms plant and fossilise at every surface (`policy.PlanterPolicy`,
-# the decay studies' scripted Tamiyo); None: no planter arm.
+# the decay studies' scripted Tamiyo); None: no planter arm. With a learned Emrakul
+# (`decay.learned`) the planter is also the Tamiyo she trains and plays beside.
 PLANTER_KEY = "planter"
 # Which arms play the held-out episodes (`evaluation.ARMS`); None: every arm the settings allow
 # (`evaluation.played_arms`). Without a PPO arm, `rounds = 0` is allowed: nothing is trained.
@@ -84,6 +85,18 @@ class Settings:
         run = RunConfig(**values, **{name: _section(name, SECTIONS[name], sections[name]) for name in RUN_SECTIONS})
         ppo = _section("ppo", PPOConfig, {"seed": run.seed, **sections["ppo"]})
         policy_values = sections["policy"]
+        # Emrakul's heads are learned when decay.learned; Tamiyo's unless the planter plays her
+        role = ("emrakul" if scripted[PLANTER_KEY] is not None else "both") if run.decay.learned else "tamiyo"
+        if policy_values.get("role", role) != role:
+            raise ValueError(f"policy.role={policy_values['role']!r}: decay.learned and planter make it {role!r} here")
+        policy_values = {**policy_values, "role": role}
+        if run.decay.learned:
+            if not trains:
+                raise ValueError("decay.learned=true trains Emrakul's heads: arms must include ppo_greedy or ppo_sampled")
+            rules = [a for a in arms or () if a.startswith("planter")]
+            if rules:
+                raise ValueError(f"arms {rules} play Tamiyo's script beside a learned Emrakul that never acts; "
+                                 "with decay.learned=true the ppo arms play the planter beside the trained Emrakul")  # fmt: skip
         if policy_values.get("encoder", PolicyConfig.encoder) == "flat" and "max_slots" not in policy_values:
             policy_values = {**policy_values, "max_slots": slot_count(run)}  # the flat encoder's fixed S
         allowed = {b.name.lower(): b for b in run.blueprints}
@@ -97,6 +110,10 @@ class Settings:
 
         played_arms(settings)  # an arm whose blueprint or agent is missing fails here, before compute
         return settings
+
+    def partner(self) -> PlanterPolicy | None:
+        """The scripted Tamiyo beside an agent that learns Emrakul's heads only, else None."""
+        return PlanterPolicy(self.planter) if self.policy.role == "emrakul" else None
 
     def to_dict(self) -> dict[str, Any]:
         """The nested values `build` takes back (what a manifest or a report shows)."""

@@ -35,12 +35,12 @@ def train_and_record(
     checkpoint = None if checkpoint is None else Path(checkpoint)
     with VecEnv(settings.run, settings.envs, settings.workers) as vec:
         if checkpoint is not None and checkpoint.is_file():
-            trainer = PPOTrainer.resume(checkpoint, vec)
+            trainer = PPOTrainer.resume(checkpoint, vec, partner=settings.partner())
             where = trainer.metadata
             recorder = Recorder.resume(where["root"], where["cohort"], where["run_id"],
                                        episodes=trainer.round * trainer.config.episodes_per_round, updates=trainer.round)  # fmt: skip
         else:
-            trainer = PPOTrainer(vec, Agent(settings.policy, seed=settings.run.seed), settings.ppo)
+            trainer = PPOTrainer(vec, Agent(settings.policy, seed=settings.run.seed), settings.ppo, partner=settings.partner())
             recorder = Recorder(root, cohort, settings.run, run_id=run_id, kind="ppo", preset=preset,
                                 ppo_config=dataclasses.asdict(settings.ppo), policy_config=dataclasses.asdict(settings.policy))  # fmt: skip
         trainer.recorder = recorder

@@ -2,7 +2,9 @@
 
 `Agent` is the `nn.Module` PPO trains; its `state_dict` holds the running feature normalisation
 too. `PPOPolicy` puts it behind the baseline interface `act(results) -> list[Action]`, with one
-sampling generator per environment so env i's draws do not depend on the others.
+sampling generator per environment so env i's draws do not depend on the others, and, for an
+agent that learns one head set only, the partner policy that plays the other (a scripted Tamiyo
+beside a learned Emrakul).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import nn
 from esper_lab.contracts import HEADS, Action, Op, StepResult, Stream, stream_seed
 from esper_lab.policy.encoders import FlatEncoder, SlotTransformer
 from esper_lab.policy.features import GLOBAL_FIELDS, SLOT_FIELDS, Observation, Observer, RunningNorm
-from esper_lab.policy.heads import Decision, FactoredHeads, noise_sizes
+from esper_lab.policy.heads import ROLES, Decision, FactoredHeads, noise_sizes
 
 ENCODERS = ("flat", "slot_transformer")
 State = tuple[torch.Tensor, torch.Tensor] | None  # LSTM (h, c), each [B, H]; None without memory
@@ -34,10 +36,15 @@ class PolicyConfig:
     # of the policy, so training and evaluation play the same action set (e.g. a growth-only
     # Tamiyo: germinate and advance; pruning and decay belong to later stages, seed 004).
     ops: tuple[str, ...] = ()
+    # the head sets it learns (`heads.ROLES`): Tamiyo's (grow), Emrakul's (decay) or both. Set
+    # from the settings (`decay.learned`, and whether a scripted Tamiyo plays beside it).
+    role: str = "tamiyo"
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder={self.encoder!r} is not one of: {', '.join(ENCODERS)}")
+        if self.role not in ROLES:
+            raise ValueError(f"role={self.role!r} is not one of: {', '.join(ROLES)}")
         for name in ("hidden", "layers", "attention_heads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -79,7 +86,7 @@ class Agent(nn.Module):
                 self.encoder = SlotTransformer(hidden, config.layers, config.attention_heads)
             self.memory = nn.LSTMCell(hidden, hidden) if config.recurrent else None
             self.context = nn.Linear(hidden, hidden)  # the pooled vector, broadcast to every slot
-            self.heads = FactoredHeads(hidden)
+            self.heads = FactoredHeads(hidden, config.role)
             self.critic = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
     @property
@@ -93,7 +100,7 @@ class Agent(nn.Module):
             self.global_norm.update(obs.globals)
             self.slot_norm.update(obs.slots[obs.slot_mask])
         slots = self.slot_norm(obs.slots) * obs.slot_mask[..., None]
-        return Observation(self.global_norm(obs.globals), slots, obs.ids, obs.slot_mask, obs.op_mask, obs.blueprint_mask)
+        return dataclasses.replace(obs, globals=self.global_norm(obs.globals), slots=slots)
 
     def initial_state(self, batch: int) -> State:
         if self.memory is None:
@@ -126,12 +133,14 @@ class Agent(nn.Module):
 
 class PPOPolicy:
     """`act(results) -> list[Action]` for the learned agent: sampled (or argmax when `greedy`),
-    masked by the plane, batched over environments in one forward."""
+    masked by the plane, batched over environments in one forward. `partner` (any policy) plays
+    the heads the agent does not learn; without one they take their defaults (WAIT, HOLD)."""
 
-    def __init__(self, agent: Agent, seed: int = 0, greedy: bool = False):
+    def __init__(self, agent: Agent, seed: int = 0, greedy: bool = False, partner=None):
         self.agent = agent
         self.seed = seed
         self.greedy = greedy
+        self.partner = partner
         self.observer = Observer(agent.max_slots)
         self.generators: list[torch.Generator] = []
         self.state: State = None
@@ -149,8 +158,12 @@ class PPOPolicy:
                 obs = dataclasses.replace(obs, op_mask=obs.op_mask & allowed)
         starts = torch.tensor([r.step == 0 for r in results])
         noise = None if self.greedy else self._noise(len(results), obs.n_slots)
+        given = None
+        if self.partner is not None:
+            actions = self.partner.act(results)
+            given = {h: torch.tensor([int(getattr(a, h)) for a in actions]) for h in HEADS if h not in self.agent.heads.learns}
         with torch.no_grad():
-            decision, value, self.state = self.agent(obs, self.state, starts, noise=noise)
+            decision, value, self.state = self.agent(obs, self.state, starts, given=given, noise=noise)
         return obs, decision, value
 
     def act(self, results: list[StepResult]) -> list[Action]:
@@ -173,6 +186,7 @@ class PPOPolicy:
 def decision_record(decision: Decision, value: torch.Tensor, env: int) -> dict:
     """One environment's decision as plain numbers (what a telemetry `decisions` row holds)."""
     record: dict = {}
+    record["used"] = [h for h in HEADS if bool(decision.used[h][env])]
     for h in HEADS:
         record[h] = int(decision.choice[h][env])
         record[f"{h}_logp"] = float(decision.logp[h][env])

@@ -3,6 +3,7 @@ random and a rule-based one."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +15,7 @@ from esper_lab.contracts import (
     AlphaTarget,
     BlendAlgorithm,
     Blueprint,
+    Decay,
     Op,
     SlotKind,
     Stage,
@@ -88,7 +90,9 @@ class PlanterPolicy:
 
 
 class RandomPolicy:
-    """Uniform over legal choices: op among legal ops, then slot, blueprint and style."""
+    """Uniform over legal choices: op among legal ops, then slot, blueprint and style; and, when
+    a learned Emrakul's mask offers phages, HOLD or SEDATE, then the phage (no draw otherwise, so
+    without a learned Emrakul its draws are the Tamiyo-only ones)."""
 
     def __init__(self, seed: int = 0):
         self.seed = seed
@@ -105,6 +109,13 @@ class RandomPolicy:
         return int(legal[torch.randint(len(legal), (), generator=generator)])
 
     def _one(self, result: StepResult, generator: torch.Generator) -> Action:
+        tamiyo = self._tamiyo(result, generator)
+        phages = result.masks.phage
+        if not phages.any() or not torch.randint(len(Decay), (), generator=generator):
+            return tamiyo
+        return dataclasses.replace(tamiyo, decay=Decay.SEDATE, phage=self._pick(phages, generator))
+
+    def _tamiyo(self, result: StepResult, generator: torch.Generator) -> Action:
         op_mask = result.masks.op
         op = Op(self._pick(op_mask.any(0), generator))
         if op is Op.WAIT:

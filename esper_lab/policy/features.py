@@ -6,9 +6,9 @@ One `Observation` holds, for B environments and S slots,
   budget utilisations, slot count, veto and rollback bits);
 - `slots [B, S, F]`: per-slot numbers (alpha, levels and focus fields, sensors, shares, legal ops);
 - `ids [B, S, K]`: per-slot categorical ids (stage, blueprint, blend, site, role) for embeddings;
-- `slot_mask [B, S]` and the plane's legal choices `op_mask [B, S, n_ops]`,
-  `blueprint_mask [B, S, n_blueprints]`, which travel with what the policy saw so that the PPO
-  update re-applies exactly the masks that sampling used.
+- `slot_mask [B, S]` and the legal choices `op_mask [B, S, n_ops]`, `blueprint_mask [B, S,
+  n_blueprints]` and `phage_mask [B, S]` (what a learned Emrakul may sedate), which travel with
+  what the policy saw so that the PPO update re-applies exactly the masks that sampling used.
 
 Every dimension comes from the field lists below (never typed by hand) and is checked when a
 batch is built. Column indices into the plane report are computed once, at import.
@@ -43,10 +43,11 @@ RAW_COLUMNS: tuple[str, ...] = (
     "internal_level_mean_norm", "internal_level_max_norm", "in_forward",
     "contribution",  # the last measured counterfactual contribution (0 until measured)
     "sedation", "scar_contribution",  # a phage's sedation mask; what a scar's removed phage last contributed
+    "debt", "lock_remaining",  # Emrakul's ledger of a phage: what it owes, the steps its criticality lock has left
 )  # fmt: skip
-LOG_COLUMNS: tuple[str, ...] = ("delta_l2_norm", "output_l2_norm", "seed_grad_norm", "grad_ratio", "germinations", "scar_age")
+LOG_COLUMNS: tuple[str, ...] = ("delta_l2_norm", "output_l2_norm", "seed_grad_norm", "grad_ratio", "germinations", "scar_age", "antibodies")
 DERIVED_SLOT_FIELDS: tuple[str, ...] = ("is_ladder", "param_share", "flop_share", "embargo_left")
-LEGAL_FIELDS = tuple(f"legal_{op.name.lower()}" for op in Op if op is not Op.WAIT)
+LEGAL_FIELDS = (*(f"legal_{op.name.lower()}" for op in Op if op is not Op.WAIT), "legal_sedate")
 SLOT_FIELDS = RAW_COLUMNS + LOG_COLUMNS + DERIVED_SLOT_FIELDS + LEGAL_FIELDS
 
 # Categorical per-slot ids and their vocabulary sizes. Blueprint -1 (no seed) is shifted to 0.
@@ -83,6 +84,7 @@ class Observation:
     slot_mask: torch.Tensor
     op_mask: torch.Tensor
     blueprint_mask: torch.Tensor
+    phage_mask: torch.Tensor
 
     def map(self, fn) -> Observation:
         return Observation(*(fn(getattr(self, f.name)) for f in dataclasses.fields(self)))
@@ -125,15 +127,17 @@ class Observer:
         slot_mask = _pad([r.report.slot_mask for r in results], n_slots)
         op_mask = _pad([r.masks.op for r in results], n_slots) & slot_mask[..., None]
         blueprint_mask = _pad([r.masks.blueprint for r in results], n_slots) & slot_mask[..., None]
+        phage_mask = _pad([r.masks.phage for r in results], n_slots) & slot_mask
         metrics = torch.tensor([[float(r.metrics[k]) for k in _METRICS_READ] for r in results], dtype=torch.float64)
         steps = torch.tensor([r.step for r in results])
         obs = Observation(
             globals=self._globals(metrics, steps),
-            slots=_slot_features(values, op_mask, metrics[:, _METRICS_READ.index("host_params")], slot_mask),
+            slots=_slot_features(values, op_mask, phage_mask, metrics[:, _METRICS_READ.index("host_params")], slot_mask),
             ids=_slot_ids(values),
             slot_mask=slot_mask,
             op_mask=op_mask,
             blueprint_mask=blueprint_mask,
+            phage_mask=phage_mask,
         )
         if obs.globals.shape[-1] != len(GLOBAL_FIELDS) or obs.slots.shape[-1] != len(SLOT_FIELDS):
             raise AssertionError(f"feature widths {obs.globals.shape[-1]}/{obs.slots.shape[-1]} != field lists "
@@ -164,7 +168,8 @@ def _pad(tensors: list[torch.Tensor], n_slots: int) -> torch.Tensor:
     return out
 
 
-def _slot_features(values: torch.Tensor, op_mask: torch.Tensor, host_params: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor:
+def _slot_features(values: torch.Tensor, op_mask: torch.Tensor, phage_mask: torch.Tensor, host_params: torch.Tensor,
+                   slot_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
     flops = values[..., _FLOPS] * slot_mask
     derived = torch.stack([
         (values[..., _LADDER] > 0).float(),
@@ -172,7 +177,8 @@ def _slot_features(values: torch.Tensor, op_mask: torch.Tensor, host_params: tor
         flops / flops.sum(-1, keepdim=True).clamp(min=SHARE_EPS),
         values[..., _EMBARGO] / EMBARGO_STEPS,
     ], dim=-1)  # fmt: skip
-    parts = [values[..., _RAW_INDEX], torch.log1p(values[..., _LOG_INDEX].clamp(min=0)), derived, op_mask[..., 1:].float()]
+    parts = [values[..., _RAW_INDEX], torch.log1p(values[..., _LOG_INDEX].clamp(min=0)), derived, op_mask[..., 1:].float(),
+             phage_mask[..., None].float()]  # fmt: skip
     return torch.nan_to_num(torch.cat(parts, dim=-1) * slot_mask[..., None], nan=0.0, posinf=0.0, neginf=0.0)
 
 

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import torch
 
-from esper_lab.contracts import SEED_STAGES, Action, AlphaTarget, Blueprint, Op, RewardParts, Stage, StepResult, SurfaceDensity, Tempo
+import dataclasses
+
+from esper_lab.config import DecayConfig
+from esper_lab.contracts import SEED_STAGES, Action, AlphaTarget, Blueprint, Decay, Op, RewardParts, Stage, StepResult, SurfaceDensity, Tempo
+from esper_lab.decay import Emrakul
 from esper_lab.hosts import CNNConfig, CNNHost
-from esper_lab.plane import SeedPlane
+from esper_lab.plane import IllegalAction, SeedPlane
 
 PAYING_BLUEPRINT = Blueprint.CONV_CHANNEL_LADDER  # a ladder, so GROW/SHRINK are live choices
 BEST_LEVEL = 3  # of the ladder's 4: growing past it costs
@@ -32,6 +36,13 @@ OPTIMAL_RETURN = max(STAGE_CREDIT.values()) + 1.0
 MIN_EPISODE_LENGTH = 5
 EPISODE_LENGTH = 8  # the optimum plus 3 steps of slack: a near-optimal policy can still reach it
 MAX_SEEDS = 3  # room for a couple of exploratory wrong seeds next to the paying one
+# Emrakul's task (`ImmuneAnswerEnv`): a host-sized metric drop without the needed phage, 10x as
+# costly a step as a phage's rent, so probing it is a mistake and lysing the idle one pays.
+NEEDED_SLOT, IDLE_SLOT = 0, 1
+NEEDED_DROP = 0.05
+METRIC_SCALE = 20.0
+PHAGE_RENT = 0.1
+IMMUNE_EPISODE_LENGTH = 12
 
 
 def level_value(level: torch.Tensor) -> torch.Tensor:
@@ -91,7 +102,7 @@ class KnownAnswerEnv:
         germinate = Action(Op.GERMINATE, slot, PAYING_BLUEPRINT, tempo=Tempo.FAST, target=AlphaTarget.FULL)
         return [germinate, Action(Op.ADVANCE, slot), Action(Op.ADVANCE, slot)] + [Action(Op.GROW_INTERNAL, slot)] * (BEST_LEVEL - 1)
 
-    def _result(self, i: int, report, reward: float, events) -> StepResult:
+    def _result(self, i: int, report, reward: float, events, masks=None) -> StepResult:
         plane = self.planes[i]
         stage = report.column("stage").long().tolist()
         active_params = plane.active_param_count()
@@ -108,4 +119,73 @@ class KnownAnswerEnv:
             "rollback": 0.0, "level_change_rate": 0.0, "net_level_change": 0.0,
         }  # fmt: skip
         parts = RewardParts(task=reward, rent=0.0, churn=0.0, intervention=0.0, total=reward)
-        return StepResult(self.steps, report, plane.action_masks(), metrics, parts, events, self.steps >= self.episode_length, 0)
+        masks = plane.action_masks() if masks is None else masks
+        return StepResult(self.steps, report, masks, metrics, parts, events, self.steps >= self.episode_length, 0)
+
+
+class ImmuneAnswerEnv(KnownAnswerEnv):
+    """Emrakul's known-answer task: two phages on real planes with a real, learned `Emrakul`, one
+    the host needs (`NEEDED_SLOT`: the metric falls by `NEEDED_DROP` as it is sedated) and one it
+    does not (`IDLE_SLOT`), each paying `PHAGE_RENT` a step times its sedation mask. The reward
+    is `METRIC_SCALE` x (metric - its start) - rent: every step's metric counts, so a probe of
+    the needed phage costs while it lasts. Their last contributions are noted as a real probe
+    would (a reason to tell them apart). Best: sedate the idle phage at the first step the mask
+    allows it (it lyses, its rent stops) and never the needed one (`optimal_orders`). Tamiyo's
+    fields of an action are not applied: this task is Emrakul's alone."""
+
+    def __init__(self, n_envs: int, episode_length: int = IMMUNE_EPISODE_LENGTH):
+        super().__init__(n_envs, episode_length=episode_length)
+        self.config = DecayConfig(enabled=True, learned=True, probe_steps=2, settle_steps=2, baseline_steps=2, harm_tolerance=0.01)
+
+    def reset(self, episode: int = 0, seeds=None) -> list[StepResult]:
+        self.planes = [SeedPlane(self.host, run_seed=i) for i in range(self.n_envs)]
+        for plane in self.planes:
+            for slot, contribution in ((NEEDED_SLOT, NEEDED_DROP), (IDLE_SLOT, 0.0)):
+                plane.apply(Action(Op.GERMINATE, slot, Blueprint.CONV_LIGHT, tempo=Tempo.FAST))
+                plane.apply(Action(Op.ADVANCE, slot))  # TRAINING
+                plane.apply(Action(Op.ADVANCE, slot))  # BLENDING: alpha ramps to 1 over the tempo's ticks
+                while plane.slots[slot].alpha < 1:
+                    plane.tick()
+                plane.apply(Action(Op.ADVANCE, slot))  # HOLDING
+                plane.apply(Action(Op.FOSSILIZE, slot))  # a phage, in Emrakul's custody
+                plane.note_contribution(slot, contribution)
+        self.emrakuls = [Emrakul(self.config, task_scale=METRIC_SCALE) for _ in self.planes]
+        self.steps, self.previous, self.masks = 0, [0.0] * self.n_envs, [None] * self.n_envs
+        return [self._immune_result(i, 0.0, []) for i in range(self.n_envs)]
+
+    def step(self, actions: list[Action]) -> list[StepResult]:
+        if self.steps >= self.episode_length:
+            raise RuntimeError(f"episode is over after {self.episode_length} steps; call reset()")
+        self.steps += 1
+        results = []
+        for i, (plane, emrakul, action) in enumerate(zip(self.planes, self.emrakuls, actions)):
+            sedate = action.decay is Decay.SEDATE
+            if sedate and not self.masks[i][action.phage]:
+                raise IllegalAction(f"SEDATE phage {action.phage}: not in the step's phage mask")
+            events = plane.tick()  # the step boundary: fades and lyses, then the step is read
+            metric = self.metric(plane)
+            rents = self.rents(plane)
+            events += emrakul.step(plane, metric, rents, self.episode_length - self.steps, action.phage if sedate else None)
+            reward = METRIC_SCALE * (metric - 1.0) - sum(rents)
+            self.previous[i] += reward
+            results.append(self._immune_result(i, reward, events))
+        return results
+
+    @staticmethod
+    def metric(plane: SeedPlane) -> float:
+        needed = plane.slots[NEEDED_SLOT]
+        return 1.0 - NEEDED_DROP * (1.0 - needed.sedation if needed.stage is Stage.FOSSILIZED else 1.0)
+
+    @staticmethod
+    def rents(plane: SeedPlane) -> list[float]:
+        return [PHAGE_RENT * slot.sedation if slot.stage is Stage.FOSSILIZED else 0.0 for slot in plane.slots]
+
+    def optimal_orders(self, results: list[StepResult]) -> list[Action]:
+        """The best decisions: sedate the idle phage whenever the mask allows it, else HOLD."""
+        return [Action(Op.WAIT, decay=Decay.SEDATE, phage=IDLE_SLOT) if r.masks.phage[IDLE_SLOT] else Action(Op.WAIT) for r in results]
+
+    def _immune_result(self, i: int, reward: float, events) -> StepResult:
+        plane = self.planes[i]
+        self.masks[i] = self.emrakuls[i].phage_mask(len(plane), self.episode_length - self.steps)
+        masks = dataclasses.replace(plane.action_masks(), phage=self.masks[i])
+        return self._result(i, plane.report(), reward, events, masks)

@@ -161,13 +161,14 @@ class Queries:
     def policy_entropy(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """Each head's mean entropy per episode over the decisions where the head was used
         (`decisions`), and over those where it also had at least two legal choices (`open`),
-        where an entropy near 0 means collapse rather than a forced choice. Learned policies only:
-        baselines record no entropy."""
+        where an entropy near 0 means collapse rather than a forced choice. Learned policies only
+        (baselines record no entropy), and only the heads that decided something that episode
+        (a Tamiyo's Emrakul heads, or a scripted Tamiyo's beside a learned Emrakul, never do)."""
         parts = " UNION ALL ".join(
             f"SELECT cohort, run_id, episode, '{h}' AS head, count({h}_entropy) AS decisions, avg({h}_entropy) AS entropy, "
             f"count({h}_entropy) FILTER (WHERE len(list_filter({h}_mask, lambda x: x)) >= 2) AS open_decisions, "
             f"avg({h}_entropy) FILTER (WHERE len(list_filter({h}_mask, lambda x: x)) >= 2) AS open_entropy "
-            f"FROM decisions WHERE {{where}} AND op_entropy IS NOT NULL GROUP BY cohort, run_id, episode"
+            f"FROM decisions WHERE {{where}} AND logp IS NOT NULL GROUP BY cohort, run_id, episode HAVING decisions > 0"
             for h in HEADS
         )
         order = ", ".join(f"'{h}'" for h in HEADS)

@@ -41,7 +41,7 @@ FLUSH_EVERY = 100  # env steps per part: a SIGKILL loses at most this many, and 
 STATUSES = ("running", "completed", "failed", "killed")
 
 _HEAD_FLOATS = tuple(f"{h}_{p}" for h in HEADS for p in ("logp", "entropy"))
-_DECISION_INPUTS = {*HEADS, *(f"{h}_mask" for h in HEADS), *_HEAD_FLOATS, "value", "logp"}
+_DECISION_INPUTS = {*HEADS, *(f"{h}_mask" for h in HEADS), *_HEAD_FLOATS, "value", "logp", "used"}
 
 
 def new_run_id(config: RunConfig) -> str:
@@ -188,13 +188,13 @@ class Recorder:
             missing = sorted(_DECISION_INPUTS - set(decision))
             if missing:
                 raise ValueError(f"decision lacks keys {missing}")
-            used = heads_used(op)
+            used = decision["used"]  # the heads that decided (a partner's scripted choices did not)
             for h in used:
                 if int(decision[h]) != row[h]:
                     raise ValueError(f"decision sampled {h}={decision[h]} but the action has {h}={row[h]}")
             row.update({h: int(decision[h]) for h in HEADS})
             row.update({f"{h}_mask": [bool(m) for m in decision[f"{h}_mask"]] for h in HEADS})
-            # a head the op did not use decided nothing: its log-prob and entropy are null, so
+            # a head the choices before it did not use decided nothing: its log-prob and entropy are null, so
             # per-head means count only the decisions that head made
             row.update({f"{h}_{p}": float(decision[f"{h}_{p}"]) if h in used else None for h in HEADS for p in ("logp", "entropy")})
             row.update(value=float(decision["value"]), logp=float(decision["logp"]))
