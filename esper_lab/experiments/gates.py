@@ -104,7 +104,7 @@ class Evidence:
     usage: pl.DataFrame  # cohort, seed, grow_shrink_share, wait_share: the sampled arm's held-out decisions
     entropy: pl.DataFrame  # cohort, seed, kept: op-head entropy, last over first training episode
     heads: pl.DataFrame  # cohort, head, open_entropy: the sampled arm's held-out decisions with >= 2 legal choices
-    probes: pl.DataFrame = field(default_factory=pl.DataFrame)  # `Store.probes` of the held-out runs (decay studies)
+    probes: pl.DataFrame = field(default_factory=pl.DataFrame)  # `Store.probes` of the held-out runs, with their arm (decay studies)
 
 
 def evidence(store: Store) -> Evidence:
@@ -117,7 +117,7 @@ def evidence(store: Store) -> Evidence:
     curves = store.learning_curve().join(training, on="run_id").drop_nulls("entropy_op").sort("episode")
     entropy = (curves.group_by("cohort", "run_id", "seed").agg(first=pl.col("entropy_op").first(), last=pl.col("entropy_op").last())
                .filter(pl.col("first") > 0).select("cohort", "seed", kept=pl.col("last") / pl.col("first")))  # fmt: skip
-    probes = store.probes().join(runs.filter(pl.col("kind") == "eval").select("run_id"), on="run_id")
+    probes = store.probes().join(runs.filter(pl.col("kind") == "eval").select("run_id", "arm"), on="run_id")
     return Evidence(held_out(store), usage, entropy, heads, probes)
 
 
@@ -214,6 +214,7 @@ def rent_sweep_gates(pack: Pack, ev: Evidence) -> list[Gate]:
 
 # Seed 004 Stages 2 and 3 (decay), made measurable. The planter arm (`policy.PlanterPolicy`)
 # plays Tamiyo in every cohort, so cohorts differ only in Emrakul: pairs are (seed, episode seed).
+# A learned Emrakul (`decay.learned`) plays in the ppo arms, beside the same planter.
 PLANTER, REGROWER = "planter", "planter_regrow"
 MIN_LYSES = 3  # Stage 2: "N successful prunes in live training": N = 3 per run (episode)
 RECOVERY_STEPS = 5  # a probe's metric is back within the harm tolerance of its baseline this soon, or it spiked
@@ -224,6 +225,11 @@ def _decay_cohorts(pack: Pack, ev: Evidence) -> list[str]:
     return sorted(c for c in set(ev.outcomes["cohort"]) if (pack.cohorts[c].get("decay") or {}).get("enabled"))
 
 
+def _emrakul_arm(pack: Pack, cohort: str) -> str:
+    """The arm Emrakul acts in: the trained agent's, greedy, when she is learned, else the planter's."""
+    return GREEDY if pack.cohorts[cohort]["decay"].get("learned") else PLANTER
+
+
 def stage2_gates(pack: Pack, ev: Evidence) -> list[Gate]:
     """Seed 004 Stage 2's exit per Emrakul cohort, paired with the control cohort (the same
     planted episodes without Emrakul): lyses in live training, no permanent loss spike, locks that
@@ -231,11 +237,12 @@ def stage2_gates(pack: Pack, ev: Evidence) -> list[Gate]:
     gates: list[Gate] = []
     control = arm(ev.outcomes, pack.control, PLANTER)
     for cohort in _decay_cohorts(pack, ev):
-        planted = arm(ev.outcomes, cohort, PLANTER)
+        emrakul = _emrakul_arm(pack, cohort)
+        planted = arm(ev.outcomes, cohort, emrakul)
         lyses = estimate(planted, "lyses")
         gates.append(Gate("1 lyses", cohort, verdict(lyses, MIN_LYSES - 0.5),
                           f"physical lyses per held-out episode {_say(lyses)} (gate >= {MIN_LYSES}, CI above {MIN_LYSES - 0.5})"))
-        probes = ev.probes.filter(pl.col("cohort") == cohort)
+        probes = ev.probes.filter((pl.col("cohort") == cohort) & (pl.col("arm") == emrakul))
         spiked = probes.filter(pl.col("recovery_steps").is_null() | (pl.col("recovery_steps") > RECOVERY_STEPS))
         gates.append(Gate("2 no lasting spike", cohort, PASS if probes.height and spiked.is_empty() else FAIL,
                           f"{probes.height - spiked.height} of {probes.height} judged probes had the metric back within the "
