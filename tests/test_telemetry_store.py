@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -275,3 +276,16 @@ def test_oscillation_counts_regerminations_alpha_reversals_and_level_flips(tmp_p
     row = Store(tmp_path).oscillation().row(0, named=True)
     # alpha 0 -> .5 -> 1 -> 0 -> 0 -> .3: up, up, down, up: two reversals
     assert (row["regerminations"], row["alpha_reversals"], row["level_flips"]) == (1, 2, 2)
+
+
+def test_a_column_added_since_a_part_was_written_reads_as_null_there(tmp_path):
+    """Schemas grow (Emrakul's heads came in schema 4): a root written before still reads."""
+    with Recorder(tmp_path, "a", CONFIG, run_id="old", flush_every=2) as recorder:
+        for env, episode, action, step_result in A1:
+            recorder.record_step(env, episode, action, step_result)
+    for part in tmp_path.rglob("decisions/*.parquet"):
+        pq.write_table(pq.read_table(part).drop_columns(["decay", "phage"]), part)  # as an older writer left it
+    store = Store(tmp_path)
+    decisions = store.rows("decisions")
+    assert decisions.height == len(A1) and decisions["decay"].null_count() == decisions.height
+    assert store.policy_entropy().is_empty() and store.lifecycle_op_counts()["run_id"].unique().to_list() == ["old"]

@@ -188,7 +188,7 @@ def policy_health_page(store: Store, selection: Selection | None = None) -> pn.C
             return pn.pane.Markdown(f"### Policy health — {run}\n\nA baseline policy: no entropy, no PPO updates recorded.")
         heads = hv.Overlay([
             _line(entropy.filter(pl.col("head") == head), "episode", "entropy", head, color)
-            for head, color in zip(HEADS, (HIGHLIGHT, *PALETTE))
+            for head, color in zip(HEADS, (HIGHLIGHT, *PALETTE)) if head in entropy["head"]  # the heads this policy decides with
         ]).opts(title="entropy per head (mean per episode)", ylabel="entropy (nats)", xticks=_integers(), legend_position="right", **SMALL)
         rate = total["invalid_action_rate"]
         summary = (f"invalid-action rate over the run: **{rate:.3f}** ({total['invalid']} of {total['masked_decisions']} masked decisions)"

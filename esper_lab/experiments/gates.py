@@ -265,7 +265,7 @@ def stage3_gates(pack: Pack, ev: Evidence) -> list[Gate]:
     """Seed 004 Stage 3's exit per Emrakul cohort: with the Tamiyo that regrows scars, on every
     seed a cut -> scar -> regrowth at that site, a run no less stable than without Emrakul, and the
     metric kept (paired with the control without Emrakul); with the Tamiyo that leaves scars
-    dormant, the metric kept too is the proof that the identity sufficed."""
+    dormant, a run as stable and the metric kept are the proof that the identity sufficed."""
     gates: list[Gate] = []
     control = arm(ev.outcomes, pack.control, PLANTER)
     for cohort in _decay_cohorts(pack, ev):
@@ -278,9 +278,9 @@ def stage3_gates(pack: Pack, ev: Evidence) -> list[Gate]:
                 gates.append(Gate("1 handoff on every seed", cohort, PASS if seeds.height and seeds["handoffs"].min() > 0 else FAIL,
                                   f"held-out episodes with a lysis and a regrowth, per seed: "
                                   f"{dict(zip(seeds['seed'].to_list(), seeds['handoffs'].to_list()))} (gate: >= 1 on every seed)"))  # fmt: skip
-                rollbacks = paired_estimate(frame, control, "rollbacks", on=SAME_SEED_EPISODE)  # planting itself can diverge
-                gates.append(Gate("2 stable", cohort, verdict(rollbacks, 0.0, higher_passes=False),
-                                  f"governor rollbacks per episode minus without Emrakul {_say(rollbacks)} (gate: CI at or below 0)"))
+            rollbacks = paired_estimate(frame, control, "rollbacks", on=SAME_SEED_EPISODE)  # planting itself can diverge
+            gates.append(Gate(f"2 stable, scars {label}", cohort, verdict(rollbacks, 0.0, higher_passes=False),
+                              f"governor rollbacks per episode minus without Emrakul {_say(rollbacks)} (gate: CI at or below 0)"))
             score = paired_estimate(frame, control, "score", on=SAME_SEED_EPISODE)
             gates.append(Gate(f"3 metric kept, scars {label}", cohort, verdict(score, -NON_INFERIORITY),
                               f"final score minus without Emrakul {_say(score)} points (gate: CI above -{NON_INFERIORITY})"))

@@ -61,7 +61,7 @@ def recorded_run(store: Store, run_id: str) -> tuple[dict, RunConfig]:
 
 def action_from_row(row: dict) -> Action:
     """The action the policy chose, from a `decisions` row."""
-    return Action(*(row[h] for h in HEADS))  # `Action`'s fields, in order; it coerces the enums
+    return Action(**{h: row[h] for h in HEADS if row[h] is not None})  # a head an older writer lacked: its default
 
 
 def episode_seeds(store: Store, run_id: str) -> dict[tuple[int, int], int]:

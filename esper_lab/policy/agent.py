@@ -170,9 +170,11 @@ class PPOPolicy:
         return self.decide(results)[1].actions()
 
     def _noise(self, batch: int, n_slots: int) -> dict[str, torch.Tensor]:
+        """Uniforms for the heads the agent learns (a scripted head draws nothing)."""
+        heads = self.agent.heads.learns
         sizes = noise_sizes(n_slots)
-        draws = torch.stack([torch.rand(sum(sizes.values()), generator=g) for g in self.generators[:batch]])
-        return dict(zip(HEADS, draws.split([sizes[h] for h in HEADS], dim=1)))
+        draws = torch.stack([torch.rand(sum(sizes[h] for h in heads), generator=g) for g in self.generators[:batch]])
+        return dict(zip(heads, draws.split([sizes[h] for h in heads], dim=1)))
 
     def rng_state(self) -> list[torch.Tensor]:
         return [g.get_state() for g in self.generators]

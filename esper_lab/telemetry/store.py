@@ -135,20 +135,21 @@ class Store(Queries):
                 time.sleep(RETRY_PAUSE * 2**attempt)
 
     def _source(self, table: str, run: str | None) -> str:
+        """The table's rows: its parts unioned by name over an empty table of today's schema, so a
+        column added since older parts were written reads as null there, not as a missing column."""
+        empty = f"_empty_{table}"
+        schema = SCHEMAS[table].append(pa.field("cohort", pa.string())).append(pa.field("run", pa.string()))
+        self.con.register(empty, schema.empty_table())
         files = self.parts(table, run)
-        if not files:  # an empty view with the table's schema
-            name = f"_empty_{table}"
-            empty = SCHEMAS[table].append(pa.field("cohort", pa.string())).append(pa.field("run", pa.string()))
-            self.con.register(name, empty.empty_table())
-            return name
+        if not files:
+            return empty
         listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
         source = (f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true, "
                   "hive_types = {'cohort': VARCHAR, 'run': VARCHAR}" + (", filename = true" if table == "runs" else "") + ")")  # fmt: skip
-        if table != "runs":
-            return source
-        # a manifest update writes the new part before it removes the old: keep each run's newest
-        return (f"(SELECT * EXCLUDE (filename) FROM {source} QUALIFY row_number() OVER (PARTITION BY cohort, run "
-                r"ORDER BY CAST(regexp_extract(filename, 'part-(\d+)\.parquet$', 1) AS BIGINT) DESC) = 1)")  # fmt: skip
+        if table == "runs":  # a manifest update writes the new part before it removes the old: keep each run's newest
+            source = (f"(SELECT * EXCLUDE (filename) FROM {source} QUALIFY row_number() OVER (PARTITION BY cohort, run "
+                      r"ORDER BY CAST(regexp_extract(filename, 'part-(\d+)\.parquet$', 1) AS BIGINT) DESC) = 1)")  # fmt: skip
+        return f"(SELECT * FROM {empty} UNION ALL BY NAME SELECT * FROM {source})"
 
     # --- queries ------------------------------------------------------------------------------
     def sql(self, query: str, scope: str | None = None, **params) -> pl.DataFrame:
