@@ -123,7 +123,7 @@ class DecayConfig:
 
     enabled: bool = False
     # probes ordered by a learned head set (seed 003 §9.1's Tamiyo/Emrakul split) instead of the
-    # debt rule; the policy that trains it is the one that plays (`policy.agent.ROLES`)
+    # debt rule; the policy that trains it is the one that plays (`policy.heads.ROLES`)
     learned: bool = False
     debt_threshold: float = 1.0  # probe a phage once it owes this much: ~5 steps of an unpaid host-sized conv_heavy at rent 0.3
     probe_steps: int = 2  # steps the sedation mask takes to fade a phage to 0 while the host trains (it can re-route)

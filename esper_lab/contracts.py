@@ -351,7 +351,7 @@ class Event:
 
 # --- the policy's factored heads (seed 001 §4) ---------------------------------------------------
 # Two head sets (seed 003 §9.1, the Tamiyo/Emrakul split): Tamiyo's grow, Emrakul's decay. Each
-# is played by a learned agent or by rules (`policy.agent.ROLES`, `DecayConfig.learned`).
+# is played by a learned agent or by rules (`policy.heads.ROLES`, `DecayConfig.learned`).
 TAMIYO_HEADS = ("op", "slot", "blueprint", "blend", "curve", "tempo", "target")  # sampling order
 EMRAKUL_HEADS = ("decay", "phage")
 HEADS = TAMIYO_HEADS + EMRAKUL_HEADS
@@ -359,7 +359,7 @@ GERMINATION_HEADS = ("blueprint", "blend", "curve", "tempo", "target")
 
 
 def heads_used(op: Op) -> tuple[str, ...]:
-    """The heads whose values `op` applies; the env ignores the others, and so do the policy's
+    """Tamiyo's heads whose values `op` applies; the env ignores the others, and so do the policy's
     log-prob, its entropy and the telemetry: op always, the slot unless WAIT, the germination
     config for GERMINATE, the alpha target also for SET_ALPHA_TARGET."""
     if op is Op.WAIT:
@@ -369,11 +369,6 @@ def heads_used(op: Op) -> tuple[str, ...]:
     if op is Op.SET_ALPHA_TARGET:
         return ("op", "slot", "target")
     return ("op", "slot")
-
-
-def decay_heads_used(decay: Decay) -> tuple[str, ...]:
-    """Emrakul's heads that `decay` applies (when Emrakul's head set decides at all)."""
-    return ("decay", "phage") if decay is Decay.SEDATE else ("decay",)
 
 
 # --- random streams and episode seeds (DESIGN rule 7) ---------------------------------------------
