@@ -175,6 +175,22 @@ def _audit(args: argparse.Namespace) -> int:
     return audit_command(args)
 
 
+def _export(args: argparse.Namespace) -> int:
+    """Rebuild a recorded run's organism at a step, compact it to a plain module (no plane),
+    check it against the live organism and write it with torch.save."""
+    from esper_lab.experiments.replay import ReplayError
+    from esper_lab.export import export_run, summary
+
+    _set_threads(args)
+    output = args.output or REPO_ROOT / "reports" / "exports"
+    try:
+        export = export_run(args.root, args.run, output, args.step, args.env, args.episode, args.fossils_only)
+    except ReplayError as error:  # an unknown run or episode: bad input, one line
+        raise ValueError(str(error)) from None
+    print(summary(export))
+    return 0 if export.path is not None else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esper-lab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -255,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--seed", type=_at_least(0), default=0, help="with --demo: the demo run's seed")
     audit.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
     audit.set_defaults(handler=_audit)
+
+    export = commands.add_parser("export", help="compact a recorded run's organism at a step into a plain torch module (esper_lab.export)")
+    export.add_argument("run", help="the recorded run")
+    export.add_argument("--root", default="telemetry", help="telemetry root holding the run")
+    export.add_argument("--step", type=_at_least(1), default=None, help="the organism after this step (default: the episode's last)")
+    export.add_argument("--env", type=_at_least(0), default=0)
+    export.add_argument("--episode", type=_at_least(0), default=0)
+    export.add_argument("--output", default=None,
+                        help="a .pt file for torch.save, or a folder to write RUN-envE-epK-stepN.pt in (default reports/exports)")  # fmt: skip
+    export.add_argument("--fossils-only", action="store_true", help="refuse an organism with a seed not yet fossilised")
+    export.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
+    export.set_defaults(handler=_export)
     return parser
 
 

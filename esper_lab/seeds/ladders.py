@@ -169,6 +169,11 @@ class LoraProjLadderSeed(LoraRankLadderSeed):
 
     blueprint = Blueprint.LORA_PROJ_LADDER
 
+    def weight_delta(self) -> torch.Tensor:
+        """The [out, in] matrix this seed's contribution is (s(x) = x @ delta.T): export merges it
+        into the projection's weight, since the seed is a linear map of the projection's input."""
+        return self.up[0] @ (self.mask[0, :, None] * self.down[0]) * self.scale
+
 
 class LoraMultiLadderSeed(LoraRankLadderSeed):
     """Four parallel low-rank branches on a residual surface, each with its own rank ladder.
