@@ -39,6 +39,7 @@ def observation(n_slots: int, generator: torch.Generator):
         torch.ones(BATCH, n_slots, dtype=torch.bool),
         op_mask,
         torch.ones(BATCH, n_slots, len(Blueprint), dtype=torch.bool),
+        torch.zeros(BATCH, n_slots, dtype=torch.bool),  # no phage to sedate: a Tamiyo's decision
     )
 
 
