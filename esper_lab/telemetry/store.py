@@ -55,6 +55,7 @@ class Store(Queries):
         for name, cls in ENUMS.items():
             self.con.register(f"{name}_names", pa.table({"value": [int(m) for m in cls], "name": [m.name for m in cls]}))
         self.bad_parts: dict[Path, str] = {}
+        self._columns: dict[Path, list[str]] = {}  # each readable part's columns, from its footer
         self._scopes: dict[str, str] = {}  # run id -> its view schema ("main": every run in scope)
         self.refresh()
 
@@ -84,7 +85,7 @@ class Store(Queries):
 
     def _readable(self, path: Path) -> bool:
         try:
-            pq.read_metadata(path)
+            self._columns[path] = pq.read_metadata(path).schema.names
         except FileNotFoundError:
             return False  # compacted away since it was listed
         except (pa.ArrowException, OSError) as error:
@@ -135,21 +136,27 @@ class Store(Queries):
                 time.sleep(RETRY_PAUSE * 2**attempt)
 
     def _source(self, table: str, run: str | None) -> str:
-        """The table's rows: its parts unioned by name over an empty table of today's schema, so a
-        column added since older parts were written reads as null there, not as a missing column."""
-        empty = f"_empty_{table}"
-        schema = SCHEMAS[table].append(pa.field("cohort", pa.string())).append(pa.field("run", pa.string()))
-        self.con.register(empty, schema.empty_table())
+        """The table's rows, its parts unioned by name. A column today's schema has and no part
+        does (the parts predate it) reads as null, typed, rather than failing every query."""
         files = self.parts(table, run)
-        if not files:
-            return empty
+        if not files:  # an empty view with the table's schema
+            name = f"_empty_{table}"
+            empty = SCHEMAS[table].append(pa.field("cohort", pa.string())).append(pa.field("run", pa.string()))
+            self.con.register(name, empty.empty_table())
+            return name
         listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
         source = (f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true, "
                   "hive_types = {'cohort': VARCHAR, 'run': VARCHAR}" + (", filename = true" if table == "runs" else "") + ")")  # fmt: skip
         if table == "runs":  # a manifest update writes the new part before it removes the old: keep each run's newest
             source = (f"(SELECT * EXCLUDE (filename) FROM {source} QUALIFY row_number() OVER (PARTITION BY cohort, run "
                       r"ORDER BY CAST(regexp_extract(filename, 'part-(\d+)\.parquet$', 1) AS BIGINT) DESC) = 1)")  # fmt: skip
-        return f"(SELECT * FROM {empty} UNION ALL BY NAME SELECT * FROM {source})"
+        present = {c for f in files for c in self._columns.get(f, ())}
+        missing = [f for f in SCHEMAS[table] if f.name not in present]
+        if not missing:
+            return source
+        name = f"_missing_{table}_" + hashlib.sha1(" ".join(f.name for f in missing).encode()).hexdigest()[:8]  # one per column set
+        self.con.register(name, pa.schema(missing).empty_table())
+        return f"(SELECT * FROM {source} LEFT JOIN {name} ON false)"  # the missing columns, null and typed
 
     # --- queries ------------------------------------------------------------------------------
     def sql(self, query: str, scope: str | None = None, **params) -> pl.DataFrame:
