@@ -295,6 +295,9 @@ def test_scripted_arms_need_what_they_play_and_only_a_ppo_arm_needs_training():
         Settings.build({**base, "arms": ["plantr"], "planter": "conv_heavy"})
     with pytest.raises(ValueError, match="planter='lora' must be one of the run's blueprints"):
         Settings.build({**base, "arms": ["planter"], "planter": "lora"})
+    assert Settings.build({"arms": ["static"]}).rounds == 0  # the default budget trains only when a ppo arm plays
+    with pytest.raises(ValueError, match="rounds=5 would train a policy no arm plays"):
+        Settings.build({"arms": ["static"], "rounds": 5})
 
 
 def test_a_learned_emrakul_sets_the_policys_role_and_plays_beside_the_planter():

@@ -72,6 +72,7 @@ class Settings:
             _known(name, section, SECTIONS[name])
         scripted = {key: values.pop(key, None) for key in BLUEPRINT_KEYS}
         arms = _arms(values.pop(ARMS_KEY, None))
+        given = set(values)
         loop = {key: values.pop(key, default) for key, default in LOOP_KEYS.items()}
         if loop["workers"] is None:
             loop["workers"] = auto_workers(loop["envs"]) if isinstance(loop["envs"], int) else 0
@@ -80,6 +81,10 @@ class Settings:
             low = 1 if key == "envs" or (key == "rounds" and trains) else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{key}={value!r} must be an integer >= {low}")
+        if not trains and loop["rounds"] and "rounds" in given:
+            raise ValueError(f"rounds={loop['rounds']} would train a policy no arm plays (arms {list(arms)}): set rounds = 0")
+        if not trains:
+            loop["rounds"] = 0  # the default budget trains; nothing here would play what it learned
         if loop["workers"] > loop["envs"]:
             raise ValueError(f"workers={loop['workers']} must be at most envs={loop['envs']}")
         run = RunConfig(**values, **{name: _section(name, SECTIONS[name], sections[name]) for name in RUN_SECTIONS})
