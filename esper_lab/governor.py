@@ -113,6 +113,10 @@ class Governor:
         for slot in plane.slots:
             slot.acc.zero_()
         if culprit is None:  # the snapshot already is this state
+            # with nothing to remove, a finite spike is a level shift the snapshot cannot undo (a
+            # phage lysed or sedated, say): judged against the old history, every later step would
+            # be rolled back too (a Stage 2 run with a learned Emrakul did so 22 steps in a row)
+            self.losses.clear()
             return [Event(EventKind.ROLLBACK, -1, -1, ROLLBACK_HOST, loss)]
         events = [Event(EventKind.ROLLBACK, culprit, plane.specs[culprit].surface_uid, ROLLBACK_SEED, loss)]
         events += plane.remove_culprit(culprit)

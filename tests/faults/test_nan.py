@@ -138,3 +138,23 @@ def test_a_finite_loss_spike_is_not_blamed_on_a_training_seed():
     assert [(e.slot, e.name) for e in result.events] == [(-1, ROLLBACK_HOST)]
     assert env.plane.slots[INNOCENT].stage is Stage.TRAINING
     assert_trains_healthy(env)
+
+
+def test_a_host_rollback_rebaselines_so_a_lasting_level_shift_is_rolled_back_once():
+    """A finite spike nobody caused (the loss a lysed phage leaves) cannot be undone by the
+    snapshot: the first step over the line is rolled back, then the new level is the history."""
+    env = organism(None)
+    governor = env.governor
+    for loss in (0.30, 0.31, 0.29, 0.30, 0.31):
+        governor.healthy(loss, env.host, env.plane, env.optimizer)
+    shifted = [0.8, 0.81, 0.79, 0.8, 0.8, 0.82]
+    verdicts = []
+    for loss in shifted:
+        verdicts.append(governor.diverged(loss))
+        if verdicts[-1]:
+            (event,) = governor.rollback(env.host, env.plane, env.optimizer, loss)
+            assert event.name == ROLLBACK_HOST
+        else:
+            governor.healthy(loss, env.host, env.plane, env.optimizer)
+    assert verdicts == [True, False, False, False, False, False]
+    assert governor.diverged(float("nan"))  # a non-finite loss is still caught with no history
