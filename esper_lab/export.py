@@ -43,7 +43,7 @@ from torch import nn
 
 from esper_lab.contracts import SEED_STAGES, BlendAlgorithm, Blueprint, Stage
 from esper_lab.env import MorphEnv
-from esper_lab.experiments.replay import ReplayError, action_from_row, episode_seeds, recorded_run
+from esper_lab.experiments.replay import action_from_row, recorded_episode, recorded_threads
 from esper_lab.hosts import ProjectionSurface
 from esper_lab.plane import SeedPlane
 from esper_lab.slot import blend
@@ -213,30 +213,16 @@ def rebuild(root: str | Path, run_id: str, step: int | None = None, env: int = 0
     thread count (it changes float reductions)."""
     store = Store(root)
     try:
-        manifest, config = recorded_run(store, run_id)
-        seed = episode_seeds(store, run_id).get((env, episode))
-        if seed is None:
-            raise ReplayError(f"run {run_id!r} has no env {env} episode {episode}")
-        episode_rows = (pl.col("env") == env) & (pl.col("episode") == episode)
-        decisions = store.rows("decisions", run=run_id).filter(episode_rows).sort("step")
-        steps = store.rows("steps", run=run_id).filter(episode_rows)
+        recorded = recorded_episode(store, run_id, env, episode, step)
+        steps = store.rows("steps", run=run_id).filter((pl.col("env") == env) & (pl.col("episode") == episode))
     finally:
         store.close()
-    recorded = decisions["step"].to_list()
-    if recorded != list(range(1, len(recorded) + 1)):
-        raise ReplayError(f"run {run_id!r} env {env} episode {episode}: recorded steps are not 1..{len(recorded)}")
-    step = len(recorded) if step is None else step
-    if not (isinstance(step, int) and 1 <= step <= len(recorded)):
-        raise ValueError(f"step={step!r} must be an integer in 1..{len(recorded)} (the recorded steps)")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(manifest["torch_threads"] or threads)
-    try:
-        morph = MorphEnv(config, env)
-        morph.reset(seed)
-        for row in decisions.head(step).iter_rows(named=True):
+    step = recorded.step
+    with recorded_threads(recorded.manifest["torch_threads"]):
+        morph = MorphEnv(recorded.config, env)
+        morph.reset(recorded.seed)
+        for row in recorded.decisions.head(step).iter_rows(named=True):
             result = morph.step(action_from_row(row))
-    finally:
-        torch.set_num_threads(threads)
     recorded_metric = steps.filter(pl.col("step") == step)["metric"][0]
     return Rebuilt(morph, run_id, env, episode, step, recorded_metric, result.metrics["metric"])
 

@@ -33,7 +33,7 @@ from esper_lab.contracts import (
     stream_seed,
 )
 from esper_lab.env import MorphEnv
-from esper_lab.experiments.replay import ReplayError, action_from_row, episode_seeds, recorded_run
+from esper_lab.experiments.replay import action_from_row, recorded_episode
 from esper_lab.plane import IllegalAction
 from esper_lab.telemetry import Store
 
@@ -163,17 +163,8 @@ def from_run(store: Store, run_id: str, step: int | None = None, env: int = 0, e
         raise ValueError(f"max_candidates={max_candidates!r} must be an integer in 1..{MAX_CANDIDATES}")
     if not (isinstance(replicates, int) and replicates >= 2):
         raise ValueError(f"replicates={replicates!r} must be an integer >= 2 (default {DEFAULT_REPLICATES})")
-    manifest, config = recorded_run(store, run_id)
-    seed = episode_seeds(store, run_id).get((env, episode))
-    if seed is None:
-        raise ReplayError(f"run {run_id!r} has no env {env} episode {episode}")
-    decisions = store.rows("decisions", run=run_id).filter((pl.col("env") == env) & (pl.col("episode") == episode)).sort("step")
-    recorded = decisions["step"].to_list()
-    if recorded != list(range(1, len(recorded) + 1)):
-        raise ReplayError(f"run {run_id!r} env {env} episode {episode}: recorded steps are not 1..{len(recorded)}")
-    step = len(recorded) if step is None else step
-    if not (isinstance(step, int) and 1 <= step <= len(recorded)):
-        raise ValueError(f"step={step!r} must be an integer in 1..{len(recorded)} (the recorded steps)")
+    recorded = recorded_episode(store, run_id, env, episode, step)
+    manifest, config, seed, decisions, step = recorded.manifest, recorded.config, recorded.seed, recorded.decisions, recorded.step
     state = store.slot_series(run=run_id, env=env, episode=episode).filter(pl.col("step") == step)
     live = state.filter(pl.col("stage").is_in([int(s) for s in SEED_STAGES]))
     chosen = live["slot"].to_list() if slots is None else list(slots)

@@ -59,6 +59,33 @@ def recorded_run(store: Store, run_id: str) -> tuple[dict, RunConfig]:
     return row, RunConfig.from_json(row["config_json"])
 
 
+@dataclass(frozen=True)
+class RecordedEpisode:
+    """One recorded episode, ready to play again up to `step`: what an audit and an export rebuild."""
+
+    manifest: dict
+    config: RunConfig
+    seed: int  # the episode seed
+    decisions: pl.DataFrame  # its decisions rows, steps 1..n in order
+    step: int  # the step asked for (default: the episode's last)
+
+
+def recorded_episode(store: Store, run_id: str, env: int, episode: int, step: int | None = None) -> RecordedEpisode:
+    """The run's config, the episode's seed and decisions, and `step` checked against them."""
+    manifest, config = recorded_run(store, run_id)
+    seed = episode_seeds(store, run_id).get((env, episode))
+    if seed is None:
+        raise ReplayError(f"run {run_id!r} has no env {env} episode {episode}")
+    decisions = store.rows("decisions", run=run_id).filter((pl.col("env") == env) & (pl.col("episode") == episode)).sort("step")
+    recorded = decisions["step"].to_list()
+    if recorded != list(range(1, len(recorded) + 1)):
+        raise ReplayError(f"run {run_id!r} env {env} episode {episode}: recorded steps are not 1..{len(recorded)}")
+    step = len(recorded) if step is None else step
+    if not (isinstance(step, int) and 1 <= step <= len(recorded)):
+        raise ValueError(f"step={step!r} must be an integer in 1..{len(recorded)} (the recorded steps)")
+    return RecordedEpisode(manifest, config, seed, decisions, step)
+
+
 def action_from_row(row: dict) -> Action:
     """The action the policy chose, from a `decisions` row."""
     return Action(**{h: row[h] for h in HEADS if row[h] is not None})  # a head an older writer lacked: its default
@@ -86,7 +113,7 @@ def _play(config: RunConfig, env_index: int, episode: int, seed: int, decisions:
 
 
 @contextlib.contextmanager
-def _threads(count: int | None):
+def recorded_threads(count: int | None):
     """Run with the recorded torch thread count (it changes float reductions), then restore."""
     before = torch.get_num_threads()
     torch.set_num_threads(count or before)
@@ -105,7 +132,7 @@ def replay(store_or_root: Store | str | Path, run_id: str, recorder_root: str | 
     decisions = store.rows("decisions", run=run_id)
     seeds = episode_seeds(store, run_id)
     replay_id = f"{run_id}-replay-{secrets.token_hex(3)}"
-    with tempfile.TemporaryDirectory() as scratch, _threads(manifest["torch_threads"]):
+    with tempfile.TemporaryDirectory() as scratch, recorded_threads(manifest["torch_threads"]):
         root = Path(recorder_root or scratch)
         with Recorder(root, manifest["cohort"], config, run_id=replay_id, parent_run=run_id, kind="replay") as recorder:
             for (env_index, episode), rows in decisions.group_by(["env", "episode"], maintain_order=True):
@@ -159,7 +186,7 @@ def branch(
     if seed is None:
         raise ReplayError(f"run {run_id!r} has no env {env} episode {episode}")
     branch_id = f"{run_id}-b{step}-{secrets.token_hex(3)}"
-    with _threads(manifest["torch_threads"]):
+    with recorded_threads(manifest["torch_threads"]):
         with Recorder(root, cohort or manifest["cohort"], config, run_id=branch_id, parent_run=run_id,
                       branch_step=step, flush_every=flush_every, kind="branch") as recorder:  # fmt: skip
             morph, result = _play(config, env, episode, seed, decisions, recorder)
