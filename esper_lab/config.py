@@ -133,6 +133,9 @@ class DecayConfig:
     # accuracy, about the step-to-step spread of a trained digits host on its validation split
     harm_tolerance: float = 0.01
     lock_steps: int = 10  # criticality lock after a probe that hurt: no probe of that phage for this long
+    # steps after a judgement in which the metric must be back within `harm_tolerance` of the
+    # baseline, or the probe left a lasting spike; a probe starts only with room to watch them
+    watch_steps: int = 5
 
     def __post_init__(self):
         for name in ("enabled", "learned"):
@@ -144,7 +147,7 @@ class DecayConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
                 raise ValueError(f"decay.{name}={value!r} must be a number >= 0")
-        for name in ("probe_steps", "settle_steps", "baseline_steps", "lock_steps"):
+        for name in ("probe_steps", "settle_steps", "baseline_steps", "lock_steps", "watch_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"decay.{name}={value!r} must be an integer >= 1")

@@ -17,7 +17,8 @@ Tamiyo's reach, and Emrakul may take it out again through the plane's lysis inte
   step boundary (**physical lysis**), leaving a scar Tamiyo may regrow.
 
 One probe at a time, so a metric change has one suspect; a probe starts only when the episode has
-the steps to finish it, so no phage ends an episode half sedated. Every decision is a function of
+the steps to finish it and `watch_steps` more to see the metric recover, so no phage ends an
+episode half sedated and every probe's aftermath is on record. Every decision is a function of
 the plane and the metric, which data-parallel ranks share, so ranks decide alike.
 
 **Learned Emrakul** (`DecayConfig.learned`, seed 003 §9.4's action space): the debt rule no
@@ -113,8 +114,10 @@ class Emrakul:
         return mask
 
     def _room(self, baseline: int, steps_left: int) -> bool:
-        """A full baseline, and the steps to fade, settle and judge a probe before the episode ends."""
-        return baseline >= self.config.baseline_steps and steps_left >= self.config.probe_steps + self.config.settle_steps
+        """A full baseline, and the steps to fade, settle and judge a probe and then watch the
+        metric come back, before the episode ends."""
+        config = self.config
+        return baseline >= config.baseline_steps and steps_left >= config.probe_steps + config.settle_steps + config.watch_steps
 
     def _probeable(self) -> list[int]:
         return [index for index, ledger in self.ledgers.items() if not ledger.lock_remaining]

@@ -227,12 +227,16 @@ def test_one_probe_at_a_time_on_the_phage_that_owes_most_and_none_the_episode_ca
     assert names(events) == [PROBE_STARTED] and events[0].slot == 1
     late = Emrakul(RULES, TASK_SCALE)
     _, plane, _ = phage_plane()
-    assert not drive(late, plane, [0.9] * 6, steps_left=RULES.probe_steps + RULES.settle_steps - 1)
+    finish = RULES.probe_steps + RULES.settle_steps
+    assert not drive(late, plane, [0.9] * 6, steps_left=finish + RULES.watch_steps - 1)  # no room to watch it recover
+    assert names(drive(late, plane, [0.9], steps_left=finish + RULES.watch_steps)) == [PROBE_STARTED]
 
 
 def test_decay_config_fails_before_compute_naming_the_field():
     with pytest.raises(ValueError, match="decay.probe_steps"):
         RunConfig(decay={"enabled": True, "probe_steps": 0})
+    with pytest.raises(ValueError, match="decay.watch_steps"):
+        DecayConfig(watch_steps=0)
     with pytest.raises(ValueError, match="decay.harm_tolerance"):
         RunConfig(decay={"harm_tolerance": -1})
     with pytest.raises(ValueError, match="decay.enabled"):
@@ -252,7 +256,9 @@ def test_a_learned_emrakul_probes_only_what_she_orders_among_what_her_mask_allow
     assert not drive(emrakul, plane, [0.9] * 6, rent=2.0)  # deep in debt, but nobody ordered a probe
     mask = emrakul.phage_mask(n, steps_left=100)
     assert mask.nonzero().flatten().tolist() == [0, 1]  # both phages, whatever their debt
-    assert not emrakul.phage_mask(n, steps_left=LEARNED.probe_steps + LEARNED.settle_steps).any()  # no room to finish
+    room = LEARNED.probe_steps + LEARNED.settle_steps + LEARNED.watch_steps
+    assert not emrakul.phage_mask(n, steps_left=room).any()  # no room to finish and watch (the mask is for the next step)
+    assert emrakul.phage_mask(n, steps_left=room + 1).any()
     assert not Emrakul(RULES, TASK_SCALE).phage_mask(n, 100).any()  # the rule-based Emrakul takes no orders
     events = drive(emrakul, plane, [0.9], order=0)  # slot 1 owes as much: the order, not the debt, chooses
     assert names(events) == [PROBE_STARTED] and events[0].slot == 0

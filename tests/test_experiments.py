@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 from esper_lab.cli import main
+from esper_lab.config import DecayConfig
 from esper_lab.contracts import Blueprint
 from esper_lab.dashboards import Selection, decay_page
 from esper_lab.env import VecEnv
@@ -332,6 +333,7 @@ def test_the_decay_gates_read_emrakul_against_the_same_planted_episodes_without_
     assert emrakul["lyses"].sum() >= 1 and (emrakul["probes"] >= emrakul["lyses"]).all()
     assert ev.probes.height == emrakul["restored"].sum() + emrakul["cleared"].sum()
     assert (ev.probes["recovery_steps"].drop_nulls() >= 1).all() and set(ev.probes["lock_steps"]) == {10}
+    assert set(ev.probes["watch_steps"]) == {DecayConfig.watch_steps}
     gates = {g.name: g for g in stage2_gates(load_pack("stage2_decay"), ev)}
     assert list(gates) == ["1 lyses", "2 no lasting spike", "3 locks hold", "4 cheaper", "5 accuracy kept"]
     assert gates["1 lyses"].verdict == "INCONCLUSIVE" and f"of {ev.probes.height} judged probes" in gates["2 no lasting spike"].evidence

@@ -217,7 +217,6 @@ def rent_sweep_gates(pack: Pack, ev: Evidence) -> list[Gate]:
 # A learned Emrakul (`decay.learned`) plays in the ppo arms, beside the same planter.
 PLANTER, REGROWER = "planter", "planter_regrow"
 MIN_LYSES = 3  # Stage 2: "N successful prunes in live training": N = 3 per run (episode)
-RECOVERY_STEPS = 5  # a probe's metric is back within the harm tolerance of its baseline this soon, or it spiked
 NON_INFERIORITY = 1.0  # points: "without losing achieved accuracy" = the paired CI's low end above -1 point
 
 
@@ -243,10 +242,11 @@ def stage2_gates(pack: Pack, ev: Evidence) -> list[Gate]:
         gates.append(Gate("1 lyses", cohort, verdict(lyses, MIN_LYSES - 0.5),
                           f"physical lyses per held-out episode {_say(lyses)} (gate >= {MIN_LYSES}, CI above {MIN_LYSES - 0.5})"))
         probes = ev.probes.filter((pl.col("cohort") == cohort) & (pl.col("arm") == emrakul))
-        spiked = probes.filter(pl.col("recovery_steps").is_null() | (pl.col("recovery_steps") > RECOVERY_STEPS))
+        spiked = probes.filter(pl.col("recovery_steps").is_null() | (pl.col("recovery_steps") > pl.col("watch_steps")))
+        watch = "/".join(str(w) for w in sorted(set(probes["watch_steps"]))) or "-"
         gates.append(Gate("2 no lasting spike", cohort, PASS if probes.height and spiked.is_empty() else FAIL,
                           f"{probes.height - spiked.height} of {probes.height} judged probes had the metric back within the "
-                          f"harm tolerance of its pre-probe baseline within {RECOVERY_STEPS} steps (gate: all); "
+                          f"harm tolerance of its pre-probe baseline within {watch} steps (decay.watch_steps; gate: all); "
                           f"restored {int(probes['restored'].sum() or 0)}, cleared {int((~probes['restored']).sum() or 0)}"))  # fmt: skip
         repeats = _probes_under_lock(probes)
         gates.append(Gate("3 locks hold", cohort, PASS if repeats == 0 else FAIL,

@@ -135,7 +135,8 @@ class ImmuneAnswerEnv(KnownAnswerEnv):
 
     def __init__(self, n_envs: int, episode_length: int = IMMUNE_EPISODE_LENGTH):
         super().__init__(n_envs, episode_length=episode_length)
-        self.config = DecayConfig(enabled=True, learned=True, probe_steps=2, settle_steps=2, baseline_steps=2, harm_tolerance=0.01)
+        self.config = DecayConfig(enabled=True, learned=True, probe_steps=2, settle_steps=2, baseline_steps=2, harm_tolerance=0.01,
+                                   watch_steps=1)
 
     def reset(self, episode: int = 0, seeds=None) -> list[StepResult]:
         self.planes = [SeedPlane(self.host, run_seed=i) for i in range(self.n_envs)]

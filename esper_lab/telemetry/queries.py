@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from esper_lab.config import DecayConfig
 from esper_lab.contracts import (
     HEADS,
     LYSIS_PHYSICAL,
@@ -387,7 +388,8 @@ class Queries:
     def probes(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """One row per judged sedation probe: the phage's slot, the steps it started and was
         judged, its baseline metric, the drop while gated, whether it was `restored` (it hurt) or
-        cleared, the run's `decay.harm_tolerance` and `decay.lock_steps`, and `recovery_steps`: steps after the judgement
+        cleared, the run's `decay.harm_tolerance`, `decay.lock_steps` and `decay.watch_steps`
+        (the default for runs recorded before it), and `recovery_steps`: steps after the judgement
         until the step metric was back within the tolerance of the baseline (null: not within
         the episode), the measure of a permanent loss spike."""
         return self._query(f"""
@@ -396,11 +398,13 @@ class Queries:
             ju AS (SELECT {_EPISODE}, slot, step AS judged, name = $restored AS restored, value AS drop FROM events
                    WHERE kind = $probe AND name IN ($restored, $cleared) AND {{where}}),
             tol AS (SELECT run_id, CAST(json_extract(config_json, '$.decay.harm_tolerance') AS DOUBLE) AS tolerance,
-                           CAST(json_extract(config_json, '$.decay.lock_steps') AS INTEGER) AS lock_steps
+                           CAST(json_extract(config_json, '$.decay.lock_steps') AS INTEGER) AS lock_steps,
+                           COALESCE(CAST(json_extract(config_json, '$.decay.watch_steps') AS INTEGER), {DecayConfig.watch_steps})
+                               AS watch_steps
                     FROM runs WHERE {{where}}),
             m AS (SELECT {_EPISODE}, step, metric FROM steps WHERE {{where}}),
             p AS (SELECT ju.cohort, ju.run_id, ju.env, ju.episode, ju.slot, st.started, ju.judged, st.baseline, ju.drop,
-                         ju.restored, tol.tolerance, tol.lock_steps
+                         ju.restored, tol.tolerance, tol.lock_steps, tol.watch_steps
                   FROM ju ASOF JOIN st ON ju.cohort = st.cohort AND ju.run_id = st.run_id AND ju.env = st.env
                        AND ju.episode = st.episode AND ju.slot = st.slot AND ju.judged >= st.started
                   JOIN tol ON tol.run_id = ju.run_id),
