@@ -59,6 +59,10 @@ class Op(enum.IntEnum):
     SHRINK_INTERNAL = 7
     FOCUS_NEXT = 8
     FOCUS_PREV = 9
+    # seed 000 Phase 5's adjacency ops, relative to the slot named (bounded, no other index)
+    BUD_NEXT_SURFACE = 10  # germinate the slot's blueprint in the next empty slot it fits, in surface order
+    BUD_PREV_SURFACE = 11  # ... in the previous one
+    CONSOLIDATE_WITH_NEXT = 12  # prune the next seed Tamiyo holds and grow this ladder one level
 
 
 class Decay(enum.IntEnum):
@@ -267,6 +271,7 @@ class EventKind(enum.IntEnum):
     ERROR = 6
     PROBE = 7  # an Emrakul sedation probe began or was judged; `name` says which
     LYSIS = 8  # a phage lysed (functional, then physical) or a scar regrown or expired
+    ADJACENCY = 9  # a bud or a consolidation; `name` is the op, `value` the other slot it touched
 
 
 # Emrakul's event names (the `events` table's `name` for PROBE and LYSIS events).
@@ -282,6 +287,9 @@ SCAR_EXPIRED = "scar_expired"  # a scar nobody regrew became a plain dormant slo
 # Governor event names (the `events` table's `name`; vetoes: seed 000 Phase 0 field names).
 VETO_GERMINATE = "governor_veto_germinate"
 VETO_INTERNAL_GROW = "governor_veto_internal_grow"
+VETO_BUD = "governor_veto_bud"  # the bud would pass the active-parameter budget
+VETO_CONSOLIDATE = "governor_veto_consolidate"  # the level it grows would pass the budget, net of the pruned neighbour
+VETO_LOW_ROI = "governor_veto_low_roi"  # a bud or consolidation the slots' ROI does not justify; value: the op
 ROLLBACK_SEED = "governor_rollback"  # the event's slot is the culprit, removed right after (its transition follows)
 ROLLBACK_HOST = "governor_rollback_host"  # the host diverged by itself: slot -1, nothing removed
 
@@ -446,6 +454,10 @@ SLOT_COLUMN_TYPES: dict[str, str] = {
     # criticality lock left), and a scar's age, what was removed and its last contribution
     "slot_kind": "int8", "sedation": "float32", "debt": "float32", "antibodies": "int16", "lock_remaining": "int16",
     "scar_age": "int16", "scar_blueprint": "int8", "scar_contribution": "float32",
+    # the economy (seed 000 Phase 5): contribution per thousand active params, an EMA over the
+    # seed's measurements (NaN before one); an EMA of the steps an op changed the slot; the
+    # governor's vetoes of ops on it and the rollbacks that removed its seed, this episode
+    "roi_estimate_ema": "float32", "churn_ema": "float32", "governor_vetoes": "int16", "governor_rollbacks": "int16",
 }  # fmt: skip
 
 # Per-step global numbers (`StepResult.metrics`, the `steps` table) with their Arrow types.

@@ -22,8 +22,10 @@ from esper_lab.config import EconomyConfig
 from esper_lab.contracts import Op, RewardParts
 
 BASE_SLOT_RENT = 0.0039  # x P_host per occupied slot (seed 003 §5.1: about a small residual block)
-EDIT_OPS = frozenset({Op.GERMINATE, Op.PRUNE, Op.FOSSILIZE, Op.SET_ALPHA_TARGET, Op.FOCUS_NEXT, Op.FOCUS_PREV})
-LEVEL_OPS = frozenset({Op.GROW_INTERNAL, Op.SHRINK_INTERNAL})
+EDIT_OPS = frozenset({Op.GERMINATE, Op.PRUNE, Op.FOSSILIZE, Op.SET_ALPHA_TARGET, Op.FOCUS_NEXT, Op.FOCUS_PREV,
+                      Op.BUD_NEXT_SURFACE, Op.BUD_PREV_SURFACE, Op.CONSOLIDATE_WITH_NEXT})  # fmt: skip
+LEVEL_STEPS = {Op.GROW_INTERNAL: 1, Op.SHRINK_INTERNAL: -1, Op.CONSOLIDATE_WITH_NEXT: 1}  # a consolidation also grows a level
+LEVEL_OPS = frozenset(LEVEL_STEPS)
 
 
 def rent_cost(alpha: torch.Tensor, seed_params: torch.Tensor, occupied: torch.Tensor, host_params: int, max_rent: float) -> float:
@@ -61,9 +63,7 @@ class Ledger:
         """Note this step's executed op and the plane's alpha vector after it."""
         executed = not vetoed
         self.edits.append(int(executed and op in EDIT_OPS))
-        self.level_changes.append(
-            (1 if op is Op.GROW_INTERNAL else -1) if executed and op in LEVEL_OPS else 0
-        )
+        self.level_changes.append(LEVEL_STEPS.get(op, 0) if executed else 0)
         zeros = torch.zeros_like(alpha)
         move = zeros if self.last_alpha is None else torch.sign(alpha - self.last_alpha)
         previous = zeros if self.last_move is None else self.last_move

@@ -46,7 +46,7 @@ from esper_lab.decay import Emrakul
 from esper_lab.economy import Ledger
 from esper_lab.governor import Governor
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
-from esper_lab.plane import IllegalAction, SeedPlane
+from esper_lab.plane import ADJACENCY_OPS, IllegalAction, SeedPlane
 from esper_lab.training import Evaluation, evaluate, train_epoch
 from esper_lab.twin import StaticTwin
 
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from esper_lab.distributed import World
 
 LM_BATCHES_PER_STEP = 40  # an LM "epoch" has no natural end: this many random windows per step
-STRUCTURAL_OPS = frozenset({Op.GERMINATE, Op.PRUNE, Op.FOSSILIZE})  # change what the optimizer holds
+STRUCTURAL_OPS = frozenset({Op.GERMINATE, Op.PRUNE, Op.FOSSILIZE, *ADJACENCY_OPS})  # change what the optimizer holds
 
 
 @functools.cache
@@ -186,6 +186,7 @@ class MorphEnv:
         veto = self.governor.veto(plane, action)
         if veto is not None:
             events.append(Event(EventKind.VETO, action.slot, plane.specs[action.slot].surface_uid, veto, float(action.op)))
+            plane.note_veto(action.slot)
         else:
             events += plane.apply(action)
             if action.op in STRUCTURAL_OPS:

@@ -7,8 +7,12 @@ from evidence taken before the optimizer step spreads NaN into every trained par
 plane counts, per slot and batch, a seed output that is non-finite on a finite input. A
 non-finite loss with no such seed is the host's own doing: nothing is removed, and the event says so.
 
-Vetoes: a GERMINATE or GROW_INTERNAL that would push active seed parameters past the budget is
-refused with an explicit event and an observation bit (seed 000 Phase 0: never a silent no-op).
+Vetoes: a GERMINATE, GROW_INTERNAL, bud or consolidation that would push active seed parameters
+past the budget is refused with an explicit event, an observation bit and a count on the slot
+(seed 000 Phase 0: never a silent no-op). Buds and consolidations are mediated by ROI too (seed
+000 Phase 5): a bud copies a seed, so the seed must pay (its ROI EMA > 0); a consolidation keeps
+this slot and prunes its neighbour, so this slot must pay and pay at least as well per param as
+the neighbour (an unmeasured neighbour has shown nothing to keep).
 """
 
 from __future__ import annotations
@@ -22,8 +26,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from esper_lab.contracts import ROLLBACK_HOST, ROLLBACK_SEED, VETO_GERMINATE, VETO_INTERNAL_GROW, Action, Event, EventKind, Op, Stage
-from esper_lab.plane import SeedPlane
+from esper_lab.contracts import (
+    ROLLBACK_HOST,
+    ROLLBACK_SEED,
+    VETO_BUD,
+    VETO_CONSOLIDATE,
+    VETO_GERMINATE,
+    VETO_INTERNAL_GROW,
+    VETO_LOW_ROI,
+    Action,
+    Blueprint,
+    Event,
+    EventKind,
+    Op,
+    Stage,
+)
+from esper_lab.plane import BUD_DIRECTIONS, SeedPlane
 from esper_lab.seeds import make_seed
 from esper_lab.slot import LIFECYCLE_FIELDS, SeedSlot
 
@@ -36,6 +54,7 @@ SPIKE_FLOOR = 0.05  # minimum sigma, so a perfectly flat loss history does not f
 # Seeds that can cause a finite loss spike: their output reaches the loss through alpha and they
 # still learn. A TRAINING seed leaves the forward exactly the host's; a fossil never changes.
 _SPIKE_SUSPECTS = (Stage.BLENDING, Stage.HOLDING)
+_MEDIATED = frozenset({Op.GERMINATE, Op.GROW_INTERNAL, *BUD_DIRECTIONS, Op.CONSOLIDATE_WITH_NEXT})  # ops a veto can refuse
 
 
 @dataclass(frozen=True)
@@ -58,21 +77,34 @@ class Governor:
 
     # --- vetoes -------------------------------------------------------------------------------
     def veto(self, plane: SeedPlane, action: Action) -> str | None:
-        """The veto's name when `action` would exceed the active-parameter budget, else None."""
-        if action.op is Op.GERMINATE:
-            added = self._params_at_germination(plane, action)
-            name = VETO_GERMINATE
-        elif action.op is Op.GROW_INTERNAL:
-            added = _params_added_by_growing(plane.slots[action.slot])
-            name = VETO_INTERNAL_GROW
-        else:
+        """The veto's name when `action` (legal) would exceed the active-parameter budget, or is a
+        bud or consolidation its slots' ROI does not justify; else None."""
+        op = action.op
+        if op not in _MEDIATED:
             return None
-        return name if plane.active_param_count() + added > self.param_budget else None
+        slot = plane.slots[action.slot]
+        if op is Op.GERMINATE:
+            added, name = self._params_at_germination(plane, action.slot, action.blueprint), VETO_GERMINATE
+        elif op is Op.GROW_INTERNAL:
+            added, name = _params_added_by_growing(slot), VETO_INTERNAL_GROW
+        elif op in BUD_DIRECTIONS:
+            bud = plane.bud_target(action.slot, BUD_DIRECTIONS[op])
+            added, name = self._params_at_germination(plane, bud, slot.blueprint), VETO_BUD
+        else:
+            partner = plane.slots[plane.consolidation_partner(action.slot)]
+            added, name = _params_added_by_growing(slot) - partner.param_count_active(), VETO_CONSOLIDATE
+        if plane.active_param_count() + added > self.param_budget:
+            return name
+        if op in BUD_DIRECTIONS and not slot.roi_ema > 0:  # NaN (never measured) fails too
+            return VETO_LOW_ROI
+        if op is Op.CONSOLIDATE_WITH_NEXT and (not slot.roi_ema > 0 or partner.roi_ema > slot.roi_ema):
+            return VETO_LOW_ROI
+        return None
 
-    def _params_at_germination(self, plane: SeedPlane, action: Action) -> int:
-        key = (action.slot, int(action.blueprint))
+    def _params_at_germination(self, plane: SeedPlane, index: int, blueprint: Blueprint) -> int:
+        key = (index, int(blueprint))
         if key not in self._germinated_params:  # a throwaway build: counts only, no RNG shared
-            seed = make_seed(action.blueprint, plane.specs[action.slot], torch.Generator().manual_seed(0))
+            seed = make_seed(blueprint, plane.specs[index], torch.Generator().manual_seed(0))
             self._germinated_params[key] = seed.param_count_active()
         return self._germinated_params[key]
 

@@ -14,6 +14,14 @@ form `h + (s - s.detach())` with the seed's input detached (seed 003 §3.2). BLE
 along the chosen curve over the chosen tempo to the chosen target. FOSSILIZED keeps the seed
 (no merge): parameters frozen and out of the optimizer, levels and alpha immutable.
 
+Adjacency ops (seed 000 Phase 5) act relative to the slot they name, in surface order, so they
+need no other index: `BUD_NEXT_SURFACE` / `BUD_PREV_SURFACE` germinate the slot's blueprint, blend
+and ramp in the nearest empty slot it fits after / before it (every surface exists up front: a bud
+only fills a predeclared slot; its initial level and weights come from the germination seed, like
+any germination's, so ranks agree); `CONSOLIDATE_WITH_NEXT` prunes the nearest seed after the
+slot that Tamiyo still holds and grows this slot's ladder one level. Whether they pay is the
+governor's call (`governor.Governor.veto`), not a rule here.
+
 A fossil is a phage (seed 003 §9.2): committed, out of the policy's reach, and in Emrakul's
 custody through the lysis interface only: `sedate` fades its sedation mask (a reversible probe),
 `schedule_prune` fades it out and has it removed at the first step boundary that finds it gated
@@ -41,6 +49,7 @@ from esper_lab.contracts import (
     Action,
     ActionMasks,
     AlphaCurve,
+    BlendAlgorithm,
     Blueprint,
     Event,
     EventKind,
@@ -48,6 +57,7 @@ from esper_lab.contracts import (
     Op,
     PlaneReport,
     Stage,
+    Tempo,
 )
 from esper_lab.seeds import fits, make_seed
 from esper_lab.slot import SeedSlot, fault_origin, slot_fields, step_sensors
@@ -57,7 +67,14 @@ SIGMOID_SHARPNESS = 12.0  # the sigmoid alpha curve goes from ~0.0025 to ~0.9975
 QUARANTINE_STEPS = 6  # a scar's embargo: twice a prune's, so a lysed site settles before regrowth (seed 004 quarantine)
 SCAR_EXPIRY_STEPS = 20  # steps after its lysis a scar nobody regrew stays one; then a plain dormant slot (seed 004: scars must not proliferate)
 
-# (stage, op) -> next stage. Internal ops keep the stage; their extra guards live in `_guard`.
+BUD_DIRECTIONS = {Op.BUD_NEXT_SURFACE: 1, Op.BUD_PREV_SURFACE: -1}
+ADJACENCY_OPS = frozenset({*BUD_DIRECTIONS, Op.CONSOLIDATE_WITH_NEXT})
+LADDER_OPS = frozenset({Op.GROW_INTERNAL, Op.SHRINK_INTERNAL, Op.FOCUS_NEXT, Op.FOCUS_PREV, Op.CONSOLIDATE_WITH_NEXT})
+# seeds a consolidation may prune: Tamiyo's (a fossil is a phage, in Emrakul's custody)
+_CONSOLIDABLE = frozenset({Stage.GERMINATED, *LIVE_STAGES})
+
+# (stage, op) -> next stage. Internal and adjacency ops keep the named slot's stage; their extra
+# guards live in `_guard`.
 TRANSITIONS: dict[tuple[Stage, Op], Stage] = {
     (Stage.DORMANT, Op.GERMINATE): Stage.GERMINATED,
     (Stage.GERMINATED, Op.ADVANCE): Stage.TRAINING,
@@ -69,7 +86,7 @@ TRANSITIONS: dict[tuple[Stage, Op], Stage] = {
     **{
         (s, op): s
         for s in LIVE_STAGES
-        for op in (Op.GROW_INTERNAL, Op.SHRINK_INTERNAL, Op.FOCUS_NEXT, Op.FOCUS_PREV)
+        for op in (*LADDER_OPS, *BUD_DIRECTIONS)
     },
 }
 # Transitions the plane makes by itself at a step boundary (`tick`).
@@ -142,10 +159,14 @@ class SeedPlane(nn.Module):
         if (slot.stage, op) not in TRANSITIONS:
             return f"op {op.name} is not legal in stage {slot.stage.name}"
         ladder = slot.ladder
-        if op in (Op.GROW_INTERNAL, Op.SHRINK_INTERNAL, Op.FOCUS_NEXT, Op.FOCUS_PREV) and ladder is None:
+        if op in LADDER_OPS and ladder is None:
             return f"op {op.name} needs a ladder seed, slot has {slot.blueprint.name}"
-        if op is Op.GROW_INTERNAL and ladder.level() >= ladder.max_level:
-            return f"GROW_INTERNAL at the top level {ladder.max_level}"
+        if op in (Op.GROW_INTERNAL, Op.CONSOLIDATE_WITH_NEXT) and ladder.level() >= ladder.max_level:
+            return f"{op.name} at the top level {ladder.max_level}"
+        if op is Op.CONSOLIDATE_WITH_NEXT and self.consolidation_partner(slot.index) is None:
+            return "CONSOLIDATE_WITH_NEXT needs a seed of Tamiyo's after this slot"
+        if op in BUD_DIRECTIONS and self.bud_target(slot.index, BUD_DIRECTIONS[op]) is None:
+            return f"{op.name}: no empty slot {'after' if BUD_DIRECTIONS[op] > 0 else 'before'} this one fits {slot.blueprint.name}"
         if op is Op.SHRINK_INTERNAL and ladder.level() <= 0:
             return "SHRINK_INTERNAL at level 0"
         if op in (Op.FOCUS_NEXT, Op.FOCUS_PREV) and ladder.n_subtargets < 2:
@@ -154,9 +175,24 @@ class SeedPlane(nn.Module):
             return "ADVANCE from BLENDING waits for alpha to reach its target"
         if op is Op.GERMINATE and not bool(self._blueprint_fit[slot.index].any()):
             return "no allowed blueprint fits this surface"
-        if op is Op.GERMINATE and self.max_seeds is not None and self.occupied_count() >= self.max_seeds:
-            return f"GERMINATE with max_seeds={self.max_seeds} slots already occupied"
+        if (op is Op.GERMINATE or op in BUD_DIRECTIONS) and self.max_seeds is not None and self.occupied_count() >= self.max_seeds:
+            return f"{op.name} with max_seeds={self.max_seeds} slots already occupied"
         return None
+
+    def bud_target(self, index: int, direction: int) -> int | None:
+        """The nearest empty (DORMANT) slot after (`direction` 1) or before (-1) slot `index` that
+        the slot's blueprint fits and is allowed at, or None."""
+        blueprint = self.slots[index].blueprint
+        j = index + direction
+        while 0 <= j < len(self.slots):
+            if self.slots[j].stage is Stage.DORMANT and bool(self._blueprint_fit[j, blueprint]):
+                return j
+            j += direction
+        return None
+
+    def consolidation_partner(self, index: int) -> int | None:
+        """The nearest slot after `index` whose seed Tamiyo still holds (germinated or live), or None."""
+        return next((slot.index for slot in self.slots[index + 1 :] if slot.stage in _CONSOLIDABLE), None)
 
     def action_masks(self) -> ActionMasks:
         """Legal ops per slot and legal blueprints per slot: the one source of truth. Which phages
@@ -189,10 +225,19 @@ class SeedPlane(nn.Module):
         slot = self.slots[action.slot]
         op, events = action.op, []
         if op is Op.GERMINATE:
-            if slot.scar_blueprint is not None:
-                events.append(self._event(slot, EventKind.LYSIS, SCAR_REGROWN, float(action.blueprint)))
-                slot.clear_scar()
-            self._germinate(slot, action)
+            events += self._germinate(slot, action.blueprint, action.blend, action.curve, action.tempo, action.target.alpha)
+        elif op in BUD_DIRECTIONS:
+            bud = self.slots[self.bud_target(slot.index, BUD_DIRECTIONS[op])]
+            events.append(self._event(slot, EventKind.ADJACENCY, op.name, bud.index))
+            events += self._germinate(bud, slot.blueprint, slot.blend_algorithm, slot.curve, slot.tempo, slot.alpha_target)
+            events += self._move(bud, Stage.GERMINATED)
+        elif op is Op.CONSOLIDATE_WITH_NEXT:
+            partner = self.slots[self.consolidation_partner(slot.index)]
+            events.append(self._event(slot, EventKind.ADJACENCY, op.name, partner.index))
+            partner.drop_seed(EMBARGO_STEPS)
+            events += self._move(partner, Stage.PRUNED)
+            slot.ladder.set_level(slot.ladder.level() + 1)
+            events.append(self._event(slot, EventKind.LEVEL_CHANGED, op.name, slot.ladder.level()))
         elif op is Op.ADVANCE and slot.stage is Stage.TRAINING:
             slot.ramp_start, slot.ramp_step = slot.alpha, 0
         elif op is Op.SET_ALPHA_TARGET:
@@ -209,22 +254,34 @@ class SeedPlane(nn.Module):
         elif op in (Op.FOCUS_NEXT, Op.FOCUS_PREV):
             slot.ladder.shift_focus(1 if op is Op.FOCUS_NEXT else -1)
             events.append(self._event(slot, EventKind.FOCUS_CHANGED, op.name, int(slot.ladder.focus)))
-        return self._move(slot, TRANSITIONS[(slot.stage, op)]) + events
+        events = self._move(slot, TRANSITIONS[(slot.stage, op)]) + events
+        for index in {action.slot, *(e.slot for e in events)}:
+            self.slots[index].changed = True
+        return events
 
-    def _germinate(self, slot: SeedSlot, action: Action) -> None:
+    def _germinate(self, slot: SeedSlot, blueprint: Blueprint, blend: BlendAlgorithm, curve: AlphaCurve, tempo: Tempo,
+                   alpha_target: float) -> list[Event]:  # fmt: skip
+        """A new seed in `slot` (weights from its germination seed); regrowing a scar clears it.
+        The caller makes the DORMANT -> GERMINATED move."""
+        events = []
+        if slot.scar_blueprint is not None:
+            events.append(self._event(slot, EventKind.LYSIS, SCAR_REGROWN, float(blueprint)))
+            slot.clear_scar()
         generator = torch.Generator().manual_seed(germination_seed(self.run_seed, slot.spec.surface_uid, slot.germinations))
-        slot.seed = make_seed(action.blueprint, slot.spec, generator).to(slot.acc.device)
-        slot.blueprint = action.blueprint
-        slot.blend_algorithm, slot.curve, slot.tempo = action.blend, action.curve, action.tempo
-        slot.alpha, slot.alpha_target = 0.0, action.target.alpha
-        slot.contribution = math.nan
+        slot.seed = make_seed(blueprint, slot.spec, generator).to(slot.acc.device)
+        slot.blueprint, slot.blend_algorithm, slot.curve, slot.tempo = blueprint, blend, curve, tempo
+        slot.alpha, slot.alpha_target = 0.0, alpha_target
+        slot.contribution, slot.roi_ema = math.nan, math.nan
         slot.germinations += 1
+        return events
 
     def tick(self) -> list[Event]:
-        """Step boundary: fade sedation masks and lyse the phages due (the one safe boundary),
-        advance alpha ramps and embargo clocks, make automatic transitions, age scars."""
+        """Step boundary: fold the step's changes into each slot's churn EMA, fade sedation masks
+        and lyse the phages due (the one safe boundary), advance alpha ramps and embargo clocks,
+        make automatic transitions, age scars."""
         events: list[Event] = []
         for slot in self.slots:
+            slot.tick_churn()
             if slot.stage is Stage.FOSSILIZED:
                 events += self._tick_phage(slot)
             elif slot.scar_blueprint is not None:
@@ -293,7 +350,12 @@ class SeedPlane(nn.Module):
         if slot.stage not in SEED_STAGES:
             raise IllegalAction(f"slot {index} ({slot.stage.name}): no seed to remove")
         slot.drop_seed(EMBARGO_STEPS)
+        slot.rollbacks += 1
         return self._move(slot, Stage.PRUNED)
+
+    def note_veto(self, index: int) -> None:
+        """Count a governor veto of an op on slot `index` (the slot's `governor_vetoes`)."""
+        self.slots[index].vetoes += 1
 
     def _move(self, slot: SeedSlot, stage: Stage) -> list[Event]:
         if stage is slot.stage:
@@ -354,9 +416,9 @@ class SeedPlane(nn.Module):
             slot.ablated = False
 
     def note_contribution(self, index: int, value: float) -> None:
-        """Record a measured counterfactual contribution of slot `index`'s seed (shown by `report`)."""
-        slot = self.slots[index]
-        slot.contribution, slot.contribution_measured = float(value), True
+        """Record a measured counterfactual contribution of slot `index`'s seed and fold it into
+        its ROI (both shown by `report`)."""
+        self.slots[index].note_contribution(value)
 
     def fault_origins(self) -> torch.Tensor:
         """[S] training batches this step in which each slot's seed turned a finite input

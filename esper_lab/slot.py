@@ -34,6 +34,9 @@ SENSOR_EPS = 1e-12  # guards the ratio sensors against an all-zero stream
 SENSE_EVERY = 4  # sensors sample a step's first training batch and one in four after it: a step
 # still averages several, at a quarter of the cost (norms and gradient hooks on every batch cost ~17% of an A2 train step)
 
+ROI_PARAMS = 1000  # ROI is contribution per this many active params (per param, it would sit below any feature's noise)
+ECONOMY_EMA = 0.8  # weight of the past in the ROI and churn EMAs: about the last five values count
+
 # Per-slot sensor accumulators, summed over the batches of one step and read once by `report`.
 # _ACC_ORIGIN counts training batches whose seed output was non-finite on a finite input: the
 # governor's culprit evidence, read only on a rollback (`fault_origins`).
@@ -87,6 +90,11 @@ class SeedSlot(nn.Module):
         self.scar_age = 0  # steps since the lysis
         self.scar_contribution = math.nan  # the removed phage's last measured contribution
         self.debt, self.antibodies, self.lock_remaining = 0.0, 0, 0  # Emrakul's ledger, as last noted
+        # the economy's view (not lifecycle state: a rollback does not undo what it counted)
+        self.roi_ema = math.nan  # this seed's contribution per ROI_PARAMS active params, smoothed
+        self.churn_ema = 0.0  # how often an op changed this slot, smoothed over steps
+        self.changed = False  # an op changed this slot since the last step boundary
+        self.vetoes, self.rollbacks = 0, 0  # governor events on this slot this episode
         self.register_buffer("acc", torch.zeros(7))
 
     # --- forward ------------------------------------------------------------------------------
@@ -142,10 +150,21 @@ class SeedSlot(nn.Module):
     # --- state changes the plane makes ----------------------------------------------------------
     def drop_seed(self, embargo: int) -> None:
         """Empty the slot (a prune, a culprit's removal or a lysis) and start its embargo."""
-        self.seed, self.blueprint, self.alpha, self.contribution = None, None, 0.0, math.nan
+        self.seed, self.blueprint, self.alpha, self.contribution, self.roi_ema = None, None, 0.0, math.nan, math.nan
         self.embargo_remaining = embargo
         self.sedation, self.sedation_target, self.sedation_rate, self.lysis_due = 1.0, 1.0, 0.0, False
         self.debt, self.antibodies, self.lock_remaining = 0.0, 0, 0
+
+    def note_contribution(self, value: float) -> None:
+        """A measured contribution, and the ROI EMA it feeds (the first measurement sets it)."""
+        self.contribution, self.contribution_measured = float(value), True
+        roi = value * ROI_PARAMS / max(self.param_count_active(), 1)
+        self.roi_ema = roi if math.isnan(self.roi_ema) else ECONOMY_EMA * self.roi_ema + (1 - ECONOMY_EMA) * roi
+
+    def tick_churn(self) -> None:
+        """Step boundary: fold whether an op changed this slot into its churn EMA."""
+        self.churn_ema = ECONOMY_EMA * self.churn_ema + (1 - ECONOMY_EMA) * float(self.changed)
+        self.changed = False
 
     def clear_scar(self) -> None:
         self.scar_blueprint, self.scar_age, self.scar_contribution = None, 0, math.nan
@@ -204,7 +223,8 @@ class SeedSlot(nn.Module):
             "slot_kind": int(self.kind), "sedation": self.sedation, "debt": self.debt, "antibodies": self.antibodies,
             "lock_remaining": self.lock_remaining, "scar_age": self.scar_age,
             "scar_blueprint": -1 if self.scar_blueprint is None else int(self.scar_blueprint),
-            "scar_contribution": self.scar_contribution,
+            "scar_contribution": self.scar_contribution, "roi_estimate_ema": self.roi_ema, "churn_ema": self.churn_ema,
+            "governor_vetoes": self.vetoes, "governor_rollbacks": self.rollbacks,
         }  # fmt: skip
         return [row[name] for name in SLOT_COLUMNS]
 

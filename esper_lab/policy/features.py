@@ -44,8 +44,10 @@ RAW_COLUMNS: tuple[str, ...] = (
     "contribution",  # the last measured counterfactual contribution (0 until measured)
     "sedation", "scar_contribution",  # a phage's sedation mask; what a scar's removed phage last contributed
     "debt", "lock_remaining",  # Emrakul's ledger of a phage: what it owes, the steps its criticality lock has left
+    "roi_estimate_ema", "churn_ema",  # the economy's view of a slot: what its seed earns per param, how often it changes
 )  # fmt: skip
-LOG_COLUMNS: tuple[str, ...] = ("delta_l2_norm", "output_l2_norm", "seed_grad_norm", "grad_ratio", "germinations", "scar_age", "antibodies")
+LOG_COLUMNS: tuple[str, ...] = ("delta_l2_norm", "output_l2_norm", "seed_grad_norm", "grad_ratio", "germinations", "scar_age", "antibodies",
+                                "governor_vetoes", "governor_rollbacks")  # fmt: skip
 DERIVED_SLOT_FIELDS: tuple[str, ...] = ("is_ladder", "param_share", "flop_share", "embargo_left")
 LEGAL_FIELDS = (*(f"legal_{op.name.lower()}" for op in Op if op is not Op.WAIT), "legal_sedate")
 SLOT_FIELDS = RAW_COLUMNS + LOG_COLUMNS + DERIVED_SLOT_FIELDS + LEGAL_FIELDS

@@ -34,7 +34,7 @@ from esper_lab.contracts import (
 
 # 2: in-forward/incubating params, contributions, full_metric, episode seeds, the run's three
 # configs and its eval arm; head entropies null where the head was not used
-SCHEMA_VERSION = 4  # bump when a column changes type or meaning; readers union parts by name (4: Emrakul's heads)
+SCHEMA_VERSION = 5  # bump when a column changes type or meaning; readers union parts by name (4: Emrakul's heads; 5: the economy's slot columns)
 TABLES = ("runs", "steps", "slots", "decisions", "events", "updates", "audits")
 METADATA_KEY = b"esper_lab.schema_version"  # written into every part's Parquet metadata
 
