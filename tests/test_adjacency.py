@@ -4,8 +4,10 @@ governor's ROI and budget mediation, and the per-slot ROI, churn and governor co
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
+import polars as pl
 import pytest
 import torch
 from hypothesis import given, settings
@@ -26,11 +28,14 @@ from esper_lab.contracts import (
     SurfaceDensity,
     Tempo,
 )
-from esper_lab.env import MorphEnv
+from esper_lab.env import MorphEnv, VecEnv
+from esper_lab.episodes import run_episodes
 from esper_lab.governor import Governor
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
 from esper_lab.plane import ADJACENCY_OPS, EMBARGO_STEPS, IllegalAction, SeedPlane
 from esper_lab.slot import ECONOMY_EMA, ROI_PARAMS
+from esper_lab.telemetry.recorder import Recorder
+from esper_lab.telemetry.store import Store
 
 LADDER, LIGHT, HEAVY = Blueprint.CONV_CHANNEL_LADDER, Blueprint.CONV_LIGHT, Blueprint.CONV_HEAVY
 
@@ -211,3 +216,36 @@ def test_a_rollback_counts_on_the_slot_it_removed():
     grow_to(plane, 2, LIGHT, Stage.BLENDING)
     plane.remove_culprit(2)
     assert plane.report().column("governor_rollbacks").tolist() == [0, 0, 1, 0, 0, 0]
+
+
+class Script:
+    """Plays a fixed list of actions, one per step (a one-env VecEnv)."""
+
+    def __init__(self, actions: list[Action]):
+        self.actions = list(actions)
+
+    def act(self, results):
+        return [self.actions.pop(0)]
+
+
+# seed 6: the ladder's ROI is positive by step 6 (see tests/test_distributed.py); seed 0: it is not
+ECONOMY = RunConfig(task="digits_cnn", density="a1", episode_length=9, batches_per_step=4, data_fraction=0.3,
+                    contribution_every=1, param_budget=4.0)  # fmt: skip
+BUDDING = [Action(Op.GERMINATE, 0, LADDER, tempo=Tempo.FAST), Action(Op.ADVANCE, 0), Action(Op.ADVANCE, 0), Action(Op.WAIT),
+           Action(Op.WAIT), Action(Op.BUD_NEXT_SURFACE, 0), Action(Op.WAIT), Action(Op.CONSOLIDATE_WITH_NEXT, 0), Action(Op.WAIT)]  # fmt: skip
+
+
+def test_the_store_reads_the_economy_per_step_and_counts_adjacency_vetoes(tmp_path):
+    for seed, script in ((6, BUDDING), (0, BUDDING[:6] + [Action(Op.WAIT)] * 3)):
+        config = dataclasses.replace(ECONOMY, seed=seed)
+        with Recorder(tmp_path, "economy", config, run_id=f"s{seed}") as recorder:
+            run_episodes(VecEnv(config, 1), Script(script), 1, recorder=recorder)
+    store = Store(tmp_path)
+    paid, vetoed = (store.economy(run=r).sort("step") for r in ("s6", "s0"))
+    assert paid["buds"].sum() == 1 and paid["consolidations"].sum() == 1 and paid["adjacency_vetoes"].sum() == 0
+    assert vetoed["buds"].sum() == 0 and vetoed["adjacency_vetoes"].sum() == 1
+    assert paid.filter(pl.col("step") == 6)["buds"].item() == 1  # the step the bud was applied
+    assert paid["roi_ema"][0] is None and paid["roi_ema"].drop_nulls().len() > 0  # no in-forward seed before blending
+    assert (paid["churn_ema"] > 0).all() and (paid["active_param_budget_util"] > 0).all()
+    counts = {row["run_id"]: row for row in store.governor_counts().iter_rows(named=True)}
+    assert (counts["s0"]["roi_vetoes"], counts["s0"]["adjacency_budget_vetoes"], counts["s6"]["roi_vetoes"]) == (1, 0, 0)

@@ -26,7 +26,7 @@ from esper_lab.telemetry.schema import METADATA_KEY, SLOT_TYPES, STEP_TYPES
 from esper_lab.telemetry.store import CorruptPart, Store
 
 CONFIG = RunConfig(episode_length=5, batches_per_step=2, data_fraction=0.1, density="a1")
-QUERIES = ("runs", "episodes", "episode_outcomes", "learning_curve", "rent_churn", "conv_heavy_share", "conv_heavy_share_bands",
+QUERIES = ("runs", "episodes", "episode_outcomes", "learning_curve", "rent_churn", "economy", "conv_heavy_share", "conv_heavy_share_bands",
            "lifecycle_op_counts", "grow_shrink_share", "policy_entropy", "invalid_action_rate", "governor_counts",
            "level_change", "oscillation", "contributions", "grow_lagged_correlation", "delta_norm_by_level",
            "fossilisation_ratio", "slot_series", "event_log", "cohort_behaviour", "run_status_counts")  # fmt: skip

@@ -25,8 +25,11 @@ from esper_lab.contracts import (
     PROBE_STARTED,
     SCAR_EXPIRED,
     SCAR_REGROWN,
+    VETO_BUD,
+    VETO_CONSOLIDATE,
     VETO_GERMINATE,
     VETO_INTERNAL_GROW,
+    VETO_LOW_ROI,
     Blueprint,
     EventKind,
     Op,
@@ -115,6 +118,30 @@ class Queries:
                    avg(incubating_flops) AS incubating_flops, count(*) AS envs
             FROM steps WHERE {where} GROUP BY ALL ORDER BY cohort, run_id, episode, step""", cohort, run)
 
+    def economy(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """Per step (mean over envs), seed 000 Phase 5's economy: the budget utilisations, the
+        slots' mean churn EMA, the mean ROI EMA of the in-forward seeds that have one (null when
+        none), and the buds, consolidations and their vetoes that step (sums over envs)."""
+        return self._query("""
+            WITH sl AS (SELECT cohort, run_id, env, episode, step, avg(churn_ema) AS churn_ema,
+                               avg(roi_estimate_ema) FILTER (WHERE in_forward = 1 AND NOT isnan(roi_estimate_ema)) AS roi_ema
+                        FROM slots WHERE {where} GROUP BY ALL),
+                 st AS (SELECT cohort, run_id, env, episode, step, active_param_budget_util, active_flops_budget_util
+                        FROM steps WHERE {where}),
+                 ev AS (SELECT cohort, run_id, episode, step, count(*) FILTER (WHERE kind = $adjacency AND name LIKE 'BUD%') AS buds,
+                               count(*) FILTER (WHERE kind = $adjacency AND name LIKE 'CONSOLIDATE%') AS consolidations,
+                               count(*) FILTER (WHERE kind = $veto AND name IN ($bud, $consolidate, $low_roi)) AS adjacency_vetoes
+                        FROM events WHERE {where} GROUP BY ALL)
+            SELECT cohort, run_id, episode, step, avg(st.active_param_budget_util) AS active_param_budget_util,
+                   avg(st.active_flops_budget_util) AS active_flops_budget_util, avg(sl.churn_ema) AS churn_ema,
+                   avg(sl.roi_ema) AS roi_ema, any_value(coalesce(ev.buds, 0)) AS buds,
+                   any_value(coalesce(ev.consolidations, 0)) AS consolidations,
+                   any_value(coalesce(ev.adjacency_vetoes, 0)) AS adjacency_vetoes, count(*) AS envs
+            FROM st JOIN sl USING (cohort, run_id, env, episode, step) LEFT JOIN ev USING (cohort, run_id, episode, step)
+            GROUP BY ALL ORDER BY cohort, run_id, episode, step""",
+            cohort, run, adjacency=int(EventKind.ADJACENCY), veto=int(EventKind.VETO), bud=VETO_BUD,
+            consolidate=VETO_CONSOLIDATE, low_roi=VETO_LOW_ROI)  # fmt: skip
+
     def conv_heavy_share(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """`conv_heavy_forward_param_share` per step: conv_heavy's share of the in-forward seed
         params, summed over envs and slots (0 when none is in forward). `run_step` counts env steps
@@ -184,19 +211,24 @@ class Queries:
             FROM decisions WHERE {{where}} GROUP BY ALL ORDER BY {by}""", cohort, run)  # fmt: skip
 
     def governor_counts(self, cohort: str | None = None, run: str | None = None, by_episode: bool = False) -> pl.DataFrame:
-        """Governor vetoes (all, internal-grow, germinate) and rollbacks, with the veto rate."""
+        """Governor vetoes (all, internal-grow, germinate, and of buds and consolidations for the
+        budget or for ROI) and rollbacks, with the veto rate."""
         by = _by(by_episode)
         return self._query(f"""
             WITH s AS (SELECT {by}, count(*) AS steps, count(*) FILTER (WHERE veto) AS vetoes,
                               count(*) FILTER (WHERE rollback) AS rollbacks
                        FROM steps WHERE {{where}} GROUP BY ALL),
                  e AS (SELECT {by}, count(*) FILTER (WHERE name = $grow) AS grow_vetoes,
-                              count(*) FILTER (WHERE name = $germinate) AS germinate_vetoes
+                              count(*) FILTER (WHERE name = $germinate) AS germinate_vetoes,
+                              count(*) FILTER (WHERE name IN ($bud, $consolidate)) AS adjacency_budget_vetoes,
+                              count(*) FILTER (WHERE name = $low_roi) AS roi_vetoes
                        FROM events WHERE kind = $veto AND {{where}} GROUP BY ALL)
             SELECT s.*, coalesce(e.grow_vetoes, 0) AS grow_vetoes, coalesce(e.germinate_vetoes, 0) AS germinate_vetoes,
+                   coalesce(e.adjacency_budget_vetoes, 0) AS adjacency_budget_vetoes, coalesce(e.roi_vetoes, 0) AS roi_vetoes,
                    vetoes / steps AS veto_rate
             FROM s LEFT JOIN e USING ({by}) ORDER BY {by}""",
-            cohort, run, grow=VETO_INTERNAL_GROW, germinate=VETO_GERMINATE, veto=int(EventKind.VETO))  # fmt: skip
+            cohort, run, grow=VETO_INTERNAL_GROW, germinate=VETO_GERMINATE, bud=VETO_BUD, consolidate=VETO_CONSOLIDATE,
+            low_roi=VETO_LOW_ROI, veto=int(EventKind.VETO))  # fmt: skip
 
     # --- ladders, lifecycle and credit --------------------------------------------------------
     def level_change(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
