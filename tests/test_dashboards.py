@@ -306,3 +306,12 @@ def test_every_tab_renders(dashboard, tab, header):
     dashboard.get_by_text(tab, exact=True).click()
     dashboard.get_by_text(header).first.wait_for()
     dashboard.locator("canvas").first.wait_for(state="attached")  # a plot, not only the header
+
+
+def test_the_economy_page_draws_budget_use_churn_and_roi_from_the_store(store):
+    page = PAGES["Rent & churn economy"](store)
+    titles = [pane.object.opts.get().kwargs.get("title") for pane in page.select(pn.pane.HoloViews)]
+    assert "budget utilisation" in titles and "churn and ROI (ROI: contribution per 1k params)" in titles
+    run = Selection(store).view[1]
+    economy = store.economy(run=run)
+    assert economy.height == store.rent_churn(run=run).height and (economy["active_param_budget_util"] >= 0).all()

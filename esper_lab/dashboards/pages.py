@@ -36,13 +36,15 @@ RUN_WIDE_SLOT = -1  # events not tied to a slot (rollbacks, vetoes of run-wide b
 
 def economy_page(store: Store, selection: Selection | None = None) -> pn.Column:
     """Rent & churn economy of one run: costs, reward and active size per step of the selected
-    episode (means over envs), lifecycle op counts, governor counts and the cohort's outcomes."""
+    episode (means over envs), budget use with the slots' churn and ROI EMAs (seed 000 Phase 5),
+    lifecycle op counts, governor counts and the cohort's outcomes."""
     selection, header = _own(store, selection)
 
     @_needs_steps
     def body(view):
         cohort, run, _, episode = view
         costs = store.rent_churn(cohort, run).filter(pl.col("episode") == episode)
+        economy = store.economy(cohort, run).filter(pl.col("episode") == episode)
         ops = store.lifecycle_op_counts(cohort, run).unpivot(
             ["chosen", "executed"], index="op_name", variable_name="count", value_name="decisions"
         )
@@ -55,6 +57,12 @@ def economy_page(store: Store, selection: Selection | None = None) -> pn.Column:
             pn.Row(
                 _lines(costs, "step", {"forward_params": "in forward", "incubating_params": "incubating"}, "seed parameters", "params"),
                 _lines(costs, "step", {"forward_flops": "in forward", "incubating_flops": "incubating"}, "seed FLOPs", "FLOPs"),
+            ),
+            pn.Row(
+                _lines(economy, "step", {"active_param_budget_util": "params", "active_flops_budget_util": "FLOPs"},
+                       "budget utilisation", "share of the budget"),
+                _lines(economy, "step", {"churn_ema": "churn EMA (mean over slots)", "roi_ema": "ROI EMA (in-forward seeds)"},
+                       "churn and ROI (ROI: contribution per 1k params)", "EMA"),
             ),
             pn.Row(
                 hv.Bars(ops.to_pandas(), ["op_name", "count"], "decisions").opts(
