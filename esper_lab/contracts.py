@@ -475,6 +475,7 @@ STEP_METRIC_TYPES: dict[str, str] = {
     "level_change_rate": "float64", "net_level_change": "float64",
 }  # fmt: skip
 SLOT_COLUMNS = tuple(SLOT_COLUMN_TYPES)
+ROI_PARAMS = 1000  # ROI is contribution per this many active params (per param, it would sit below any feature's noise)
 STEP_METRICS = tuple(STEP_METRIC_TYPES)
 REWARD_PARTS = ("task", "rent", "churn", "intervention", "total")
 

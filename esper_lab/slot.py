@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from esper_lab.contracts import (
+    ROI_PARAMS,
     SEED_STAGES,
     SLOT_COLUMNS,
     AlphaCurve,
@@ -34,7 +35,6 @@ SENSOR_EPS = 1e-12  # guards the ratio sensors against an all-zero stream
 SENSE_EVERY = 4  # sensors sample a step's first training batch and one in four after it: a step
 # still averages several, at a quarter of the cost (norms and gradient hooks on every batch cost ~17% of an A2 train step)
 
-ROI_PARAMS = 1000  # ROI is contribution per this many active params (per param, it would sit below any feature's noise)
 ECONOMY_EMA = 0.8  # weight of the past in the ROI and churn EMAs: about the last five values count
 
 # Per-slot sensor accumulators, summed over the batches of one step and read once by `report`.

@@ -17,6 +17,7 @@ from esper_lab.config import RunConfig
 from esper_lab.contracts import (
     VETO_BUD,
     VETO_CONSOLIDATE,
+    ROI_PARAMS,
     VETO_LOW_ROI,
     Action,
     AlphaCurve,
@@ -33,7 +34,7 @@ from esper_lab.episodes import run_episodes
 from esper_lab.governor import Governor
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
 from esper_lab.plane import ADJACENCY_OPS, EMBARGO_STEPS, IllegalAction, SeedPlane
-from esper_lab.slot import ECONOMY_EMA, ROI_PARAMS
+from esper_lab.slot import ECONOMY_EMA
 from esper_lab.telemetry.recorder import Recorder
 from esper_lab.telemetry.store import Store
 

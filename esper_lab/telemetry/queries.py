@@ -23,6 +23,7 @@ from esper_lab.contracts import (
     PROBE_CLEARED,
     PROBE_RESTORED,
     PROBE_STARTED,
+    ROI_PARAMS,
     SCAR_EXPIRED,
     SCAR_REGROWN,
     VETO_BUD,
@@ -272,7 +273,7 @@ class Queries:
         return self._query(f"""
             SELECT s.cohort, s.run_id, s.env, s.episode, s.step, s.slot, s.surface_uid, s.blueprint, b.name AS blueprint_name,
                    s.stage, s.alpha, s.internal_level, s.contribution::DOUBLE AS contribution, s.seed_param_count_active AS params,
-                   1000 * s.contribution / nullif(s.seed_param_count_active, 0) AS roi_per_kparam
+                   {ROI_PARAMS} * s.contribution / nullif(s.seed_param_count_active, 0) AS roi_per_kparam
             FROM slots s LEFT JOIN blueprint_names b ON b.value = s.blueprint
             WHERE s.contribution_measured = 1 AND {{where}} ORDER BY {", ".join(f"s.{k}" for k in _KEYS.split(", "))}, s.slot""",
             cohort, run)  # fmt: skip
