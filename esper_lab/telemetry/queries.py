@@ -129,8 +129,9 @@ class Queries:
                         FROM slots WHERE {where} GROUP BY ALL),
                  st AS (SELECT cohort, run_id, env, episode, step, active_param_budget_util, active_flops_budget_util
                         FROM steps WHERE {where}),
-                 ev AS (SELECT cohort, run_id, episode, step, count(*) FILTER (WHERE kind = $adjacency AND name LIKE 'BUD%') AS buds,
-                               count(*) FILTER (WHERE kind = $adjacency AND name LIKE 'CONSOLIDATE%') AS consolidations,
+                 ev AS (SELECT cohort, run_id, episode, step,
+                               count(*) FILTER (WHERE kind = $adjacency AND name IN ($bud_next, $bud_prev)) AS buds,
+                               count(*) FILTER (WHERE kind = $adjacency AND name = $consolidate_op) AS consolidations,
                                count(*) FILTER (WHERE kind = $veto AND name IN ($bud, $consolidate, $low_roi)) AS adjacency_vetoes
                         FROM events WHERE {where} GROUP BY ALL)
             SELECT cohort, run_id, episode, step, avg(st.active_param_budget_util) AS active_param_budget_util,
@@ -141,7 +142,8 @@ class Queries:
             FROM st JOIN sl USING (cohort, run_id, env, episode, step) LEFT JOIN ev USING (cohort, run_id, episode, step)
             GROUP BY ALL ORDER BY cohort, run_id, episode, step""",
             cohort, run, adjacency=int(EventKind.ADJACENCY), veto=int(EventKind.VETO), bud=VETO_BUD,
-            consolidate=VETO_CONSOLIDATE, low_roi=VETO_LOW_ROI)  # fmt: skip
+            consolidate=VETO_CONSOLIDATE, low_roi=VETO_LOW_ROI, bud_next=Op.BUD_NEXT_SURFACE.name,
+            bud_prev=Op.BUD_PREV_SURFACE.name, consolidate_op=Op.CONSOLIDATE_WITH_NEXT.name)  # fmt: skip
 
     def conv_heavy_share(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """`conv_heavy_forward_param_share` per step: conv_heavy's share of the in-forward seed
