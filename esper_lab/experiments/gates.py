@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from esper_lab.config import LADDERS, TASKS
+from esper_lab.contracts import ROI_PARAMS, Op
 from esper_lab.experiments.evaluation import CONTROL
 from esper_lab.experiments.packs import Pack
 from esper_lab.experiments.stats import (
@@ -54,8 +55,10 @@ def held_out(store: Store) -> pl.DataFrame:
     """Every completed evaluation episode with `score` (accuracy, or minus the validation loss),
     `gain` (score minus the static host's on the same cohort, seed and episode; 100x for accuracy:
     points), `conv_heavy_share` (of in-forward seed params at the end), `roi` (gain per 1,000
-    in-forward seed params, where there are any), the oscillation counts and Emrakul's
-    (`Store.decay_counts`)."""
+    in-forward seed params, where there are any), the oscillation counts, Emrakul's
+    (`Store.decay_counts`), the adjacency economy's (`Store.adjacency_counts`), and the fossils:
+    how many, how many were kept to the end, and their mean last measured contribution (in
+    points, as `gain`)."""
     outcomes = store.episode_outcomes(kind="eval")
     if outcomes.is_empty():
         return outcomes
@@ -70,12 +73,21 @@ def held_out(store: Store) -> pl.DataFrame:
     static = outcomes.filter(pl.col("arm") == CONTROL).select(*keys, pl.col("score").alias("static_score"))
     oscillation = store.oscillation().select("run_id", "env", "episode", "regerminations", "alpha_reversals", "level_flips")
     decay = store.decay_counts().drop("cohort")
+    adjacency = store.adjacency_counts().drop("cohort")
+    episode = ["run_id", "env", "episode"]
+    fossils = store.fossils().group_by(episode).agg(
+        fossils=pl.len(), fossils_kept=pl.col("kept").sum(), fossil_contribution=pl.col("contribution").mean()
+    )
     return (
         outcomes.join(static, on=keys, how="left")
         .with_columns(gain=pl.col("score") - pl.col("static_score"))
-        .with_columns(roi=pl.when(pl.col("forward_params") > 0).then(pl.col("gain") / pl.col("forward_params") * 1000))
-        .join(oscillation, on=["run_id", "env", "episode"], how="left")
-        .join(decay, on=["run_id", "env", "episode"], how="left")
+        .with_columns(roi=pl.when(pl.col("forward_params") > 0).then(pl.col("gain") / pl.col("forward_params") * ROI_PARAMS))
+        .join(oscillation, on=episode, how="left")
+        .join(decay, on=episode, how="left")
+        .join(adjacency, on=episode, how="left")
+        .join(fossils, on=episode, how="left")
+        .with_columns(pl.col("fossils", "fossils_kept").fill_null(0),
+                      fossil_contribution=pl.when(is_acc).then(pl.col("fossil_contribution") * 100).otherwise(pl.col("fossil_contribution")))
     )
 
 
@@ -105,6 +117,8 @@ class Evidence:
     entropy: pl.DataFrame  # cohort, seed, kept: op-head entropy, last over first training episode
     heads: pl.DataFrame  # cohort, head, open_entropy: the sampled arm's held-out decisions with >= 2 legal choices
     probes: pl.DataFrame = field(default_factory=pl.DataFrame)  # `Store.probes` of the held-out runs, with their arm (decay studies)
+    curves: pl.DataFrame = field(default_factory=pl.DataFrame)  # `Store.learning_curve` of the training runs, with their seed
+    ops: pl.DataFrame = field(default_factory=pl.DataFrame)  # cohort, seed, op_name, chosen: the sampled arm's held-out non-WAIT decisions
 
 
 def evidence(store: Store) -> Evidence:
@@ -118,7 +132,9 @@ def evidence(store: Store) -> Evidence:
     entropy = (curves.group_by("cohort", "run_id", "seed").agg(first=pl.col("entropy_op").first(), last=pl.col("entropy_op").last())
                .filter(pl.col("first") > 0).select("cohort", "seed", kept=pl.col("last") / pl.col("first")))  # fmt: skip
     probes = store.probes().join(runs.filter(pl.col("kind") == "eval").select("run_id", "arm"), on="run_id")
-    return Evidence(held_out(store), usage, entropy, heads, probes)
+    ops = (store.lifecycle_op_counts().join(sampled, on="run_id").filter(pl.col("op") != int(Op.WAIT))
+           .group_by("cohort", "seed", "op_name").agg(pl.col("chosen").sum()))  # fmt: skip
+    return Evidence(held_out(store), usage, entropy, heads, probes, curves, ops)
 
 
 def seed002_gates(pack: Pack, ev: Evidence) -> list[Gate]:
@@ -287,6 +303,83 @@ def stage3_gates(pack: Pack, ev: Evidence) -> list[Gate]:
     return gates
 
 
+# Seed 000 Phase 5's experiment plan ("does churn drop over training while ROI stays high? are
+# fossilised slots stable and beneficial?") and exit ("low churn, high reuse, high ROI, minimal
+# conv_heavy dependence, consistent governor behaviour", with entropy and degeneracy monitors as
+# gates against a policy stuck fossilising everything), made measurable per PPO cohort:
+TRAINING_FIFTH = 5  # churn: the last fifth of the training episodes against the first fifth
+MAX_CONV_HEAVY_SHARE = 0.25  # of the in-forward seed params at the end: conv_heavy is not what it buys
+MAX_TOP_OP_SHARE = 0.8  # degeneracy: no single op makes more than this share of the non-WAIT decisions
+
+
+def churn_drop(curves: pl.DataFrame) -> pl.DataFrame:
+    """Per training run, the k-th episode of the last fifth of its training episodes paired with
+    the k-th of the first fifth: cohort, seed, k and `diff` (C_churn summed over the episode, mean
+    over envs, last minus first). Runs with fewer than five training episodes give no rows."""
+    rows = []
+    for (cohort, run_id), run in curves.sort("episode").partition_by("cohort", "run_id", as_dict=True).items():
+        churn, width = run["churn"].to_list(), run.height // TRAINING_FIFTH
+        rows += [{"cohort": cohort, "seed": run["seed"][0], "k": k, "diff": churn[-width + k] - churn[k]} for k in range(width)]
+    return pl.DataFrame(rows, schema={"cohort": pl.String, "seed": pl.Int64, "k": pl.Int64, "diff": pl.Float64})
+
+
+def top_op_share(ops: pl.DataFrame) -> pl.DataFrame:
+    """Per cohort and seed, the most chosen non-WAIT op and its share of the non-WAIT decisions."""
+    return (ops.filter(pl.col("chosen") > 0).group_by("cohort", "seed")
+            .agg(top_op=pl.col("op_name").sort_by("chosen").last(), share=pl.col("chosen").max() / pl.col("chosen").sum()))  # fmt: skip
+
+
+def phase5_gates(pack: Pack, ev: Evidence) -> list[Gate]:
+    """Seed 000 Phase 5's exit per cohort with a trained policy, on held-out episodes paired with
+    the static host (and, for the evidence, the heuristic), and on the training runs' churn."""
+    gates: list[Gate] = []
+    outcomes, drops, tops = ev.outcomes, churn_drop(ev.curves), top_op_share(ev.ops)
+    for cohort in sorted(set(outcomes.filter(pl.col("arm") == GREEDY)["cohort"])):
+        greedy, sampled = arm(outcomes, cohort, GREEDY), arm(outcomes, cohort, SAMPLED)
+        static, heuristic = arm(outcomes, cohort, CONTROL), arm(outcomes, cohort, "heuristic")
+        drop = estimate(drops.filter(pl.col("cohort") == cohort), "diff")
+        gates.append(Gate("1 churn drops", cohort, verdict(drop, 0.0, higher_passes=False),
+                          f"C_churn per training episode, last fifth of training minus first fifth {_say(drop)} (gate: CI below 0)"))
+        roi, roi_heuristic = (estimate(frame.drop_nulls("roi"), "roi") for frame in (greedy, heuristic))
+        gates.append(Gate("2 ROI stays high", cohort, verdict(roi, 0.0),
+                          f"gain over static per {ROI_PARAMS:,} in-forward seed params at the end {_say(roi)} over the episodes with "
+                          f"seeds in forward (gate: CI above 0); the heuristic's {_say(roi_heuristic)}"))  # fmt: skip
+        fossils, kept = int(greedy["fossils"].sum()), int(greedy["fossils_kept"].sum())
+        benefit = estimate(greedy.drop_nulls("fossil_contribution"), "fossil_contribution")
+        gates.append(Gate("3 fossils stable and beneficial", cohort,
+                          combine([PASS if fossils and kept == fossils else FAIL, verdict(benefit, 0.0)]),
+                          f"{fossils} fossils in {greedy.height} episodes, {kept} still fossils at the end (gate: all, and at least "
+                          f"one); their last measured contribution, mean per episode {_say(benefit)} points (gate: CI above 0)"))  # fmt: skip
+        share = estimate(greedy, "conv_heavy_share")
+        versus = paired_estimate(greedy, heuristic, "conv_heavy_share")
+        gates.append(Gate("4 minimal conv_heavy", cohort, verdict(share, MAX_CONV_HEAVY_SHARE, higher_passes=False),
+                          f"conv_heavy share of in-forward seed params at the end {_say(share)} (gate: CI at or below "
+                          f"{MAX_CONV_HEAVY_SHARE}); minus the heuristic's {_say(versus)}"))  # fmt: skip
+        rollbacks = paired_estimate(greedy, static, "rollbacks")
+        gates.append(Gate("5 governor consistent", cohort, verdict(rollbacks, 0.0, higher_passes=False),
+                          f"rollbacks per episode minus the static host's {_say(rollbacks)} (gate: CI at or below 0); vetoes per "
+                          f"episode {_say(estimate(greedy, 'vetoes'))}, of buds and consolidations for ROI "
+                          f"{_say(estimate(greedy, 'roi_vetoes'))}"))  # fmt: skip
+        kept_entropy = estimate(ev.entropy.filter(pl.col("cohort") == cohort), "kept")
+        wait = estimate(ev.usage.filter(pl.col("cohort") == cohort), "wait_share")
+        heads = ev.heads.filter(pl.col("cohort") == cohort)
+        dead = heads.filter(pl.col("open_entropy") < MIN_OPEN_ENTROPY)["head"].to_list()
+        top = tops.filter(pl.col("cohort") == cohort)
+        top_share = estimate(top, "share")
+        parts = [verdict(kept_entropy, ENTROPY_KEPT), verdict(wait, MAX_WAIT_SHARE, higher_passes=False),
+                 PASS if heads.height and not dead else FAIL, verdict(top_share, MAX_TOP_OP_SHARE, higher_passes=False)]
+        gates.append(Gate("6 no collapse", cohort, combine(parts),
+                          f"op entropy last/first training episode {_say(kept_entropy)} (gate > {ENTROPY_KEPT}); WAIT share "
+                          f"{_say(wait)} (gate <= {MAX_WAIT_SHARE}); heads below {MIN_OPEN_ENTROPY} nats over open decisions: "
+                          f"{', '.join(dead) or 'none'} of {heads.height}; top non-WAIT op's share per seed {_say(top_share)} "
+                          f"(gate <= {MAX_TOP_OP_SHARE}; most often {', '.join(sorted(set(top['top_op']))) or '-'}); {SAMPLED}"))  # fmt: skip
+        score = paired_estimate(greedy, static, "score")
+        gates.append(Gate("7 metric kept", cohort, verdict(score, -NON_INFERIORITY),
+                          f"final score minus the static host's {_say(score)} points (gate: CI above -{NON_INFERIORITY}); "
+                          f"return minus the heuristic's {_say(paired_estimate(greedy, heuristic, 'episode_return'))}"))  # fmt: skip
+    return gates
+
+
 def _probes_under_lock(probes: pl.DataFrame) -> int:
     """Probes that started on a phage before the lock its last restored probe set had run out."""
     return 0 if probes.is_empty() else int(probes.sort("started").with_columns(
@@ -301,4 +394,4 @@ def _most_restored(probes: pl.DataFrame) -> int:
 
 
 GATE_SETS = {"seed002": seed002_gates, "stage1": stage1_gates, "rent_sweep": rent_sweep_gates,
-             "stage2": stage2_gates, "stage3": stage3_gates}  # fmt: skip
+             "stage2": stage2_gates, "stage3": stage3_gates, "phase5": phase5_gates}  # fmt: skip

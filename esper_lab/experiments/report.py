@@ -164,6 +164,7 @@ def _plots(store: Store, outcomes: pl.DataFrame):
     curves = store.learning_curve().join(training, on="run_id")
     panels = [views.seed_bands(curves, "episode_return", title="training return per episode (median, q25-q75 across seeds)"),
               views.seed_bands(curves, "wait_share", title="WAIT share of decisions"),
+              views.seed_bands(curves, "churn", title="C_churn per training episode"),
               views.seed_bands(curves, "forward_params", title="in-forward seed params"),
               views.seed_bands(curves, "entropy_op", title="op-head entropy (nats)")]  # fmt: skip
     if not outcomes.is_empty():

@@ -93,13 +93,15 @@ class Queries:
 
     def learning_curve(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """Per training episode of each PPO run (one round plays one per env), means over envs:
-        return, final metric, WAIT share of decisions, in-forward and incubating params, and each
-        head's entropy over the decisions that used it."""
+        return, final metric, C_rent and C_churn summed over the episode, WAIT share of decisions,
+        in-forward and incubating params, and each head's entropy over the decisions that used it."""
         entropy = ", ".join(f"avg({h}_entropy) AS entropy_{h}" for h in HEADS)
         return self._query(f"""
             WITH s AS (SELECT cohort, run_id, episode, avg(ret) AS episode_return, avg(final_metric) AS final_metric,
-                              avg(fwd) AS forward_params, avg(inc) AS incubating_params, count(*) AS envs
+                              avg(rent) AS rent, avg(churn) AS churn, avg(fwd) AS forward_params, avg(inc) AS incubating_params,
+                              count(*) AS envs
                        FROM (SELECT cohort, run_id, env, episode, sum(reward_total) AS ret, arg_max(full_metric, step) AS final_metric,
+                                    sum(reward_rent) AS rent, sum(reward_churn) AS churn,
                                     avg(forward_params) AS fwd, avg(incubating_params) AS inc
                              FROM steps WHERE {{where}} AND run IN (SELECT run FROM runs WHERE kind = 'ppo')
                              GROUP BY ALL HAVING bool_or(done)) GROUP BY ALL),
@@ -162,6 +164,39 @@ class Queries:
                    quantile_cont(conv_heavy_forward_param_share, 0.75) AS q75
             FROM ({_CONV_HEAVY_SHARE}) WHERE run_id IN (SELECT run_id FROM runs WHERE kind = 'ppo' AND status = 'completed')
             GROUP BY cohort, run_step ORDER BY cohort, run_step""", cohort, None, conv_heavy=int(Blueprint.CONV_HEAVY))  # fmt: skip
+
+    def adjacency_counts(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """Per finished (run, env, episode), seed 000 Phase 5's adjacency economy: buds and
+        consolidations executed, and the governor's vetoes of them (for the budget, or for ROI)."""
+        return self._query(f"""
+            WITH ep AS (SELECT {_EPISODE} FROM steps WHERE {{where}} GROUP BY ALL HAVING bool_or(done)),
+            ev AS (SELECT {_EPISODE}, kind, name FROM events WHERE kind IN ($adjacency, $veto) AND {{where}})
+            SELECT ep.*, count(name) FILTER (WHERE kind = $adjacency AND name IN ($bud_next, $bud_prev)) AS buds,
+                   count(name) FILTER (WHERE kind = $adjacency AND name = $consolidate_op) AS consolidations,
+                   count(name) FILTER (WHERE kind = $veto AND name IN ($bud, $consolidate)) AS adjacency_budget_vetoes,
+                   count(name) FILTER (WHERE kind = $veto AND name = $low_roi) AS roi_vetoes
+            FROM ep LEFT JOIN ev USING ({_EPISODE}) GROUP BY ALL ORDER BY {_EPISODE}""",
+            cohort, run, adjacency=int(EventKind.ADJACENCY), veto=int(EventKind.VETO), bud=VETO_BUD,
+            consolidate=VETO_CONSOLIDATE, low_roi=VETO_LOW_ROI, bud_next=Op.BUD_NEXT_SURFACE.name,
+            bud_prev=Op.BUD_PREV_SURFACE.name, consolidate_op=Op.CONSOLIDATE_WITH_NEXT.name)  # fmt: skip
+
+    def fossils(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
+        """One row per slot fossilised in a finished (run, env, episode): its blueprint, the step
+        it fossilised, whether it was still a fossil at the episode's last step (`kept`: only a
+        rollback or a lysis removes one), its in-forward params then, and the last contribution
+        measured while it was a fossil (null when none was: seed 000 Phase 5 "are fossilised
+        slots stable and beneficial")."""
+        return self._query(f"""
+            WITH ep AS (SELECT {_EPISODE}, max(step) AS last_step FROM steps WHERE {{where}} GROUP BY ALL HAVING bool_or(done)),
+            f AS (SELECT {_EPISODE}, slot, any_value(surface_uid) AS surface_uid, min(step) AS fossilised_at,
+                         max(step) AS last_fossil_step, arg_min(blueprint, step) AS blueprint,
+                         arg_max(seed_param_count_active, step) AS params,
+                         count(*) FILTER (WHERE contribution_measured = 1) AS measurements,
+                         arg_max(contribution::DOUBLE, step) FILTER (WHERE contribution_measured = 1) AS contribution
+                  FROM slots WHERE stage = $fossilized AND {{where}} GROUP BY ALL)
+            SELECT f.* EXCLUDE (last_fossil_step), b.name AS blueprint_name, f.last_fossil_step = ep.last_step AS kept
+            FROM f JOIN ep USING ({_EPISODE}) LEFT JOIN blueprint_names b ON b.value = f.blueprint
+            ORDER BY {_EPISODE}, slot""", cohort, run, fossilized=int(Stage.FOSSILIZED))  # fmt: skip
 
     # --- decisions ----------------------------------------------------------------------------
     def lifecycle_op_counts(self, cohort: str | None = None, run: str | None = None, by_episode: bool = False) -> pl.DataFrame:
