@@ -250,3 +250,32 @@ def test_the_store_reads_the_economy_per_step_and_counts_adjacency_vetoes(tmp_pa
     assert (paid["churn_ema"] > 0).all() and (paid["active_param_budget_util"] > 0).all()
     counts = {row["run_id"]: row for row in store.governor_counts().iter_rows(named=True)}
     assert (counts["s0"]["roi_vetoes"], counts["s0"]["adjacency_budget_vetoes"], counts["s6"]["roi_vetoes"]) == (1, 0, 0)
+    episodes = {row["run_id"]: row for row in store.adjacency_counts().iter_rows(named=True)}  # the same, per episode
+    assert (episodes["s6"]["buds"], episodes["s6"]["consolidations"], episodes["s6"]["roi_vetoes"]) == (1, 1, 0)
+    assert (episodes["s0"]["buds"], episodes["s0"]["roi_vetoes"], episodes["s0"]["adjacency_budget_vetoes"]) == (0, 1, 0)
+
+
+class Fossiliser:
+    """Germinates conv_light at slot 0, advances it whenever the plane allows and fossilises it."""
+
+    def act(self, results):
+        (result,) = results
+        if result.step == 0:
+            return [Action(Op.GERMINATE, 0, LIGHT, tempo=Tempo.FAST)]
+        op = next((op for op in (Op.FOSSILIZE, Op.ADVANCE) if result.masks.op[0, op]), None)
+        return [Action(Op.WAIT) if op is None else Action(op, 0)]
+
+
+def test_the_store_lists_each_fossil_with_its_step_its_fate_and_its_last_contribution(tmp_path):
+    config = dataclasses.replace(ECONOMY, episode_length=12)
+    with Recorder(tmp_path, "economy", config, run_id="f") as recorder:
+        run_episodes(VecEnv(config, 1), Fossiliser(), 1, recorder=recorder)
+    store = Store(tmp_path)
+    (fossil,) = store.fossils().iter_rows(named=True)
+    slots = store.slot_series(run="f").filter(pl.col("slot") == 0).sort("step")
+    fossilised = slots.filter(pl.col("stage") == int(Stage.FOSSILIZED))
+    first = fossilised["step"].min()
+    assert (fossil["slot"], fossil["blueprint_name"], fossil["fossilised_at"], fossil["kept"]) == (0, "CONV_LIGHT", first, True)
+    last = slots.filter(pl.col("step") == slots["step"].max())
+    assert fossil["measurements"] == fossilised.height > 0 and fossil["contribution"] == pytest.approx(last["contribution"].item())
+    assert fossil["params"] == last["seed_param_count_active"].item() > 0

@@ -23,7 +23,17 @@ from esper_lab.experiments.evaluation import eval_seeds
 from esper_lab.policy import OraclePolicy, PlanterPolicy, StaticPolicy
 from esper_lab.data import DATA_ENV_VAR, write_cifar10_batches
 from esper_lab.experiments.member import run_member
-from esper_lab.experiments.gates import ENTROPY_KEPT, GROW_SHRINK_GATE, Evidence, evidence, seed002_gates, stage1_gates, stage2_gates
+from esper_lab.experiments.gates import (
+    ENTROPY_KEPT,
+    GROW_SHRINK_GATE,
+    Evidence,
+    churn_drop,
+    evidence,
+    phase5_gates,
+    seed002_gates,
+    stage1_gates,
+    stage2_gates,
+)
 from esper_lab.experiments.packs import load_pack, pack_names
 from esper_lab.experiments.params import as_list
 from esper_lab.experiments.runner import RESERVED_PARAMETERS, members, notebook_parameters, run_pack
@@ -255,6 +265,35 @@ def test_stage1_gates_judge_growth_against_the_static_host_and_the_baselines(tmp
     assert verdicts == {"1 growth pays": "PASS", "2 beats baselines": "PASS",
                         "3 no collapse": "FAIL",  # the blueprint head is dead (0.01 nats where it had a choice)
                         "4 no oscillation": "PASS"}  # fmt: skip
+
+
+def test_phase5_gates_tell_a_disciplined_economy_from_one_stuck_fossilising(tmp_path):
+    write_notebook(tmp_path, "pass")
+    pack = load_pack(write_pack(tmp_path))
+    rng = np.random.default_rng(2)
+    quiet = dict(vetoes=0.0, roi_vetoes=0.0, episode_return=0.0, fossils=0, fossils_kept=0, conv_heavy_share=0.0)
+    rows, curves, ops = [], [], []
+    for cohort, lost, heavy, falling, top in (("steady", 0, 0.1, True, None), ("stuck", 1, 0.6, False, "FOSSILIZE")):
+        rows += outcome_rows(cohort, "static", rng, **quiet) + outcome_rows(cohort, "heuristic", rng, **quiet)
+        rows += outcome_rows(cohort, "ppo_greedy", rng, score=81.0, conv_heavy_share=heavy, vetoes=1.0, roi_vetoes=0.5,
+                             episode_return=2.0, fossils=2, fossils_kept=2 - lost, fossil_contribution=0.5)  # fmt: skip
+        for seed in range(5):
+            churn = np.linspace(2.0, 0.5, 20) if falling else np.linspace(0.5, 2.0, 20)
+            curves += [{"cohort": cohort, "run_id": f"{cohort}-{seed}", "seed": seed, "episode": e, "churn": c + rng.normal(0, 0.05)}
+                       for e, c in enumerate(churn)]  # fmt: skip
+            ops += [{"cohort": cohort, "seed": seed, "op_name": name, "chosen": 19 if name == top else 1 if top else 7}
+                    for name in ("GERMINATE", "ADVANCE", "FOSSILIZE")]  # fmt: skip
+    per_seed = lambda **values: pl.DataFrame([{"cohort": c, "seed": s, **values} for c in ("steady", "stuck") for s in range(5)])  # noqa: E731
+    heads = pl.DataFrame([{"cohort": c, "head": "op", "open_entropy": 1.0} for c in ("steady", "stuck")])
+    ev = Evidence(pl.DataFrame(rows, infer_schema_length=None), per_seed(wait_share=0.6), per_seed(kept=0.9), heads, curves=pl.DataFrame(curves), ops=pl.DataFrame(ops))
+    assert churn_drop(ev.curves).filter(pl.col("cohort") == "steady").height == 5 * 4  # 20 episodes: 4 pairs a run
+    verdicts = {(g.name, g.cohort): g.verdict for g in phase5_gates(pack, ev)}
+    assert {name: v for (name, cohort), v in verdicts.items() if cohort == "steady"} == {
+        "1 churn drops": "PASS", "2 ROI stays high": "PASS", "3 fossils stable and beneficial": "PASS", "4 minimal conv_heavy": "PASS",
+        "5 governor consistent": "PASS", "6 no collapse": "PASS", "7 metric kept": "PASS"}  # fmt: skip
+    assert {name: v for (name, cohort), v in verdicts.items() if cohort == "stuck" and v != "PASS"} == {
+        "1 churn drops": "FAIL", "3 fossils stable and beneficial": "FAIL",  # a fossil per episode was lost
+        "4 minimal conv_heavy": "FAIL", "6 no collapse": "FAIL"}  # 19 of 21 non-WAIT decisions fossilise  # fmt: skip
 
 
 def test_the_stage1_study_runs_on_cifar10_too(tmp_path, monkeypatch):
