@@ -30,6 +30,10 @@ SET_HELP = ("set any study knob, repeatable: a RunConfig field (batch_size=32), 
 # (a `run --envs 4` took 696 s with torch's default of 2 against 73 s with 1).
 DEVICE_HELP = "where hosts, seeds and data live: cpu (default), cuda or cuda:N (the policy stays on the CPU)"
 THREADS_HELP = "torch threads for this process and its env workers (default 1: fastest for these tiny models)"
+EPISODE_LENGTH_HELP = "env steps (host epochs) per episode (default: the RunConfig's)"
+SEED_HELP = "run seed: host init, data order, policy init and sampling (default 0)"
+CIFAR_HELP = "folder holding the CIFAR-10 python batches (data_batch_1..5, test_batch) for the cifar10_cnn task"
+ENV_HELP, EPISODE_HELP = "which env of the run (default 0)", "which episode of that env (default 0)"
 
 
 def _at_least(minimum: int):
@@ -192,24 +196,30 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from esper_lab.config import TASKS  # the names the help lists (every command imports torch anyway)
+    from esper_lab.contracts import SurfaceDensity
+    from esper_lab.experiments.packs import pack_names
+
+    task_help = "the task: " + ", ".join(TASKS) + " (default digits_cnn)"
+    density_help = "surface density: " + ", ".join(d.name.lower() for d in SurfaceDensity) + " (default a0: the fewest surfaces)"
     parser = argparse.ArgumentParser(prog="esper-lab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     tour = commands.add_parser("tour", help="run the organism tour notebook headlessly")
-    tour.add_argument("--preset", choices=("smoke", "full"), default="full")
-    tour.add_argument("--output", default=str(REPO_ROOT / "reports" / "00_organism_tour.ipynb"))
+    tour.add_argument("--preset", choices=("smoke", "full"), default="full", help="smoke: seconds; full: the tour's real budget")
+    tour.add_argument("--output", default=str(REPO_ROOT / "reports" / "00_organism_tour.ipynb"), help="the executed notebook's path")
     tour.set_defaults(handler=_tour)
 
     run = commands.add_parser("run", help="play episodes with a baseline policy (heuristic or random)")
-    run.add_argument("--task", default="digits_cnn")
-    run.add_argument("--density", default="a0")
+    run.add_argument("--task", default="digits_cnn", help=task_help)
+    run.add_argument("--density", default="a0", help=density_help)
     run.add_argument("--policy", choices=("heuristic", "random", "static"), default="heuristic", help="static: always WAIT")
-    run.add_argument("--episodes", type=_at_least(1), default=1)
-    run.add_argument("--envs", type=_at_least(1), default=1)
+    run.add_argument("--episodes", type=_at_least(1), default=1, help="episodes per env")
+    run.add_argument("--envs", type=_at_least(1), default=1, help="environments played side by side")
     run.add_argument("--workers", type=_at_least(0), default=None, help=WORKERS_HELP)
     run.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
-    run.add_argument("--episode-length", type=_at_least(1), default=None)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--cifar-folder", default=None)
+    run.add_argument("--episode-length", type=_at_least(1), default=None, help=EPISODE_LENGTH_HELP)
+    run.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    run.add_argument("--cifar-folder", default=None, help=CIFAR_HELP)
     run.add_argument("--device", default=None, help=DEVICE_HELP)
     run.add_argument("--telemetry", default="telemetry", help="telemetry root folder (Parquet parts)")
     run.add_argument("--cohort", default="default", help="cohort name the run is filed under")
@@ -217,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     pack = commands.add_parser("pack", help="run an experiment pack as papermill cohorts, or write its report")
-    pack.add_argument("action", choices=("run", "report"))
-    pack.add_argument("pack", help="pack name (pack0, pack1, pack2) or a path to a pack TOML file")
+    pack.add_argument("action", choices=("run", "report"), help="run: execute the members (then the report); report: judge what is recorded")
+    pack.add_argument("pack", help="pack name (" + ", ".join(pack_names()) + ") or a path to a pack TOML file")
     pack.add_argument("--preset", default="smoke", help="a preset of the pack (smoke, full)")
     pack.add_argument("--jobs", type=_at_least(1), default=1, help="papermill runs in parallel")
     pack.add_argument("--telemetry", default=None, help="telemetry root (default telemetry/<pack>)")
@@ -230,17 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     pack.set_defaults(handler=_pack)
 
     train = commands.add_parser("train", help="train the PPO policy (flat or slot transformer encoder)")
-    train.add_argument("--task", default="digits_cnn")
-    train.add_argument("--density", default="a0")
+    train.add_argument("--task", default="digits_cnn", help=task_help)
+    train.add_argument("--density", default="a0", help=density_help)
     train.add_argument("--encoder", choices=("flat", "slot_transformer"), default=None, help="the policy's slot encoder (default flat)")
     train.add_argument("--recurrent", action="store_true", default=None, help="add an LSTM over the encoder's pooled vector")
-    train.add_argument("--envs", type=_at_least(1), default=8)
+    train.add_argument("--envs", type=_at_least(1), default=8, help="environments per PPO round (one episode each)")
     train.add_argument("--workers", type=_at_least(0), default=None, help=WORKERS_HELP)
     train.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
     train.add_argument("--rounds", type=_at_least(1), default=10, help="total PPO updates (a resumed run continues to this)")
-    train.add_argument("--episode-length", type=_at_least(1), default=None)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--cifar-folder", default=None)
+    train.add_argument("--episode-length", type=_at_least(1), default=None, help=EPISODE_LENGTH_HELP)
+    train.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    train.add_argument("--cifar-folder", default=None, help=CIFAR_HELP)
     train.add_argument("--device", default=None, help=DEVICE_HELP)
     train.add_argument("--checkpoint", default=None, help="write policy+optimizer+normaliser here after every update")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint exactly where it stopped")
@@ -251,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dashboard = commands.add_parser("dashboard", help="serve the Panel dashboards over a telemetry root")
     dashboard.add_argument("--root", default="telemetry", help="telemetry root folder")
-    dashboard.add_argument("--port", type=int, default=5006)
+    dashboard.add_argument("--port", type=int, default=5006, help="port to serve on")
     dashboard.add_argument("--address", default="127.0.0.1", help="interface to listen on (loopback by default)")
     dashboard.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                            help="also answer requests naming this host (the address and localhost always are)")  # fmt: skip
@@ -262,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--demo", default=None, metavar="PRESET",
                        help="record the scripted probe-prune demo run (smoke or full), then audit it")  # fmt: skip
     audit.add_argument("--step", type=_at_least(1), default=None, help="audit the seeds live at this step (default: the episode's last)")
-    audit.add_argument("--env", type=_at_least(0), default=0)
-    audit.add_argument("--episode", type=_at_least(0), default=0)
+    audit.add_argument("--env", type=_at_least(0), default=0, help=ENV_HELP)
+    audit.add_argument("--episode", type=_at_least(0), default=0, help=EPISODE_HELP)
     audit.add_argument("--slots", default=None, help="comma-separated slots to audit (default: every seed live at --step)")
     audit.add_argument("--replicates", type=_at_least(2), default=None, help="episode seeds per coalition (default 3)")
     audit.add_argument("--max-candidates", type=_at_least(1), default=None, help="refuse more seeds than this (default 3, at most 4)")
@@ -276,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run", help="the recorded run")
     export.add_argument("--root", default="telemetry", help="telemetry root holding the run")
     export.add_argument("--step", type=_at_least(1), default=None, help="the organism after this step (default: the episode's last)")
-    export.add_argument("--env", type=_at_least(0), default=0)
-    export.add_argument("--episode", type=_at_least(0), default=0)
+    export.add_argument("--env", type=_at_least(0), default=0, help=ENV_HELP)
+    export.add_argument("--episode", type=_at_least(0), default=0, help=EPISODE_HELP)
     export.add_argument("--output", default=None,
                         help="a .pt file for torch.save, or a folder to write RUN-envE-epK-stepN.pt in (default reports/exports)")  # fmt: skip
     export.add_argument("--fossils-only", action="store_true", help="refuse an organism with a seed not yet fossilised")

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 
 import pytest
 
-from esper_lab.cli import main
+from esper_lab.cli import build_parser, main
 from esper_lab.telemetry import Store
 
 
@@ -39,3 +40,11 @@ def test_run_and_train_use_one_torch_thread_unless_told(tmp_path):
                         "--cohort", cohort], env=environment, check=True, capture_output=True)  # fmt: skip
     threads = dict(Store(tmp_path).runs().select("cohort", "torch_threads").iter_rows())
     assert threads == {"run": 1, "train": 1, "run-2-threads": 2}
+
+
+def test_every_command_and_flag_says_what_it_is_for():
+    """A newcomer reads `esper-lab CMD --help`: no flag may show up there without a line of help."""
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    bare = [f"{name} {a.option_strings or a.dest}" for name, sub in commands.items() for a in sub._actions
+            if not a.help and not isinstance(a, argparse._HelpAction)]  # fmt: skip
+    assert bare == []
