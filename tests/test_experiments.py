@@ -383,3 +383,10 @@ def test_the_decay_gates_read_emrakul_against_the_same_planted_episodes_without_
     probes = page.select(pn.pane.DataFrame)[0].object
     assert len(probes) == ev.probes.filter((pl.col("run_id") == selection.run.value) & (pl.col("env") == 0)
                                            & (pl.col("episode") == 0)).height  # fmt: skip
+
+
+@pytest.mark.parametrize("notebook", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_every_notebook_parameter_has_a_type_and_a_meaning(notebook):
+    """`papermill --help-notebook NOTEBOOK` lists each parameter with its type and its comment."""
+    declared = papermill.inspect_notebook(str(notebook))
+    assert declared and all(p["inferred_type_name"] != "None" and p["help"] for p in declared.values()), declared
