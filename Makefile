@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # process (pytest, notebook kernels, papermill runs) contend badly.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup browser main test
+.PHONY: setup browser main lint test
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml
 # The main job: Pack 0 at the smoke preset, end to end (papermill -> Parquet -> DuckDB -> report).
 main: $(STAMP)
 	$(VENV)/bin/esper-lab pack run pack0 --preset smoke --jobs 2
+
+# Lint (ruff: pyflakes, pycodestyle, import order; configured in pyproject.toml), before the tests in CI.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env tests notebooks

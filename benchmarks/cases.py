@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.telemetry_bench import recorder_rate, synthetic_root, time_queries
 from benchmarks.timing import Pairing, pair, seconds
 from esper_lab.config import RunConfig
 from esper_lab.contracts import Action, Blueprint, Op, SurfaceDensity, Tempo
@@ -20,7 +21,6 @@ from esper_lab.env import STRUCTURAL_OPS, MorphEnv, VecEnv
 from esper_lab.hosts import TransformerConfig, TransformerHost
 from esper_lab.plane import SeedPlane
 from esper_lab.telemetry import Store
-from benchmarks.telemetry_bench import recorder_rate, synthetic_root, time_queries
 from esper_lab.training import loss_of, train_epoch
 
 LM_BATCH = 32  # a training step of the default char LM: batch 32 x context 32
@@ -224,8 +224,8 @@ def store(rows: int = 10_000_000) -> Row:
 
 def policy_scaling() -> Row:
     """Slot Transformer decision for 8 environments: 256 slots / 8 slots (attention is S^2)."""
-    from esper_lab.policy import Agent, PolicyConfig
     from benchmarks.policy_bench import BATCH, observation
+    from esper_lab.policy import Agent, PolicyConfig
     from esper_lab.policy.heads import noise_sizes
 
     generator = torch.Generator().manual_seed(0)

@@ -30,7 +30,6 @@ import torch
 from benchmarks.cases import RememberingVecEnv
 from benchmarks.timing import Pairing, pair
 from esper_lab.config import RunConfig
-
 from esper_lab.data import DATA_ENV_VAR, batch_indices, load_cifar10, write_cifar10_batches
 from esper_lab.env import STRUCTURAL_OPS, MorphEnv, VecEnv
 from esper_lab.hosts import CNNConfig, CNNHost

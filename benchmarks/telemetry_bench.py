@@ -23,12 +23,11 @@ import pyarrow as pa
 import torch
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Blueprint, EventKind, Op, Stage
+from esper_lab.contracts import HEADS, Blueprint, EventKind, Op, Stage
 from esper_lab.env import VecEnv
 from esper_lab.policy import RandomPolicy
 from esper_lab.telemetry.parts import run_folder, write_part
 from esper_lab.telemetry.recorder import FLUSH_EVERY, Recorder
-from esper_lab.contracts import HEADS
 from esper_lab.telemetry.schema import SCHEMA_VERSION, SCHEMAS
 from esper_lab.telemetry.store import Store
 
@@ -168,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         rate = recorder_rate(args.flush_every)
         print(f"recorder: {rate['steps']} steps x {rate['slots_per_step']:.0f} slots -> {rate['rows']} rows in "
               f"{rate['seconds']:.2f} s: {rate['rows_per_s']:,.0f} rows/s ({rate['slot_rows_per_s']:,.0f} slot rows/s), "
-              f"{rate['us_per_step']:.0f} us per record_step vs {rate['env_step_ms']:.0f} ms per env step (flush_every={args.flush_every})")  # fmt: skip
+              f"{rate['us_per_step']:.0f} us per record_step vs {rate['env_step_ms']:.0f} ms per env step "
+              f"(flush_every={args.flush_every})")  # fmt: skip
     if args.skip_queries:
         return
     root = Path(args.root or tempfile.mkdtemp(prefix="esper_bench_"))

@@ -63,8 +63,11 @@ TASKS: dict[str, Task] = {
     "digits_cnn": Task(HostKind.CNN, "digits", MappingProxyType({"widths": (8, 16)}), "accuracy", CNN_MODULE_SEEDS + LADDERS[:2], None),
     # seed 000's A0: the same data on a deeper host, so more (coarse) surfaces
     "digits_cnn_deep": Task(HostKind.CNN, "digits", MappingProxyType({"widths": (8, 8, 16, 16)}), "accuracy", CNN_MODULE_SEEDS + LADDERS[:2], None),
-    "pydoc_lm": Task(HostKind.TRANSFORMER, "pydoc", MappingProxyType({"n_layer": 2, "d_model": 32, "n_head": 2, "context": 32}), "loss", TRANSFORMER_MODULE_SEEDS + LADDERS[2:], 64),
-    "cifar10_cnn": Task(HostKind.CNN, "cifar10", MappingProxyType({"in_channels": 3, "image_size": 32, "widths": (16, 32, 64), "channels_last": True}), "accuracy", CNN_MODULE_SEEDS + LADDERS[:2], 1024),
+    "pydoc_lm": Task(HostKind.TRANSFORMER, "pydoc", MappingProxyType({"n_layer": 2, "d_model": 32, "n_head": 2, "context": 32}), "loss",
+                     TRANSFORMER_MODULE_SEEDS + LADDERS[2:], 64),
+    "cifar10_cnn": Task(HostKind.CNN, "cifar10",
+                        MappingProxyType({"in_channels": 3, "image_size": 32, "widths": (16, 32, 64), "channels_last": True}),
+                        "accuracy", CNN_MODULE_SEEDS + LADDERS[:2], 1024),
 }  # fmt: skip
 
 
@@ -257,7 +260,8 @@ def _device(value: Any) -> str:
         raise ValueError(f"device={value!r}: this machine has no CUDA device (torch {torch.__version__}); use device='cpu'")
     index = torch.cuda.current_device() if device.index is None else device.index
     if index >= torch.cuda.device_count():
-        raise ValueError(f"device={value!r}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        count = torch.cuda.device_count()
+        raise ValueError(f"device={value!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return f"cuda:{index}"
 
 

@@ -15,10 +15,10 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from pydoc_data.topics import topics as PYDOC_TOPICS
 
 import numpy as np
 import torch
-from pydoc_data.topics import topics as PYDOC_TOPICS
 
 DATA_ENV_VAR = "ESPER_LAB_DATA"  # overrides the data root, e.g. a shared cache or a test folder
 SEED_LIMIT = 2**32  # numpy's RandomState, which drives sklearn's split, takes seeds below 2**32

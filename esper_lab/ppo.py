@@ -31,7 +31,9 @@ from esper_lab.policy.heads import Decision
 ADAM_EPS = 1e-5  # the PPO implementations' Adam epsilon (Huang et al. 2022, "37 details")
 ADVANTAGE_EPS = 1e-8  # guards advantage normalisation against a constant batch
 ENTROPY_COEF_RANGE = (1e-4, 1.0)  # an adapted coefficient stays where the policy loss still counts
-CHECKPOINT_VERSION = 5  # 2: the caller's metadata (the run it records into); 3: adapted entropy coefficients; 4: Emrakul's heads; 5: the adjacency ops and economy features
+# 2: the caller's metadata (the run it records into); 3: adapted entropy coefficients; 4: Emrakul's heads; 5: the
+# adjacency ops and economy features
+CHECKPOINT_VERSION = 5
 
 
 def _entropy_defaults() -> dict[str, float]:

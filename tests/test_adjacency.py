@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from esper_lab.config import RunConfig
 from esper_lab.contracts import (
+    ROI_PARAMS,
     VETO_BUD,
     VETO_CONSOLIDATE,
-    ROI_PARAMS,
     VETO_LOW_ROI,
     Action,
     AlphaCurve,

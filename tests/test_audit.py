@@ -227,7 +227,6 @@ def test_the_dashboard_shows_phi_with_its_interval_beside_the_decisions(recorded
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it; never `playwright install`)")
     from playwright.sync_api import sync_playwright
-
     from test_dashboards import CHROMIUM_ARGS, PLOTS_JS
 
     noop = next(c for c in audited[0].protocol.candidates if c.slot == NOOP_SLOT)

@@ -17,12 +17,10 @@ from esper_lab.cli import main
 from esper_lab.config import DecayConfig
 from esper_lab.contracts import Blueprint
 from esper_lab.dashboards import Selection, decay_page
+from esper_lab.data import DATA_ENV_VAR, write_cifar10_batches
 from esper_lab.env import VecEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.experiments.evaluation import eval_seeds
-from esper_lab.policy import OraclePolicy, PlanterPolicy, StaticPolicy
-from esper_lab.data import DATA_ENV_VAR, write_cifar10_batches
-from esper_lab.experiments.member import run_member
 from esper_lab.experiments.gates import (
     ENTROPY_KEPT,
     GROW_SHRINK_GATE,
@@ -34,10 +32,12 @@ from esper_lab.experiments.gates import (
     stage1_gates,
     stage2_gates,
 )
+from esper_lab.experiments.member import run_member
 from esper_lab.experiments.packs import load_pack, pack_names
 from esper_lab.experiments.params import as_list
 from esper_lab.experiments.runner import RESERVED_PARAMETERS, members, notebook_parameters, run_pack
 from esper_lab.experiments.settings import Settings
+from esper_lab.policy import OraclePolicy, PlanterPolicy, StaticPolicy
 from esper_lab.telemetry import Store
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -285,7 +285,8 @@ def test_phase5_gates_tell_a_disciplined_economy_from_one_stuck_fossilising(tmp_
                     for name in ("GERMINATE", "ADVANCE", "FOSSILIZE")]  # fmt: skip
     per_seed = lambda **values: pl.DataFrame([{"cohort": c, "seed": s, **values} for c in ("steady", "stuck") for s in range(5)])  # noqa: E731
     heads = pl.DataFrame([{"cohort": c, "head": "op", "open_entropy": 1.0} for c in ("steady", "stuck")])
-    ev = Evidence(pl.DataFrame(rows, infer_schema_length=None), per_seed(wait_share=0.6), per_seed(kept=0.9), heads, curves=pl.DataFrame(curves), ops=pl.DataFrame(ops))
+    ev = Evidence(pl.DataFrame(rows, infer_schema_length=None), per_seed(wait_share=0.6), per_seed(kept=0.9), heads,
+                  curves=pl.DataFrame(curves), ops=pl.DataFrame(ops))
     assert churn_drop(ev.curves).filter(pl.col("cohort") == "steady").height == 5 * 4  # 20 episodes: 4 pairs a run
     verdicts = {(g.name, g.cohort): g.verdict for g in phase5_gates(pack, ev)}
     assert {name: v for (name, cohort), v in verdicts.items() if cohort == "steady"} == {

@@ -19,8 +19,8 @@ from esper_lab.config import TASKS
 from esper_lab.contracts import Action, AlphaCurve, AlphaTarget, BlendAlgorithm, Blueprint, Op, Stage, SurfaceDensity, Tempo
 from esper_lab.data import load_digits, load_pydoc_corpus
 from esper_lab.export import TOLERANCE, Compacted, FixedBlend, check, compact, param_count, rebuild
-from esper_lab.organism import set_level
 from esper_lab.hosts import CNNConfig, CNNHost, ProjectionSurface, TransformerConfig, TransformerHost
+from esper_lab.organism import set_level
 from esper_lab.plane import SeedPlane
 from esper_lab.seeds import ConvHeavySeed, Seed
 from esper_lab.slot import SeedSlot

@@ -8,14 +8,13 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from esper_lab.config import RunConfig
 from esper_lab.contracts import EVAL_SEED_BASE, Action, Blueprint, Op, Stage, eval_episode_seed, training_episode_seed
 from esper_lab.env import MorphEnv, slot_count
-from esper_lab.experiments.evaluation import evaluate_arms, eval_seeds, played_arms
+from esper_lab.experiments.evaluation import eval_seeds, evaluate_arms, played_arms
 from esper_lab.experiments.settings import Settings, merge, parse_assignments
 from esper_lab.experiments.train import train_and_record
 from esper_lab.experiments.workers import CORES_ENV_VAR

@@ -11,7 +11,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esper_lab.contracts import HEADS, SLOT_COLUMNS, STEP_METRICS, Action, ActionMasks, Blueprint, Decay, Op, PlaneReport, RewardParts, StepResult, SurfaceDensity
+from esper_lab.contracts import (
+    HEADS,
+    SLOT_COLUMNS,
+    STEP_METRICS,
+    Action,
+    ActionMasks,
+    Blueprint,
+    Decay,
+    Op,
+    PlaneReport,
+    RewardParts,
+    StepResult,
+    SurfaceDensity,
+)
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
 from esper_lab.plane import SeedPlane
 from esper_lab.policy import GLOBAL_FIELDS, SLOT_FIELDS, Agent, Observation, Observer, PlanterPolicy, PolicyConfig, PPOPolicy

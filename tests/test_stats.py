@@ -32,7 +32,8 @@ def test_bootstrap_reports_the_statistic_and_sample_sizes():
 def test_paired_differences_match_episodes_on_seed_and_episode_seed():
     a = pl.DataFrame({"seed": [0, 0, 1], "parent_run": ["r0", "r0", "r1"], "episode_seed": [10, 11, 20], "score": [5.0, 6.0, 7.0]})
     b = pl.DataFrame({"seed": [0, 1, 1], "parent_run": ["r0", "r1", "r1"], "episode_seed": [10, 20, 21], "score": [4.0, 8.0, 0.0]})
-    assert paired(a, b, "score").to_dicts() == [{"seed": 0, "parent_run": "r0", "episode_seed": 10, "diff": 1.0}, {"seed": 1, "parent_run": "r1", "episode_seed": 20, "diff": -1.0}]
+    assert paired(a, b, "score").to_dicts() == [{"seed": 0, "parent_run": "r0", "episode_seed": 10, "diff": 1.0},
+                                                 {"seed": 1, "parent_run": "r1", "episode_seed": 20, "diff": -1.0}]
     assert paired_estimate(a, b.filter(seed=2), "score") is None
 
 

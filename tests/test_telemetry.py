@@ -22,7 +22,7 @@ from esper_lab.env import MorphEnv, VecEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.policy import RandomPolicy
 from esper_lab.telemetry import SCHEMA_VERSION, SCHEMAS, Recorder
-from esper_lab.telemetry.schema import METADATA_KEY, SLOT_TYPES, STEP_TYPES
+from esper_lab.telemetry.schema import METADATA_KEY, SLOT_TYPES
 from esper_lab.telemetry.store import CorruptPart, Store
 
 CONFIG = RunConfig(episode_length=5, batches_per_step=2, data_fraction=0.1, density="a1")

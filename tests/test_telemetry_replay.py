@@ -11,9 +11,9 @@ from esper_lab.config import RunConfig
 from esper_lab.contracts import Action, Op
 from esper_lab.env import MorphEnv, VecEnv
 from esper_lab.episodes import run_episodes
+from esper_lab.experiments.replay import ReplayError, action_from_row, branch, replay
 from esper_lab.policy import HeuristicPolicy, RandomPolicy
 from esper_lab.telemetry import Recorder
-from esper_lab.experiments.replay import ReplayError, action_from_row, branch, replay
 from esper_lab.telemetry.store import Store
 
 CONFIG = RunConfig(episode_length=5, batches_per_step=2, data_fraction=0.1, density="a1", seed=3)

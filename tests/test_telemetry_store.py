@@ -71,9 +71,11 @@ def transition(slot, old, new):
 A1 = [
     (0, 0, Action(Op.GERMINATE, 1, HEAVY), result(1, 0.50, 0.10, 1.0, 0.10, 0.0, [DORMANT, (Stage.GERMINATED, HEAVY, 100, 0, 0, 0.0)],
                                                   [transition(1, Stage.DORMANT, Stage.GERMINATED)])),
-    (0, 0, Action(Op.GROW_INTERNAL, 0), result(2, 0.60, 0.10, 2.0, 0.20, 0.1, [(Stage.TRAINING, LADDER, 50, 1, 4, 0.2), (Stage.TRAINING, HEAVY, 100, 0, 0, 0.3)],
+    (0, 0, Action(Op.GROW_INTERNAL, 0), result(2, 0.60, 0.10, 2.0, 0.20, 0.1,
+                                               [(Stage.TRAINING, LADDER, 50, 1, 4, 0.2), (Stage.TRAINING, HEAVY, 100, 0, 0, 0.3)],
                                                [Event(EventKind.LEVEL_CHANGED, 0, 0, "GROW_INTERNAL", 1.0)], lcr=0.5, nlc=1.0)),
-    (0, 0, Action(Op.GROW_INTERNAL, 0), result(3, 0.55, -0.05, -1.0, 0.20, 0.1, [(Stage.TRAINING, LADDER, 50, 1, 4, 0.4), (Stage.TRAINING, HEAVY, 100, 0, 0, 0.3)],
+    (0, 0, Action(Op.GROW_INTERNAL, 0), result(3, 0.55, -0.05, -1.0, 0.20, 0.1,
+                                               [(Stage.TRAINING, LADDER, 50, 1, 4, 0.4), (Stage.TRAINING, HEAVY, 100, 0, 0, 0.3)],
                                                [Event(EventKind.VETO, 0, 0, VETO_INTERNAL_GROW, 6.0)], veto=1, lcr=0.3, nlc=1.0)),
     (1, 0, Action(Op.WAIT), result(1, 0.40, 0.0, 0.0, 0.0, 0.0, [DORMANT, DORMANT])),
     (1, 0, Action(Op.GERMINATE, 0, LADDER), result(2, 0.45, 0.05, 0.5, 0.05, 0.0, [(Stage.GERMINATED, LADDER, 50, 1, 4, 0.0), DORMANT],

@@ -148,7 +148,8 @@ def seed002_gates(pack: Pack, ev: Evidence) -> list[Gate]:
         if _has_ladder(pack, cohort):
             share = estimate(ev.usage.filter(pl.col("cohort") == cohort), "grow_shrink_share")
             gates.append(Gate("1 usage", cohort, verdict(share, GROW_SHRINK_GATE),
-                              f"grow/shrink share of non-WAIT decisions {_say(share)} (gate > {GROW_SHRINK_GATE:.0%}; {SAMPLED}, per seed)"))  # fmt: skip
+                              f"grow/shrink share of non-WAIT decisions {_say(share)} "
+                              f"(gate > {GROW_SHRINK_GATE:.0%}; {SAMPLED}, per seed)"))  # fmt: skip
         if cohort != pack.control:
             share = paired_estimate(greedy, control, "conv_heavy_share", on=SAME_SEED_EPISODE)
             roi = paired_estimate(per_seed(greedy.drop_nulls("roi"), "roi"), per_seed(control.drop_nulls("roi"), "roi"), "roi",
@@ -335,8 +336,7 @@ def phase5_gates(pack: Pack, ev: Evidence) -> list[Gate]:
     gates: list[Gate] = []
     outcomes, drops, tops = ev.outcomes, churn_drop(ev.curves), top_op_share(ev.ops)
     for cohort in sorted(set(outcomes.filter(pl.col("arm") == GREEDY)["cohort"])):
-        greedy, sampled = arm(outcomes, cohort, GREEDY), arm(outcomes, cohort, SAMPLED)
-        static, heuristic = arm(outcomes, cohort, CONTROL), arm(outcomes, cohort, "heuristic")
+        greedy, static, heuristic = (arm(outcomes, cohort, name) for name in (GREEDY, CONTROL, "heuristic"))
         drop = estimate(drops.filter(pl.col("cohort") == cohort), "diff")
         gates.append(Gate("1 churn drops", cohort, verdict(drop, 0.0, higher_passes=False),
                           f"C_churn per training episode, last fifth of training minus first fifth {_say(drop)} (gate: CI below 0)"))

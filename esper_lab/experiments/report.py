@@ -119,7 +119,8 @@ def _header(pack: Pack, preset: str, root: str | Path, store: Store, runs: pl.Da
     started, ended = runs["started_at"].min(), runs["ended_at"].max()
     wall = f"{(ended - started).total_seconds() / 60:.1f} min (first run start to last run end)" if ended is not None else "still running"
     status = ", ".join(f"{r['kind']} {r['status']}: {r['runs']}" for r in store.run_status_counts().iter_rows(named=True))
-    skipped = f"\n\n**{len(store.bad_parts)} unreadable telemetry part(s) skipped**: {', '.join(map(str, store.bad_parts))}" if store.bad_parts else ""
+    bad = ", ".join(map(str, store.bad_parts))
+    skipped = f"\n\n**{len(store.bad_parts)} unreadable telemetry part(s) skipped**: {bad}" if store.bad_parts else ""
     return (f"# {pack.title}\n\n**Preset `{preset}`** ({budget}). Telemetry root `{Path(root).resolve()}`. "
             f"Control cohort **{pack.control}**; held-out arms paired on each evaluation episode against **{CONTROL}** "
             f"(always WAIT). Code version {', '.join(shas) or 'unknown'}. Wall time {wall}.\n\n"

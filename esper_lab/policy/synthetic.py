@@ -17,9 +17,9 @@ alpha target, advancing it into BLENDING, growing it to BEST_LEVEL and letting a
 
 from __future__ import annotations
 
-import torch
-
 import dataclasses
+
+import torch
 
 from esper_lab.config import DecayConfig
 from esper_lab.contracts import SEED_STAGES, Action, AlphaTarget, Blueprint, Decay, Op, RewardParts, Stage, StepResult, SurfaceDensity, Tempo

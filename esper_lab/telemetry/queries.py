@@ -416,8 +416,8 @@ class Queries:
         counted): how many runs; decisions (non-WAIT count, grow/shrink share, WAIT share);
         germinations and conv_heavy's share of them; op-head entropy in each run's first and last
         episode (averaged over runs); vetoes, rollbacks and the level-change rate."""
-        return self._query(f"""
-            WITH r AS (SELECT cohort, run FROM runs WHERE kind = $kind AND status = 'completed' AND {{where}}),
+        return self._query("""
+            WITH r AS (SELECT cohort, run FROM runs WHERE kind = $kind AND status = 'completed' AND {where}),
             d AS (SELECT decisions.* FROM decisions JOIN r USING (cohort, run)),
             s AS (SELECT steps.* FROM steps JOIN r USING (cohort, run)),
             runs_ AS (SELECT cohort, count(*) AS runs FROM r GROUP BY cohort),

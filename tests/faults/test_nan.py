@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Action, Blueprint, EventKind, Op, Stage, Tempo
+from esper_lab.contracts import ROLLBACK_HOST, ROLLBACK_SEED, Action, Blueprint, EventKind, Op, Stage, Tempo
 from esper_lab.env import MorphEnv, StepResult
-from esper_lab.contracts import ROLLBACK_HOST, ROLLBACK_SEED
 
 CONFIG = RunConfig(task="digits_cnn", density="a1", batches_per_step=2, data_fraction=0.25, episode_length=40)
 INNOCENT, CULPRIT = 1, 4
