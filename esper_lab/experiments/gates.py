@@ -346,10 +346,13 @@ def phase5_gates(pack: Pack, ev: Evidence) -> list[Gate]:
                           f"seeds in forward (gate: CI above 0); the heuristic's {_say(roi_heuristic)}"))  # fmt: skip
         fossils, kept = int(greedy["fossils"].sum()), int(greedy["fossils_kept"].sum())
         benefit = estimate(greedy.drop_nulls("fossil_contribution"), "fossil_contribution")
+        sampled = arm(outcomes, cohort, SAMPLED)  # evidence only: the distribution PPO trains may fossilise where its argmax does not
         gates.append(Gate("3 fossils stable and beneficial", cohort,
                           combine([PASS if fossils and kept == fossils else FAIL, verdict(benefit, 0.0)]),
                           f"{fossils} fossils in {greedy.height} episodes, {kept} still fossils at the end (gate: all, and at least "
-                          f"one); their last measured contribution, mean per episode {_say(benefit)} points (gate: CI above 0)"))  # fmt: skip
+                          f"one); their last measured contribution, mean per episode {_say(benefit)} points (gate: CI above 0); "
+                          f"{SAMPLED}: {int(sampled['fossils'].sum())} fossils, {int(sampled['fossils_kept'].sum())} kept, contribution "
+                          f"{_say(estimate(sampled.drop_nulls('fossil_contribution'), 'fossil_contribution'))}"))  # fmt: skip
         share = estimate(greedy, "conv_heavy_share")
         versus = paired_estimate(greedy, heuristic, "conv_heavy_share")
         gates.append(Gate("4 minimal conv_heavy", cohort, verdict(share, MAX_CONV_HEAVY_SHARE, higher_passes=False),
