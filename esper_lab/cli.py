@@ -6,14 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def _tour(args: argparse.Namespace) -> int:
     """Execute the organism tour notebook headlessly (papermill) into reports/."""
     import papermill
 
-    source = REPO_ROOT / "notebooks" / "00_organism_tour.ipynb"
+    from esper_lab.experiments.runner import NOTEBOOKS_DIR
+
+    source = NOTEBOOKS_DIR / "00_organism_tour.ipynb"
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(
@@ -186,7 +186,7 @@ def _export(args: argparse.Namespace) -> int:
     from esper_lab.export import export_run, summary
 
     _set_threads(args)
-    output = args.output or REPO_ROOT / "reports" / "exports"
+    output = args.output or Path("reports") / "exports"
     try:
         export = export_run(args.root, args.run, output, args.step, args.env, args.episode, args.fossils_only)
     except ReplayError as error:  # an unknown run or episode: bad input, one line
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     tour = commands.add_parser("tour", help="run the organism tour notebook headlessly")
     tour.add_argument("--preset", choices=("smoke", "full"), default="full", help="smoke: seconds; full: the tour's real budget")
-    tour.add_argument("--output", default=str(REPO_ROOT / "reports" / "00_organism_tour.ipynb"), help="the executed notebook's path")
+    tour.add_argument("--output", default=str(Path("reports") / "00_organism_tour.ipynb"), help="the executed notebook (default under ./reports)")
     tour.set_defaults(handler=_tour)
 
     run = commands.add_parser("run", help="play episodes with a baseline policy (heuristic or random)")
@@ -231,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("pack", help="pack name (" + ", ".join(pack_names()) + ") or a path to a pack TOML file")
     pack.add_argument("--preset", default="smoke", help="a preset of the pack (smoke, full)")
     pack.add_argument("--jobs", type=_at_least(1), default=1, help="papermill runs in parallel")
-    pack.add_argument("--telemetry", default=None, help="telemetry root (default telemetry/<pack>)")
-    pack.add_argument("--reports", default=None, help="folder for the members' notebooks and the report (default reports/)")
+    pack.add_argument("--telemetry", default=None, help="telemetry root (default ./telemetry/<pack>, under the working folder)")
+    pack.add_argument("--reports", default=None, help="folder for the members' notebooks and the report (default ./reports)")
     pack.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extra notebook parameter")
     pack.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP + "; applied to every member")
     pack.add_argument("--device", default=None, help=DEVICE_HELP + "; applied to every member (as --set device=...)")
@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--env", type=_at_least(0), default=0, help=ENV_HELP)
     export.add_argument("--episode", type=_at_least(0), default=0, help=EPISODE_HELP)
     export.add_argument("--output", default=None,
-                        help="a .pt file for torch.save, or a folder to write RUN-envE-epK-stepN.pt in (default reports/exports)")  # fmt: skip
+                        help="a .pt file for torch.save, or a folder to write RUN-envE-epK-stepN.pt in (default ./reports/exports)")  # fmt: skip
     export.add_argument("--fossils-only", action="store_true", help="refuse an organism with a seed not yet fossilised")
     export.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
     export.set_defaults(handler=_export)

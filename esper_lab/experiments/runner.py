@@ -27,10 +27,11 @@ from esper_lab.experiments.packs import Pack
 from esper_lab.experiments.workers import Pool, cores, kill_tagged
 from esper_lab.telemetry.recorder import mark_stale_runs
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-REPORTS_DIR = REPO_ROOT / "reports"
-TELEMETRY_DIR = REPO_ROOT / "telemetry"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+# What a pack run writes goes under the working folder (as `run` and `train` write theirs), not
+# under the installed source: `./telemetry/<pack>` and `./reports`, unless told otherwise.
+REPORTS_DIR = Path("reports")
+TELEMETRY_DIR = Path("telemetry")
 # The runner sets these for every member: overriding them would bypass the preset check, split
 # the telemetry from the report, or be silently replaced per member.
 RESERVED_PARAMETERS = ("pack", "preset", "telemetry_root", "cohort", "seed")
@@ -141,6 +142,7 @@ def run_pack(
     """Execute every member not yet completed with these parameters; return each member's status."""
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
+    telemetry_root, reports_dir = Path(telemetry_root).resolve(), Path(reports_dir).resolve()  # members run in the notebooks' folder
     shared = notebook_parameters(pack, preset, telemetry_root, overrides or {})
     everyone = members(pack, preset, reports_dir, telemetry_root)
     token = f"{os.getpid()}.{time.time_ns()}"  # tags this run's workers and kernels
