@@ -83,8 +83,14 @@ def write_notebook(tmp_path, code: str) -> None:
     nbformat.write(notebook, tmp_path / "member.ipynb")
 
 
+def test_every_shipped_pack_notebook_declares_what_the_runner_passes(tmp_path):
+    for name in pack_names():
+        shared = notebook_parameters(load_pack(name), "smoke", tmp_path, {})
+        assert {"pack", "preset", "telemetry_root"} <= set(shared), name
+
+
 def test_shipped_packs_load_and_validate_every_member():
-    assert {"pack0", "pack1", "pack2"} <= set(pack_names())
+    assert {"pack0", "pack1", "pack2", "pack3_economy"} <= set(pack_names())
     pack0 = load_pack("pack0")
     assert set(pack0.cohorts) == {"baseline", "a0_only", "c0_only", "a0_c0"}
     assert len(pack0.preset_seeds("full")) >= 5  # a verdict needs five seeds
