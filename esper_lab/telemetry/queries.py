@@ -125,27 +125,22 @@ class Queries:
         """Per step (mean over envs), seed 000 Phase 5's economy: the budget utilisations, the
         slots' mean churn EMA, the mean ROI EMA of the in-forward seeds that have one (null when
         none), and the buds, consolidations and their vetoes that step (sums over envs)."""
-        return self._query("""
+        return self._query(f"""
             WITH sl AS (SELECT cohort, run_id, env, episode, step, avg(churn_ema) AS churn_ema,
                                avg(roi_estimate_ema) FILTER (WHERE in_forward = 1 AND NOT isnan(roi_estimate_ema)) AS roi_ema
-                        FROM slots WHERE {where} GROUP BY ALL),
+                        FROM slots WHERE {{where}} GROUP BY ALL),
                  st AS (SELECT cohort, run_id, env, episode, step, active_param_budget_util, active_flops_budget_util
-                        FROM steps WHERE {where}),
-                 ev AS (SELECT cohort, run_id, episode, step,
-                               count(*) FILTER (WHERE kind = $adjacency AND name IN ($bud_next, $bud_prev)) AS buds,
-                               count(*) FILTER (WHERE kind = $adjacency AND name = $consolidate_op) AS consolidations,
-                               count(*) FILTER (WHERE kind = $veto AND name IN ($bud, $consolidate, $low_roi)) AS adjacency_vetoes
-                        FROM events WHERE {where} GROUP BY ALL)
+                        FROM steps WHERE {{where}}),
+                 ev AS (SELECT cohort, run_id, episode, step, {_ADJACENCY_COUNTS.format(count='count(*)')}
+                        FROM events WHERE {{where}} GROUP BY ALL)
             SELECT cohort, run_id, episode, step, avg(st.active_param_budget_util) AS active_param_budget_util,
                    avg(st.active_flops_budget_util) AS active_flops_budget_util, avg(sl.churn_ema) AS churn_ema,
                    avg(sl.roi_ema) AS roi_ema, any_value(coalesce(ev.buds, 0)) AS buds,
                    any_value(coalesce(ev.consolidations, 0)) AS consolidations,
-                   any_value(coalesce(ev.adjacency_vetoes, 0)) AS adjacency_vetoes, count(*) AS envs
+                   any_value(coalesce(ev.adjacency_budget_vetoes + ev.roi_vetoes, 0)) AS adjacency_vetoes, count(*) AS envs
             FROM st JOIN sl USING (cohort, run_id, env, episode, step) LEFT JOIN ev USING (cohort, run_id, episode, step)
             GROUP BY ALL ORDER BY cohort, run_id, episode, step""",
-            cohort, run, adjacency=int(EventKind.ADJACENCY), veto=int(EventKind.VETO), bud=VETO_BUD,
-            consolidate=VETO_CONSOLIDATE, low_roi=VETO_LOW_ROI, bud_next=Op.BUD_NEXT_SURFACE.name,
-            bud_prev=Op.BUD_PREV_SURFACE.name, consolidate_op=Op.CONSOLIDATE_WITH_NEXT.name)  # fmt: skip
+            cohort, run, **_ADJACENCY_PARAMS)
 
     def conv_heavy_share(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """`conv_heavy_forward_param_share` per step: conv_heavy's share of the in-forward seed
@@ -171,14 +166,9 @@ class Queries:
         return self._query(f"""
             WITH ep AS (SELECT {_EPISODE} FROM steps WHERE {{where}} GROUP BY ALL HAVING bool_or(done)),
             ev AS (SELECT {_EPISODE}, kind, name FROM events WHERE kind IN ($adjacency, $veto) AND {{where}})
-            SELECT ep.*, count(name) FILTER (WHERE kind = $adjacency AND name IN ($bud_next, $bud_prev)) AS buds,
-                   count(name) FILTER (WHERE kind = $adjacency AND name = $consolidate_op) AS consolidations,
-                   count(name) FILTER (WHERE kind = $veto AND name IN ($bud, $consolidate)) AS adjacency_budget_vetoes,
-                   count(name) FILTER (WHERE kind = $veto AND name = $low_roi) AS roi_vetoes
+            SELECT ep.*, {_ADJACENCY_COUNTS.format(count='count(name)')}
             FROM ep LEFT JOIN ev USING ({_EPISODE}) GROUP BY ALL ORDER BY {_EPISODE}""",
-            cohort, run, adjacency=int(EventKind.ADJACENCY), veto=int(EventKind.VETO), bud=VETO_BUD,
-            consolidate=VETO_CONSOLIDATE, low_roi=VETO_LOW_ROI, bud_next=Op.BUD_NEXT_SURFACE.name,
-            bud_prev=Op.BUD_PREV_SURFACE.name, consolidate_op=Op.CONSOLIDATE_WITH_NEXT.name)  # fmt: skip
+            cohort, run, **_ADJACENCY_PARAMS)
 
     def fossils(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """One row per slot fossilised in a finished (run, env, episode): its blueprint, the step
@@ -550,3 +540,15 @@ _OUTCOMES = """
                   WHERE s.step = e.last_step AND {where} GROUP BY ALL)
             SELECT r.kind, r.arm, r.parent_run, r.task, r.seed, r.preset, e.* EXCLUDE (run), coalesce(h.conv_heavy_params, 0) AS conv_heavy_params
             FROM e JOIN r USING (cohort, run) LEFT JOIN h USING (cohort, run, env, episode)"""
+
+
+# Buds, consolidations and the governor's vetoes of them, counted over `events` rows (`{count}`:
+# count(*), or count(name) where a left join leaves null rows); shared by `economy` (per step)
+# and `adjacency_counts` (per episode), with their parameters.
+_ADJACENCY_COUNTS = """{count} FILTER (WHERE kind = $adjacency AND name IN ($bud_next, $bud_prev)) AS buds,
+    {count} FILTER (WHERE kind = $adjacency AND name = $consolidate_op) AS consolidations,
+    {count} FILTER (WHERE kind = $veto AND name IN ($bud, $consolidate)) AS adjacency_budget_vetoes,
+    {count} FILTER (WHERE kind = $veto AND name = $low_roi) AS roi_vetoes"""
+_ADJACENCY_PARAMS = dict(adjacency=int(EventKind.ADJACENCY), veto=int(EventKind.VETO), bud=VETO_BUD, consolidate=VETO_CONSOLIDATE,
+                         low_roi=VETO_LOW_ROI, bud_next=Op.BUD_NEXT_SURFACE.name, bud_prev=Op.BUD_PREV_SURFACE.name,
+                         consolidate_op=Op.CONSOLIDATE_WITH_NEXT.name)  # fmt: skip
