@@ -151,7 +151,7 @@ def _pack(args: argparse.Namespace) -> int:
             settings = parse_assignments(args.set)
             pack.settings(pack.control, pack.preset_seeds(args.preset)[0], args.preset, settings)
             parameters["overrides"] = settings
-        statuses = run_pack(pack, args.preset, args.jobs, telemetry, reports, parameters)
+        statuses = run_pack(pack, args.preset, args.jobs, telemetry, reports, parameters, args.scheduler)
         failed = [f"{c} seed={s}" for (c, s), st in statuses.items() if st["status"] != "completed"]
         print(f"{len(statuses) - len(failed)}/{len(statuses)} runs completed" + (f"; failed: {', '.join(failed)}" if failed else ""))
     if args.action == "report" or (args.action == "run" and args.report):
@@ -230,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("action", choices=("run", "report"), help="run: execute the members (then the report); report: judge what is recorded")
     pack.add_argument("pack", help="pack name (" + ", ".join(pack_names()) + ") or a path to a pack TOML file")
     pack.add_argument("--preset", default="smoke", help="a preset of the pack (smoke, full)")
-    pack.add_argument("--jobs", type=_at_least(1), default=1, help="papermill runs in parallel")
+    pack.add_argument("--jobs", type=_at_least(1), default=1, help="members in parallel: the workers of the local Dask cluster")
+    pack.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                      help="run the members on this Dask cluster instead (its workers must see --telemetry and --reports)")
     pack.add_argument("--telemetry", default=None, help="telemetry root (default ./telemetry/<pack>, under the working folder)")
     pack.add_argument("--reports", default=None, help="folder for the members' notebooks and the report (default ./reports)")
     pack.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extra notebook parameter")

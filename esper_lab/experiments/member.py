@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from esper_lab.experiments.evaluation import batch_size, evaluate_arms, played_arms
 from esper_lab.experiments.packs import load_pack
 from esper_lab.experiments.train import train_and_record
+from esper_lab.experiments.workers import held
 
 
 def member_run_id(cohort: str, seed: int, preset: str, encoder: str) -> str:
@@ -31,6 +32,12 @@ def run_member(pack: str | Path, cohort: str, seed: int, preset: str, telemetry_
     spec = load_pack(pack)
     settings = spec.settings(cohort, seed, preset, overrides)
     run_id = member_run_id(cohort, seed, preset, settings.policy.encoder)
+    # One writer at a time: the kernel of a killed attempt may outlive its worker by a moment.
+    with held(Path(telemetry_root) / f"cohort={cohort}" / f".{run_id}.lock"):
+        return _train_and_evaluate(settings, cohort, seed, preset, telemetry_root, run_id)
+
+
+def _train_and_evaluate(settings, cohort: str, seed: int, preset: str, telemetry_root: str | Path, run_id: str) -> str:
     for folder in Path(telemetry_root).glob(f"cohort={cohort}/run={run_id}*"):
         shutil.rmtree(folder)  # a failed or killed earlier attempt (and its eval runs): the runner only retries those
     train_id, agent = run_id, None  # rounds = 0: scripted arms only, nothing to train

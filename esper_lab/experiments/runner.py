@@ -4,13 +4,15 @@ Outputs go to `reports/<pack>/<cohort>/seed=<n>.ipynb`, telemetry to one shared 
 leaves a status file beside its notebook, so re-running a pack skips completed runs and retries
 the others; a failed run is recorded with its error and never stops the others. Parameters are
 checked against the notebook's `parameters` cell before any kernel starts. One runner at a time
-uses a pack's folders (a lock file in each). Members run in worker processes (`workers`) that die
-with the runner; Ctrl-C stops the members in flight and marks them `interrupted`.
+uses a pack's folders (a lock file in each). Members are Dask tasks (`cluster`): on the runner's
+own LocalCluster, whose workers die with it, or on a cluster given by its scheduler's address.
+Ctrl-C stops the members in flight and marks them `interrupted`.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -21,10 +23,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from distributed import as_completed
 from tqdm import tqdm
 
+from esper_lab.experiments.cluster import check_folders, engine
 from esper_lab.experiments.packs import Pack
-from esper_lab.experiments.workers import Pool, cores, kill_tagged
+from esper_lab.experiments.workers import cores, execute, kill_tagged, status, write_status
 from esper_lab.telemetry.recorder import mark_stale_runs
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -131,6 +135,13 @@ def _ctrl_c_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def task_key(pack: Pack, preset: str, member: Member, task: dict) -> str:
+    """The member's Dask key: what it computes (its parameters and where it writes), so the same
+    member submitted twice is one task, and another root or other settings are another."""
+    digest = hashlib.sha256(json.dumps(task, sort_keys=True).encode()).hexdigest()[:16]
+    return f"member-{pack.name}-{preset}-{member.cohort}-seed{member.seed}-{digest}"
+
+
 def run_pack(
     pack: Pack,
     preset: str,
@@ -138,41 +149,80 @@ def run_pack(
     telemetry_root: Path = TELEMETRY_DIR,
     reports_dir: Path = REPORTS_DIR,
     overrides: dict | None = None,
+    scheduler: str | None = None,
 ) -> dict[tuple[str, int], dict]:
-    """Execute every member not yet completed with these parameters; return each member's status."""
+    """Execute every member not yet completed with these parameters, on `scheduler`'s Dask cluster
+    or a local one of `jobs` workers; return each member's status."""
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
     telemetry_root, reports_dir = Path(telemetry_root).resolve(), Path(reports_dir).resolve()  # members run in the notebooks' folder
     shared = notebook_parameters(pack, preset, telemetry_root, overrides or {})
     everyone = members(pack, preset, reports_dir, telemetry_root)
-    token = f"{os.getpid()}.{time.time_ns()}"  # tags this run's workers and kernels
+    token = f"{os.getpid()}.{time.time_ns()}"  # tags this run's kernels
+    # a local member gets its share of this machine; a remote one what its worker's $ESPER_LAB_CORES says
+    share = max(1, cores() // jobs) if scheduler is None else None
     with exclusive([Path(telemetry_root), reports_dir / pack.name], token):
         mark_stale_runs(telemetry_root)  # runs a killed runner left `running` say `killed` from now on
         tasks = {
             m: {"notebook": str(NOTEBOOKS_DIR / pack.notebook), "output": str(m.output), "status_file": str(m.status_file),
-                "parameters": {**shared, "cohort": m.cohort, "seed": m.seed}, "cwd": str(NOTEBOOKS_DIR)}
+                "parameters": {**shared, "cohort": m.cohort, "seed": m.seed}, "cwd": str(NOTEBOOKS_DIR), "cores": share}
             for m in everyone
         }  # fmt: skip
         statuses = {m: m.status() for m in everyone}
         todo = [m for m, s in statuses.items() if s["status"] != "completed" or s.get("parameters") != tasks[m]["parameters"]]
-        finished = set()
-        with tqdm(total=len(everyone), initial=len(everyone) - len(todo), desc=f"{pack.name} {preset}", unit="run") as bar:
-            pool = Pool(jobs, token, bar.write, cores=max(1, cores() // jobs))
-            try:
-                for member, status in pool.run((m, tasks[m]) for m in todo):
-                    finished.add(member)
-                    bar.update(1)
-                    if status["status"] == "failed":
-                        bar.write(f"{member.cohort} seed={member.seed} failed: {status['error'][:300]}")
-            except KeyboardInterrupt:
-                with _ctrl_c_ignored():
-                    stopped = pool.stop("interrupted")
-                left = sum(m not in finished and m not in stopped and m.status()["status"] != "completed" for m in todo)
-                names = ", ".join(f"{m.cohort} seed={m.seed}" for m in stopped) or "none"
-                raise PackInterrupted(
-                    f"interrupted: {len(stopped)} member(s) in flight stopped and marked interrupted ({names}), "
-                    f"{left} not started; run the same command again to resume"
-                ) from None
-            finally:
-                pool.stop("failed")  # nothing left to stop unless something above raised
+        if todo:
+            _execute(pack, preset, todo, tasks, scheduler, jobs, token, len(everyone), [telemetry_root, reports_dir / pack.name])
     return {(m.cohort, m.seed): m.status() for m in everyone}
+
+
+def _execute(pack: Pack, preset: str, todo: list[Member], tasks: dict, scheduler: str | None, jobs: int, token: str,
+             total: int, folders: list[Path]) -> None:  # fmt: skip
+    """Submit the members, show their progress as they finish, and stop them on Ctrl-C."""
+    label = f"{pack.name} {preset}"
+    with engine(scheduler, jobs, token) as cluster, tqdm(total=total, initial=total - len(todo), desc=label, unit="run") as bar:
+        check_folders(cluster.client, folders, token)
+        bar.write(f"{label}: {len(todo)} member(s) on the {cluster.where}")
+        futures = {cluster.client.submit(execute, tasks[m], key=task_key(pack, preset, m, tasks[m]), pure=False): m for m in todo}
+        finished = set()
+        try:
+            for future in as_completed(futures):
+                member = futures[future]
+                finished.add(member)
+                bar.update(1)
+                if future.status == "finished":
+                    done = future.result()
+                else:  # the member killed every worker it was given (Dask's allowed-failures), or was lost
+                    done = _failed(member, tasks[member], f"{type(future.exception()).__name__}: {future.exception()}")
+                where = f" on {done['host']}" if done.get("host") else ""
+                bar.write(f"{label}: {member.cohort} seed={member.seed} {done['status']} in {done['seconds']:.0f} s{where}"
+                          + (f": {done['error'][:300]}" if done["error"] else ""))  # fmt: skip
+        except KeyboardInterrupt:
+            with _ctrl_c_ignored():
+                cluster.stop(token, list(futures))
+                stopped = [m for m in todo if m not in finished and _interrupt(m)]
+            left = sum(m not in finished and m not in stopped for m in todo)
+            names = ", ".join(f"{m.cohort} seed={m.seed}" for m in stopped) or "none"
+            remote = "" if cluster.local else " (on the cluster, a member already running finishes there)"
+            raise PackInterrupted(
+                f"interrupted: {len(stopped)} member(s) in flight stopped and marked interrupted ({names}){remote}, "
+                f"{left} not started; run the same command again to resume"
+            ) from None
+
+
+def _interrupt(member: Member) -> bool:
+    """Mark a member that was running `interrupted`; False if it was not running."""
+    current = member.status()
+    if current["status"] != "running":
+        return False
+    write_status(member.status_file, {**current, "status": "interrupted"})
+    return True
+
+
+def _failed(member: Member, task: dict, error: str) -> dict:
+    """Record a member Dask gave up on, unless it completed meanwhile."""
+    current = member.status()
+    if current["status"] == "completed":
+        return current
+    failed = status(task, "failed", time.time(), error)
+    write_status(member.status_file, failed)
+    return failed
