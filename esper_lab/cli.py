@@ -11,7 +11,7 @@ def _tour(args: argparse.Namespace) -> int:
     """Execute the organism tour notebook headlessly (papermill) into reports/."""
     import papermill
 
-    from esper_lab.experiments.runner import NOTEBOOKS_DIR
+    from esper_lab.experiments.packs import NOTEBOOKS_DIR
 
     source = NOTEBOOKS_DIR / "00_organism_tour.ipynb"
     output = Path(args.output)
@@ -20,6 +20,24 @@ def _tour(args: argparse.Namespace) -> int:
         str(source), str(output), parameters={"preset": args.preset}, kernel_name="python3", progress_bar=False
     )
     print(f"organism tour executed: {output}")
+    return 0
+
+
+def _notebooks(args: argparse.Namespace) -> int:
+    """Copy the curated notebooks into a folder of the user's, for JupyterLab; never over an edit."""
+    import shutil
+
+    from esper_lab.experiments.packs import NOTEBOOKS_DIR
+
+    destination = Path(args.destination)
+    sources = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+    edited = [s.name for s in sources if (destination / s.name).is_file() and (destination / s.name).read_bytes() != s.read_bytes()]
+    if edited and not args.force:
+        raise ValueError(f"{destination} already holds other versions of {', '.join(edited)}: move them, or pass --force to replace them")
+    destination.mkdir(parents=True, exist_ok=True)
+    for source in sources:
+        shutil.copyfile(source, destination / source.name)
+    print(f"{len(sources)} notebooks in {destination}; open them with: jupyter lab {destination}")
     return 0
 
 
@@ -225,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cohort", default="default", help="cohort name the run is filed under")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     run.set_defaults(handler=_run)
+
+    notebooks = commands.add_parser("notebooks", help="copy the curated notebooks into a folder, to open in JupyterLab")
+    notebooks.add_argument("destination", help="folder to copy them into (created if missing)")
+    notebooks.add_argument("--force", action="store_true", help="replace notebooks there that differ from the shipped ones")
+    notebooks.set_defaults(handler=_notebooks)
 
     pack = commands.add_parser("pack", help="run an experiment pack as papermill cohorts, or write its report")
     pack.add_argument("action", choices=("run", "report"), help="run: execute the members (then the report); report: judge what is recorded")

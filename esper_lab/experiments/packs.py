@@ -22,6 +22,9 @@ from esper_lab.experiments.settings import Settings, merge
 from esper_lab.experiments.stats import MIN_SEEDS
 
 PACKS_DIR = Path(__file__).parent / "packs"
+# The curated notebooks, shipped in the package (in a checkout, `esper_lab/notebooks` links to the
+# top-level `notebooks/`); a pack's `notebook` is a name in here, or a path of its own.
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,12 @@ class Pack:
     cohorts: dict[str, dict[str, Any]]
     path: Path = field(default=PACKS_DIR)  # the TOML it was loaded from: members load this file, not a shipped pack of the same name
     gates: str = "seed002"  # which exit gates the report judges (`gates.GATE_SETS`)
+
+    @property
+    def reference(self) -> str:
+        """What a member loads this pack by: a shipped pack's name (found in the package wherever
+        it is installed), else its file (which every worker must see at that path)."""
+        return self.name if self.path.resolve() == (PACKS_DIR / f"{self.name}.toml").resolve() else str(self.path)
 
     def preset_seeds(self, preset: str) -> tuple[int, ...]:
         self._check(preset=preset)

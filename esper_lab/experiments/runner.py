@@ -27,11 +27,10 @@ from distributed import as_completed
 from tqdm import tqdm
 
 from esper_lab.experiments.cluster import check_folders, engine
-from esper_lab.experiments.packs import Pack
+from esper_lab.experiments.packs import NOTEBOOKS_DIR, Pack
 from esper_lab.experiments.workers import cores, execute, kill_tagged, status, write_status
 from esper_lab.telemetry.recorder import mark_stale_runs
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 # What a pack run writes goes under the working folder (as `run` and `train` write theirs), not
 # under the installed source: `./telemetry/<pack>` and `./reports`, unless told otherwise.
 REPORTS_DIR = Path("reports")
@@ -87,8 +86,8 @@ def notebook_parameters(pack: Pack, preset: str, telemetry_root: Path, overrides
         )
     notebook = NOTEBOOKS_DIR / pack.notebook
     declared = papermill.inspect_notebook(str(notebook))
-    # the pack's file, not its name: a pack given by path runs with its own settings
-    shared = {"pack": str(pack.path), "preset": preset, "telemetry_root": str(telemetry_root), **overrides}
+    # a pack given by path runs with its own settings, not a shipped pack's of the same name
+    shared = {"pack": pack.reference, "preset": preset, "telemetry_root": str(telemetry_root), **overrides}
     unknown = sorted((set(shared) | {"cohort", "seed"}) - set(declared))
     if unknown:
         raise ValueError(f"parameters {unknown} are not in the parameters cell of {notebook.name} (it has: {', '.join(declared)})")
@@ -155,7 +154,7 @@ def run_pack(
     or a local one of `jobs` workers; return each member's status."""
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
-    telemetry_root, reports_dir = Path(telemetry_root).resolve(), Path(reports_dir).resolve()  # members run in the notebooks' folder
+    telemetry_root, reports_dir = Path(telemetry_root).resolve(), Path(reports_dir).resolve()  # members run in their notebook's folder
     shared = notebook_parameters(pack, preset, telemetry_root, overrides or {})
     everyone = members(pack, preset, reports_dir, telemetry_root)
     token = f"{os.getpid()}.{time.time_ns()}"  # tags this run's kernels
@@ -164,8 +163,8 @@ def run_pack(
     with exclusive([Path(telemetry_root), reports_dir / pack.name], token):
         mark_stale_runs(telemetry_root)  # runs a killed runner left `running` say `killed` from now on
         tasks = {
-            m: {"notebook": str(NOTEBOOKS_DIR / pack.notebook), "output": str(m.output), "status_file": str(m.status_file),
-                "parameters": {**shared, "cohort": m.cohort, "seed": m.seed}, "cwd": str(NOTEBOOKS_DIR), "cores": share}
+            m: {"notebook": pack.notebook, "output": str(m.output), "status_file": str(m.status_file),
+                "parameters": {**shared, "cohort": m.cohort, "seed": m.seed}, "cores": share}
             for m in everyone
         }  # fmt: skip
         statuses = {m: m.status() for m in everyone}
