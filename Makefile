@@ -26,9 +26,10 @@ $(STAMP): pyproject.toml
 main: $(STAMP)
 	$(VENV)/bin/esper-lab pack run pack0 --preset smoke --jobs 2
 
-# Lint (ruff: pyflakes, pycodestyle, import order; configured in pyproject.toml), before the tests in CI.
+# Lint and format check (ruff, configured in pyproject.toml), before the tests in CI; `ruff format .` fixes the format.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env tests notebooks
