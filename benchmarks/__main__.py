@@ -58,8 +58,10 @@ def main() -> int:
     if section:
         print(section, flush=True)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
-    text = (f"# Benchmark results\n\n{time.strftime('%Y-%m-%d')} on {machine}; `python -m benchmarks` took "
-            f"{time.time() - started:.0f} s.\n\n{table(rows)}\n\n{section}")  # fmt: skip
+    text = (
+        f"# Benchmark results\n\n{time.strftime('%Y-%m-%d')} on {machine}; `python -m benchmarks` took "
+        f"{time.time() - started:.0f} s.\n\n{table(rows)}\n\n{section}"
+    )
     if not args.cases:
         RESULTS.write_text(text)
         print(f"wrote {RESULTS}")

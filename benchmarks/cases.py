@@ -188,8 +188,10 @@ def morphogenesis_tax() -> Row:
     with folder:
         pairing = pair(workbench, plain, pairs=15, warmup=1)
     ops = sorted({a.op.name.lower() for a in vec.carried_out} - {"wait"})
-    measured = (f"one digits_cnn episode ({config.episode_length} epochs): workbench with untrained PPO policy "
-                f"(slot transformer; it did {', '.join(ops) or 'only wait'}), economy, recorder, update / plain loop, same seeds")  # fmt: skip
+    measured = (
+        f"one digits_cnn episode ({config.episode_length} epochs): workbench with untrained PPO policy "
+        f"(slot transformer; it did {', '.join(ops) or 'only wait'}), economy, recorder, update / plain loop, same seeds"
+    )
     return _at_most("morphogenesis tax", measured, pairing, 1.15)
 
 
@@ -204,8 +206,10 @@ def recorder() -> Row:
     record = rate["us_per_step"] / 1e6
     ratios = sorted(record / t for t in steps)
     pairing = Pairing(record, step, record / step, ratios[0], ratios[-1], len(steps))
-    measured = (f"record_step / env step ({rate['rows_per_s']:,.0f} rows/s, {rate['slots_per_step']:.0f} slots a step; "
-                "env step = one full digits_cnn epoch + evaluation)")  # fmt: skip
+    measured = (
+        f"record_step / env step ({rate['rows_per_s']:,.0f} rows/s, {rate['slots_per_step']:.0f} slots a step; "
+        "env step = one full digits_cnn epoch + evaluation)"
+    )
     return _at_most("recorder", measured, pairing, 0.02)
 
 
@@ -264,9 +268,11 @@ def ppo_rounds() -> Row:
     (alone, one), (spread, two) = trainer(0), trainer(workers)
     with alone, spread:
         pairing = pair(one.train_round, two.train_round, pairs=5, warmup=1)
-    rate = lambda s: 60 / s  # noqa: E731
-    measured = (f"one PPO round of Pack 0's full preset (4 envs x 16 steps x 8 batches): envs in this process "
-                f"({rate(pairing.a_seconds):.1f} rounds/min) / over {workers} env workers ({rate(pairing.b_seconds):.1f} rounds/min)")  # fmt: skip
+    rate = lambda s: 60 / s
+    measured = (
+        f"one PPO round of Pack 0's full preset (4 envs x 16 steps x 8 batches): envs in this process "
+        f"({rate(pairing.a_seconds):.1f} rounds/min) / over {workers} env workers ({rate(pairing.b_seconds):.1f} rounds/min)"
+    )
     return _at_least("PPO rounds", measured, pairing, 1.5)
 
 

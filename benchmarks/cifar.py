@@ -105,8 +105,7 @@ def loop_tax(folder: Path, batches_per_step: int | None, device: str = "cpu", pa
             if action.op in STRUCTURAL_OPS:
                 env.plane.sync_optimizer(env.optimizer)
             env.plane.tick()
-            train_epoch(env.host, env.plane, env.split.batches(env.train_rows, run.batch_size, env.data_order, batches_per_step),
-                        env.optimizer)  # fmt: skip
+            train_epoch(env.host, env.plane, env.split.batches(env.train_rows, run.batch_size, env.data_order, batches_per_step), env.optimizer)
         env.full_evaluation()
         return time.perf_counter() - start
 
@@ -115,8 +114,10 @@ def loop_tax(folder: Path, batches_per_step: int | None, device: str = "cpu", pa
     images = run.episode_length * (batches_per_step * run.batch_size if batches_per_step else len(load_cifar10(folder).train_y))
     ops = sorted({a.op.name.lower() for a in vec.carried_out} - {"wait"}) or ["only wait"]
     per_step = f"batches_per_step={batches_per_step}" if batches_per_step else "a full pass a step"
-    measured = (f"one {run.episode_length}-step CIFAR episode, {per_step} ({images:,} training images): workbench loop "
-                f"(untrained PPO, it did {', '.join(ops)}) / plain loop replaying its actions")  # fmt: skip
+    measured = (
+        f"one {run.episode_length}-step CIFAR episode, {per_step} ({images:,} training images): workbench loop "
+        f"(untrained PPO, it did {', '.join(ops)}) / plain loop replaying its actions"
+    )
     return pairing, measured
 
 
@@ -157,8 +158,10 @@ def throughput(folder: Path, device: str = "cpu", pairs: int = 3) -> tuple[Pairi
 
     with vec:
         pairing = pair(plain, workbench, pairs=pairs, warmup=1)
-    measured = (f"training images/s: workbench loop (PPO round, {THROUGHPUT_ENVS} envs, a full pass of {images:,} images a step, "
-                f"{workers} env workers) / the same host in a plain single-process eager loop (default layout, no plane)")  # fmt: skip
+    measured = (
+        f"training images/s: workbench loop (PPO round, {THROUGHPUT_ENVS} envs, a full pass of {images:,} images a step, "
+        f"{workers} env workers) / the same host in a plain single-process eager loop (default layout, no plane)"
+    )
     return pairing, measured
 
 
@@ -187,8 +190,12 @@ def _process_start() -> float:
 def run_point(kind: str, folder: Path, envs: int, workers: int, device: str = "cpu") -> dict:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.cifar", "--point", kind, str(folder), str(envs), str(workers), device],
-        check=False, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-    )  # fmt: skip
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"cifar {kind} point ({envs} envs, {workers} workers) failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -211,22 +218,25 @@ def section(device: str = "cpu") -> str:
         memory = {(envs, workers): run_point("memory", folder, envs, workers, device)["peak_mib"] for envs, workers in ((4, 0), (8, 2))}
     lines = ["| benchmark | ratio (median, p10–p90) | goal | met | measured | A / B median |", "|---|---|---|---|---|---|"]
     for name, measured, p, goal, met in rows:
-        lines.append(f"| {name} | {p.ratio:.3f} ({p.ratio_low:.3f}–{p.ratio_high:.3f}) | {goal} | {'yes' if met else '**no**'} "
-                     f"| {measured} | {p.a_seconds:.4g} / {p.b_seconds:.4g} ({p.pairs} pairs) |")  # fmt: skip
+        lines.append(
+            f"| {name} | {p.ratio:.3f} ({p.ratio_low:.3f}–{p.ratio_high:.3f}) | {goal} | {'yes' if met else '**no**'} "
+            f"| {measured} | {p.a_seconds:.4g} / {p.b_seconds:.4g} ({p.pairs} pairs) |"
+        )
     single = [
         ("peak RSS, 4 envs in one process", f"{memory[(4, 0)] / 1024:.2f} GiB", "<= 1.2 GB", memory[(4, 0)] * 2**20 <= 1.2e9),
         ("peak RSS, 8 envs over 2 worker processes (summed)", f"{memory[(8, 2)] / 1024:.2f} GiB", "<= 2 GB", memory[(8, 2)] * 2**20 <= 2e9),
-        ("launch to first env step done, 4 envs (median of 3)", f"{statistics.median(launches):.1f} s", "<= 10 s",
-         statistics.median(launches) <= 10),
-    ]  # fmt: skip
+        ("launch to first env step done, 4 envs (median of 3)", f"{statistics.median(launches):.1f} s", "<= 10 s", statistics.median(launches) <= 10),
+    ]
     lines += ["", "| measure | value | goal | met |", "|---|---|---|---|"]
     lines += [f"| {name} | {value} | {goal} | {'yes' if met else '**no**'} |" for name, value, goal, met in single]
-    caption = (f"On `{device}`. Generated CIFAR-shaped data at full size (50,000 / 10,000 images, official batch format), host "
-               f"widths {HOST['widths']} channels-last, one torch thread a process. Decoding the batches into the byte cache the "
-               f"first time took {cold:.1f} s; every later load in any process maps it. Memory points touch the whole split "
-               f"(one full-pass step per env, then the full validation read); the launch point counts from interpreter start "
-               f"(imports included) to the end of the first 50-batch step, cache warm. The section took "
-               f"{time.perf_counter() - started:.0f} s.")  # fmt: skip
+    caption = (
+        f"On `{device}`. Generated CIFAR-shaped data at full size (50,000 / 10,000 images, official batch format), host "
+        f"widths {HOST['widths']} channels-last, one torch thread a process. Decoding the batches into the byte cache the "
+        f"first time took {cold:.1f} s; every later load in any process maps it. Memory points touch the whole split "
+        f"(one full-pass step per env, then the full validation read); the launch point counts from interpreter start "
+        f"(imports included) to the end of the first 50-batch step, cache warm. The section took "
+        f"{time.perf_counter() - started:.0f} s."
+    )
     return f"## CIFAR-10 loop\n\n{caption}\n\n" + "\n".join(lines) + "\n"
 
 

@@ -68,9 +68,12 @@ def forward_one(encoder: str, n_slots: int) -> dict:
             agent(obs, noise=noise)
             times.append(time.perf_counter() - start)
     return {
-        "encoder": encoder, "slots": n_slots, "params": sum(p.numel() for p in agent.parameters()),
-        "forward_ms": 1000 * statistics.median(times), "peak_mib": (peak - before) / 1024,
-    }  # fmt: skip
+        "encoder": encoder,
+        "slots": n_slots,
+        "params": sum(p.numel() for p in agent.parameters()),
+        "forward_ms": 1000 * statistics.median(times),
+        "peak_mib": (peak - before) / 1024,
+    }
 
 
 def forward_table() -> None:
@@ -78,8 +81,9 @@ def forward_table() -> None:
     print("|---|---|---|---|---|")
     for encoder in ("flat", "slot_transformer"):
         for n_slots in SLOT_COUNTS:
-            out = subprocess.run([sys.executable, "-m", "benchmarks.policy_bench", "forward-one", encoder, str(n_slots)],
-                                 capture_output=True, text=True, check=True)  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, "-m", "benchmarks.policy_bench", "forward-one", encoder, str(n_slots)], capture_output=True, text=True, check=True
+            )
             row = json.loads(out.stdout)
             print(f"| {encoder} | {n_slots} | {row['params']:,} | {row['forward_ms']:.2f} | {row['peak_mib']:.1f} |")
 

@@ -90,9 +90,7 @@ def run_point(task: str, density: str, envs: int, workers: int) -> dict:
         text=True,
     )
     if done.returncode != 0:
-        raise RuntimeError(
-            f"sweep point {task} {density} x{envs} ({workers} workers) failed:\n{done.stderr[-2000:]}"
-        )
+        raise RuntimeError(f"sweep point {task} {density} x{envs} ({workers} workers) failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -145,9 +143,7 @@ def sweep() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.sweep", description=__doc__
-    )
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__)
     parser.add_argument(
         "--point",
         nargs=4,

@@ -60,43 +60,101 @@ def synthetic_run(root: Path, cohort: str, run_id: str, env_steps: int, rng: np.
     veto = rng.random(n) < 0.03
     gain = rng.normal(0.0, 0.01, n) + 0.004 * (op == Op.GROW_INTERNAL)
     folder = run_folder(root, cohort, run_id)
-    write_part(folder / "steps" / "part-0.parquet", _table(
-        "steps", run_id, n, **keys, done=keys["step"] == EPISODE_LENGTH, metric=rng.random(n), metric_gain=gain,
-        full_metric=np.where(keys["step"] == EPISODE_LENGTH, rng.random(n), np.nan),
-        forward_params=rng.integers(0, 20_000, n), veto=veto, rollback=rng.random(n) < 0.002,
-        reward_rent=rng.random(n) * 0.1, reward_churn=rng.random(n) * 0.2, reward_total=rng.normal(0, 1, n),
-        level_change_rate=rng.random(n) * 0.3, net_level_change=rng.integers(-3, 4, n).astype(float)))  # fmt: skip
+    write_part(
+        folder / "steps" / "part-0.parquet",
+        _table(
+            "steps",
+            run_id,
+            n,
+            **keys,
+            done=keys["step"] == EPISODE_LENGTH,
+            metric=rng.random(n),
+            metric_gain=gain,
+            full_metric=np.where(keys["step"] == EPISODE_LENGTH, rng.random(n), np.nan),
+            forward_params=rng.integers(0, 20_000, n),
+            veto=veto,
+            rollback=rng.random(n) < 0.002,
+            reward_rent=rng.random(n) * 0.1,
+            reward_churn=rng.random(n) * 0.2,
+            reward_total=rng.normal(0, 1, n),
+            level_change_rate=rng.random(n) * 0.3,
+            net_level_change=rng.integers(-3, 4, n).astype(float),
+        ),
+    )
     masks = {f"{h}_mask": pa.FixedSizeListArray.from_arrays(rng.random(n * len(Op)) < 0.95, len(Op)).cast(pa.list_(pa.bool_())) for h in HEADS}
     legal = rng.random(n) > 0.01
-    write_part(folder / "decisions" / "part-0.parquet", _table(
-        "decisions", run_id, n, **keys, op=op, slot=rng.integers(0, SLOTS, n), executed_op=np.where(veto, 0, op),
-        vetoed=veto, sampled_legal=legal, **{f"{h}_entropy": rng.random(n) for h in HEADS}, **masks))  # fmt: skip
+    write_part(
+        folder / "decisions" / "part-0.parquet",
+        _table(
+            "decisions",
+            run_id,
+            n,
+            **keys,
+            op=op,
+            slot=rng.integers(0, SLOTS, n),
+            executed_op=np.where(veto, 0, op),
+            vetoed=veto,
+            sampled_legal=legal,
+            **{f"{h}_entropy": rng.random(n) for h in HEADS},
+            **masks,
+        ),
+    )
     m = n * SLOTS
     stage = rng.choice([int(s) for s in Stage], m)
     blueprint = np.where(stage == Stage.DORMANT, -1, rng.integers(0, len(Blueprint), m))
     ladder = blueprint >= Blueprint.CONV_CHANNEL_LADDER
-    write_part(folder / "slots" / "part-0.parquet", _table(
-        "slots", run_id, m, **{k: np.repeat(v, SLOTS) for k, v in keys.items()}, slot=np.tile(np.arange(SLOTS), n),
-        stage=stage, blueprint=blueprint, max_level=np.where(ladder, 4, 0),
-        internal_level=np.where(ladder, rng.integers(0, 5, m), 0), seed_param_count_active=rng.integers(0, 5000, m),
-        in_forward=np.isin(stage, [Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED]).astype(np.int8),
-        contribution_measured=(rng.random(m) < 0.25).astype(np.int8), contribution=rng.normal(0, 0.01, m).astype(np.float32),
-        delta_l2_norm=rng.random(m, dtype=np.float32), alpha=rng.random(m, dtype=np.float32)))  # fmt: skip
+    write_part(
+        folder / "slots" / "part-0.parquet",
+        _table(
+            "slots",
+            run_id,
+            m,
+            **{k: np.repeat(v, SLOTS) for k, v in keys.items()},
+            slot=np.tile(np.arange(SLOTS), n),
+            stage=stage,
+            blueprint=blueprint,
+            max_level=np.where(ladder, 4, 0),
+            internal_level=np.where(ladder, rng.integers(0, 5, m), 0),
+            seed_param_count_active=rng.integers(0, 5000, m),
+            in_forward=np.isin(stage, [Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED]).astype(np.int8),
+            contribution_measured=(rng.random(m) < 0.25).astype(np.int8),
+            contribution=rng.normal(0, 0.01, m).astype(np.float32),
+            delta_l2_norm=rng.random(m, dtype=np.float32),
+            alpha=rng.random(m, dtype=np.float32),
+        ),
+    )
     # events: a transition every other step or so, a level change per executed grow/shrink, a veto per veto
     level = np.flatnonzero(~veto & np.isin(op, [Op.GROW_INTERNAL, Op.SHRINK_INTERNAL]))
     rows = np.concatenate([rng.choice(n, n // 2, replace=False), level, np.flatnonzero(veto)])
-    kind = np.repeat([int(EventKind.TRANSITION), int(EventKind.LEVEL_CHANGED), int(EventKind.VETO)],
-                     [n // 2, len(level), int(veto.sum())])  # fmt: skip
+    kind = np.repeat([int(EventKind.TRANSITION), int(EventKind.LEVEL_CHANGED), int(EventKind.VETO)], [n // 2, len(level), int(veto.sum())])
     name = np.where(kind == EventKind.TRANSITION, "TRAINING->BLENDING", "governor_veto_internal_grow")
     name[n // 2 : n // 2 + len(level)] = [Op(o).name for o in op[level]]
     order = np.argsort(rows, kind="stable")
     e = len(rows)
-    write_part(folder / "events" / "part-0.parquet", _table(
-        "events", run_id, e, **{k: v[rows[order]] for k, v in keys.items()}, kind=kind[order],
-        slot=rng.integers(0, SLOTS, e), name=name[order], value=rng.integers(1, 7, e).astype(float)))  # fmt: skip
-    manifest = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "kind": "synthetic", "task": "digits_cnn",
-                "seed": 0, "config_json": RunConfig().to_json(), "started_at": datetime.now(UTC), "status": "completed",
-                "steps_recorded": n}  # fmt: skip
+    write_part(
+        folder / "events" / "part-0.parquet",
+        _table(
+            "events",
+            run_id,
+            e,
+            **{k: v[rows[order]] for k, v in keys.items()},
+            kind=kind[order],
+            slot=rng.integers(0, SLOTS, e),
+            name=name[order],
+            value=rng.integers(1, 7, e).astype(float),
+        ),
+    )
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "kind": "synthetic",
+        "task": "digits_cnn",
+        "seed": 0,
+        "config_json": RunConfig().to_json(),
+        "started_at": datetime.now(UTC),
+        "status": "completed",
+        "steps_recorded": n,
+    }
     write_part(folder / "runs" / "part-0.parquet", pa.Table.from_pylist([manifest], schema=SCHEMAS["runs"]))
 
 
@@ -110,10 +168,25 @@ def synthetic_root(root: Path, slot_rows: int, seed: int = 0) -> None:
 
 def time_queries(store: Store, cohort: str, run: str) -> list[tuple[str, str, float, int]]:
     """(query, scope, median seconds, result rows) for every named query, whole root and one run."""
-    queries = ["runs", "rent_churn", "conv_heavy_share", "episode_outcomes", "learning_curve", "cohort_behaviour",
-               "lifecycle_op_counts", "grow_shrink_share", "policy_entropy", "invalid_action_rate", "governor_counts",
-               "level_change", "oscillation", "contributions", "grow_lagged_correlation", "delta_norm_by_level",
-               "fossilisation_ratio"]  # fmt: skip
+    queries = [
+        "runs",
+        "rent_churn",
+        "conv_heavy_share",
+        "episode_outcomes",
+        "learning_curve",
+        "cohort_behaviour",
+        "lifecycle_op_counts",
+        "grow_shrink_share",
+        "policy_entropy",
+        "invalid_action_rate",
+        "governor_counts",
+        "level_change",
+        "oscillation",
+        "contributions",
+        "grow_lagged_correlation",
+        "delta_norm_by_level",
+        "fossilisation_ratio",
+    ]
     results = []
     for name in queries:
         method = getattr(store, name)
@@ -149,9 +222,16 @@ def recorder_rate(flush_every: int = FLUSH_EVERY) -> dict[str, float]:
         store = Store(root)
         rows = {t: store.sql(f"SELECT count(*) AS n FROM {t}")["n"][0] for t in ("steps", "slots", "decisions", "events")}
     total = sum(rows.values())
-    return {"steps": RECORDED_STEPS, "rows": total, "seconds": seconds, "rows_per_s": total / seconds,
-            "slot_rows_per_s": rows["slots"] / seconds, "us_per_step": seconds / RECORDED_STEPS * 1e6,
-            "env_step_ms": env_seconds * 1e3, "slots_per_step": rows["slots"] / RECORDED_STEPS}  # fmt: skip
+    return {
+        "steps": RECORDED_STEPS,
+        "rows": total,
+        "seconds": seconds,
+        "rows_per_s": total / seconds,
+        "slot_rows_per_s": rows["slots"] / seconds,
+        "us_per_step": seconds / RECORDED_STEPS * 1e6,
+        "env_step_ms": env_seconds * 1e3,
+        "slots_per_step": rows["slots"] / RECORDED_STEPS,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,10 +245,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     if not args.skip_recorder:
         rate = recorder_rate(args.flush_every)
-        print(f"recorder: {rate['steps']} steps x {rate['slots_per_step']:.0f} slots -> {rate['rows']} rows in "
-              f"{rate['seconds']:.2f} s: {rate['rows_per_s']:,.0f} rows/s ({rate['slot_rows_per_s']:,.0f} slot rows/s), "
-              f"{rate['us_per_step']:.0f} us per record_step vs {rate['env_step_ms']:.0f} ms per env step "
-              f"(flush_every={args.flush_every})")  # fmt: skip
+        print(
+            f"recorder: {rate['steps']} steps x {rate['slots_per_step']:.0f} slots -> {rate['rows']} rows in "
+            f"{rate['seconds']:.2f} s: {rate['rows_per_s']:,.0f} rows/s ({rate['slot_rows_per_s']:,.0f} slot rows/s), "
+            f"{rate['us_per_step']:.0f} us per record_step vs {rate['env_step_ms']:.0f} ms per env step "
+            f"(flush_every={args.flush_every})"
+        )
     if args.skip_queries:
         return
     root = Path(args.root or tempfile.mkdtemp(prefix="esper_bench_"))

@@ -16,9 +16,7 @@ def _tour(args: argparse.Namespace) -> int:
     source = NOTEBOOKS_DIR / "00_organism_tour.ipynb"
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(
-        str(source), str(output), parameters={"preset": args.preset}, kernel_name="python3", progress_bar=False
-    )
+    papermill.execute_notebook(str(source), str(output), parameters={"preset": args.preset}, kernel_name="python3", progress_bar=False)
     print(f"organism tour executed: {output}")
     return 0
 
@@ -42,8 +40,10 @@ def _notebooks(args: argparse.Namespace) -> int:
 
 
 WORKERS_HELP = "worker processes stepping the envs in parallel (default: one per core, at most one per env; 0: in this process)"
-SET_HELP = ("set any study knob, repeatable: a RunConfig field (batch_size=32), economy.*, ppo.*, policy.* "
-            "(economy.rent_weight=0.5, ppo.lr=1e-3, policy.encoder=slot_transformer) or rounds/envs/workers/eval_episodes")
+SET_HELP = (
+    "set any study knob, repeatable: a RunConfig field (batch_size=32), economy.*, ppo.*, policy.* "
+    "(economy.rent_weight=0.5, ppo.lr=1e-3, policy.encoder=slot_transformer) or rounds/envs/workers/eval_episodes"
+)
 # One intra-op thread is fastest for these tiny models; two on a busy 2-core machine spin-wait
 # (a `run --envs 4` took 696 s with torch's default of 2 against 73 s with 1).
 DEVICE_HELP = "where hosts, seeds and data live: cpu (default), cuda or cuda:N (the policy stays on the CPU)"
@@ -77,8 +77,17 @@ def _settings(args: argparse.Namespace, **loop):
     """The settings `run` and `train` share: the flags, then every `--set` (which wins)."""
     from esper_lab.experiments.settings import Settings, merge, parse_assignments
 
-    flags = {"task": args.task, "density": args.density, "seed": args.seed, "episode_length": args.episode_length,
-             "cifar_folder": args.cifar_folder, "device": args.device, "envs": args.envs, "workers": args.workers, **loop}  # fmt: skip
+    flags = {
+        "task": args.task,
+        "density": args.density,
+        "seed": args.seed,
+        "episode_length": args.episode_length,
+        "cifar_folder": args.cifar_folder,
+        "device": args.device,
+        "envs": args.envs,
+        "workers": args.workers,
+        **loop,
+    }
     return Settings.build(merge({k: v for k, v in flags.items() if v is not None}, parse_assignments(args.set)))
 
 
@@ -102,8 +111,10 @@ def _run(args: argparse.Namespace) -> int:
     for s in summaries:
         parts = " ".join(f"{k}={v:.3f}" for k, v in s.reward_parts.items())
         ops = " ".join(f"{k.lower()}={v}" for k, v in sorted(s.ops.items()))
-        print(f"episode {s.episode} env {s.env}: {metric}={s.final_metric:.4f} return={s.episode_return:.2f} "
-              f"forward_params={s.forward_params} vetoes={s.vetoes} rollbacks={s.rollbacks}")  # fmt: skip
+        print(
+            f"episode {s.episode} env {s.env}: {metric}={s.final_metric:.4f} return={s.episode_return:.2f} "
+            f"forward_params={s.forward_params} vetoes={s.vetoes} rollbacks={s.rollbacks}"
+        )
         print(f"  reward parts: {parts}\n  ops: {ops}\n  germinated: {s.germinated or '-'}")
     print(f"telemetry written to {recorder.folder}")
     return 0
@@ -130,17 +141,21 @@ def _train(args: argparse.Namespace) -> int:
 
     def on_round(s: dict) -> None:
         bar.reset()
-        print(f"update {int(s['round']) + 1}/{settings.rounds}: return {s['return_mean']:.2f} [{s['return_min']:.2f}, {s['return_max']:.2f}] "
-              f"policy_loss {s['policy_loss']:.4f} value_loss {s['value_loss']:.4f} entropy op {s['entropy_op']:.2f} "
-              f"slot {s['entropy_slot']:.2f} blueprint {s['entropy_blueprint']:.2f} kl {s['approx_kl']:.4f} "
-              f"clip {s['clip_fraction']:.3f} ev {s['explained_variance']:.2f} "
-              f"rollout {s['rollout_seconds']:.1f}s update {s['update_seconds']:.1f}s", flush=True)  # fmt: skip
+        print(
+            f"update {int(s['round']) + 1}/{settings.rounds}: return {s['return_mean']:.2f} [{s['return_min']:.2f}, {s['return_max']:.2f}] "
+            f"policy_loss {s['policy_loss']:.4f} value_loss {s['value_loss']:.4f} entropy op {s['entropy_op']:.2f} "
+            f"slot {s['entropy_slot']:.2f} blueprint {s['entropy_blueprint']:.2f} kl {s['approx_kl']:.4f} "
+            f"clip {s['clip_fraction']:.3f} ev {s['explained_variance']:.2f} "
+            f"rollout {s['rollout_seconds']:.1f}s update {s['update_seconds']:.1f}s",
+            flush=True,
+        )
 
     if Path(args.telemetry).is_dir():
         mark_stale_runs(args.telemetry)  # a killed earlier training says `killed`, not `running`
     with bar:
-        run_id, agent = train_and_record(settings, args.telemetry, args.cohort, checkpoint=args.checkpoint,
-                                         on_round=on_round, on_step=lambda: bar.update(1))  # fmt: skip
+        run_id, agent = train_and_record(
+            settings, args.telemetry, args.cohort, checkpoint=args.checkpoint, on_round=on_round, on_step=lambda: bar.update(1)
+        )
     print(f"telemetry written to {args.telemetry} (run {run_id})" + (f"; checkpoint {args.checkpoint}" if args.checkpoint else ""))
     if settings.eval_episodes:
         ids = evaluate_arms(settings, agent, args.telemetry, args.cohort, run_id)
@@ -254,8 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("pack", help="pack name (" + ", ".join(pack_names()) + ") or a path to a pack TOML file")
     pack.add_argument("--preset", default="smoke", help="a preset of the pack (smoke, full)")
     pack.add_argument("--jobs", type=_at_least(1), default=1, help="members in parallel: the workers of the local Dask cluster")
-    pack.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
-                      help="run the members on this Dask cluster instead (its workers must see --telemetry and --reports)")
+    pack.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="tcp://HOST:PORT",
+        help="run the members on this Dask cluster instead (its workers must see --telemetry and --reports)",
+    )
     pack.add_argument("--telemetry", default=None, help="telemetry root (default ./telemetry/<pack>, under the working folder)")
     pack.add_argument("--reports", default=None, help="folder for the members' notebooks and the report (default ./reports)")
     pack.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extra notebook parameter")
@@ -288,14 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--root", default="telemetry", help="telemetry root folder")
     dashboard.add_argument("--port", type=int, default=5006, help="port to serve on")
     dashboard.add_argument("--address", default="127.0.0.1", help="interface to listen on (loopback by default)")
-    dashboard.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                           help="also answer requests naming this host (the address and localhost always are)")  # fmt: skip
+    dashboard.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests naming this host (the address and localhost always are)",
+    )
     dashboard.set_defaults(handler=_dashboard)
     audit = commands.add_parser("audit", help="exact full-retrain Shapley credit of a recorded run's seeds (esper_lab.audit)")
     audit.add_argument("run", nargs="?", help="the recorded run to audit (omit with --demo)")
     audit.add_argument("--root", default="telemetry", help="telemetry root holding the run; the audit is recorded there")
-    audit.add_argument("--demo", default=None, metavar="PRESET",
-                       help="record the scripted probe-prune demo run (smoke or full), then audit it")  # fmt: skip
+    audit.add_argument("--demo", default=None, metavar="PRESET", help="record the scripted probe-prune demo run (smoke or full), then audit it")
     audit.add_argument("--step", type=_at_least(1), default=None, help="audit the seeds live at this step (default: the episode's last)")
     audit.add_argument("--env", type=_at_least(0), default=0, help=ENV_HELP)
     audit.add_argument("--episode", type=_at_least(0), default=0, help=EPISODE_HELP)
@@ -313,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--step", type=_at_least(1), default=None, help="the organism after this step (default: the episode's last)")
     export.add_argument("--env", type=_at_least(0), default=0, help=ENV_HELP)
     export.add_argument("--episode", type=_at_least(0), default=0, help=EPISODE_HELP)
-    export.add_argument("--output", default=None,
-                        help="a .pt file for torch.save, or a folder to write RUN-envE-epK-stepN.pt in (default ./reports/exports)")  # fmt: skip
+    export.add_argument(
+        "--output", default=None, help="a .pt file for torch.save, or a folder to write RUN-envE-epK-stepN.pt in (default ./reports/exports)"
+    )
     export.add_argument("--fossils-only", action="store_true", help="refuse an organism with a seed not yet fossilised")
     export.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
     export.set_defaults(handler=_export)

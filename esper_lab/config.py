@@ -63,12 +63,23 @@ TASKS: dict[str, Task] = {
     "digits_cnn": Task(HostKind.CNN, "digits", MappingProxyType({"widths": (8, 16)}), "accuracy", CNN_MODULE_SEEDS + LADDERS[:2], None),
     # seed 000's A0: the same data on a deeper host, so more (coarse) surfaces
     "digits_cnn_deep": Task(HostKind.CNN, "digits", MappingProxyType({"widths": (8, 8, 16, 16)}), "accuracy", CNN_MODULE_SEEDS + LADDERS[:2], None),
-    "pydoc_lm": Task(HostKind.TRANSFORMER, "pydoc", MappingProxyType({"n_layer": 2, "d_model": 32, "n_head": 2, "context": 32}), "loss",
-                     TRANSFORMER_MODULE_SEEDS + LADDERS[2:], 64),
-    "cifar10_cnn": Task(HostKind.CNN, "cifar10",
-                        MappingProxyType({"in_channels": 3, "image_size": 32, "widths": (16, 32, 64), "channels_last": True}),
-                        "accuracy", CNN_MODULE_SEEDS + LADDERS[:2], 1024),
-}  # fmt: skip
+    "pydoc_lm": Task(
+        HostKind.TRANSFORMER,
+        "pydoc",
+        MappingProxyType({"n_layer": 2, "d_model": 32, "n_head": 2, "context": 32}),
+        "loss",
+        TRANSFORMER_MODULE_SEEDS + LADDERS[2:],
+        64,
+    ),
+    "cifar10_cnn": Task(
+        HostKind.CNN,
+        "cifar10",
+        MappingProxyType({"in_channels": 3, "image_size": 32, "widths": (16, 32, 64), "channels_last": True}),
+        "accuracy",
+        CNN_MODULE_SEEDS + LADDERS[:2],
+        1024,
+    ),
+}
 
 
 def _enum(cls: type[enum.Enum], value: Any, name: str) -> enum.Enum:
@@ -186,7 +197,7 @@ class RunConfig:
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is not one of: {', '.join(TASKS)}")
         task = TASKS[self.task]
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        set_ = lambda name, value: object.__setattr__(self, name, value)
         set_("density", _enum(SurfaceDensity, self.density.lower() if isinstance(self.density, str) else self.density, "density"))
         if self.density is SurfaceDensity.A2 and task.host_kind is HostKind.CNN:
             raise ValueError(f"density='a2' needs a Transformer host; task {self.task!r} has a CNN (allowed: a0, a1)")

@@ -200,12 +200,7 @@ def pack_surface_uid(host_kind: HostKind, depth_idx: int, site: Site, role: Role
     ):
         if not 0 <= value < (1 << bits):
             raise ValueError(f"{name}={value} does not fit in {bits} bits (0..{(1 << bits) - 1})")
-    return (
-        int(host_kind) << _KIND_SHIFT
-        | depth_idx << _DEPTH_SHIFT
-        | int(site) << _SITE_SHIFT
-        | int(role)
-    )
+    return int(host_kind) << _KIND_SHIFT | depth_idx << _DEPTH_SHIFT | int(site) << _SITE_SHIFT | int(role)
 
 
 def unpack_surface_uid(uid: int) -> tuple[HostKind, int, Site, Role]:
@@ -435,45 +430,87 @@ def eval_episode_seed(run_seed: int, k: int) -> int:
 # The plane report's `[S, F]` columns, in order, with the Arrow type telemetry stores them as (the
 # report itself is float32; ids and counts below 2**24 are exact in it). Blueprint -1 = no seed.
 SLOT_COLUMN_TYPES: dict[str, str] = {
-    "surface_uid": "int32", "depth_norm": "float32", "site": "int8", "role": "int8", "stage": "int8",
-    "blueprint": "int8", "alpha": "float32", "alpha_target": "float32", "blend": "int8",
-    "internal_level": "int16", "internal_level_norm": "float32", "max_level": "int16",
-    "focus_idx": "int16", "focus_subtarget": "int8", "focus_internal_level_norm": "float32",
-    "internal_level_mean_norm": "float32", "internal_level_max_norm": "float32",
+    "surface_uid": "int32",
+    "depth_norm": "float32",
+    "site": "int8",
+    "role": "int8",
+    "stage": "int8",
+    "blueprint": "int8",
+    "alpha": "float32",
+    "alpha_target": "float32",
+    "blend": "int8",
+    "internal_level": "int16",
+    "internal_level_norm": "float32",
+    "max_level": "int16",
+    "focus_idx": "int16",
+    "focus_subtarget": "int8",
+    "focus_internal_level_norm": "float32",
+    "internal_level_mean_norm": "float32",
+    "internal_level_max_norm": "float32",
     # the seed's active size; `in_forward` says whether its output reaches the host's forward
     # (alpha > 0 while blending or holding, or fossilised) or it is still incubating
-    "seed_param_count_active": "int64", "seed_flops_active_est": "float32", "in_forward": "int8",
+    "seed_param_count_active": "int64",
+    "seed_flops_active_est": "float32",
+    "in_forward": "int8",
     # counterfactual contribution (seed 003 §8.2): metric as is minus metric with this seed's
     # alpha forced to 0, on the validation subsample; the last measured value (NaN: never for
     # this seed) and whether it was measured this step
-    "contribution": "float32", "contribution_measured": "int8",
-    "delta_l2_norm": "float32", "output_l2_norm": "float32", "seed_grad_norm": "float32", "grad_ratio": "float32",
-    "embargo_remaining": "int16", "germinations": "int32",
+    "contribution": "float32",
+    "contribution_measured": "int8",
+    "delta_l2_norm": "float32",
+    "output_l2_norm": "float32",
+    "seed_grad_norm": "float32",
+    "grad_ratio": "float32",
+    "embargo_remaining": "int16",
+    "germinations": "int32",
     # decay (seed 003 §9, seed 004 Stage 2): the slot's kind, a phage's sedation mask (1: in full,
     # 0: gated out), Emrakul's immune ledger for it (debt in reward units, failed probes, steps of
     # criticality lock left), and a scar's age, what was removed and its last contribution
-    "slot_kind": "int8", "sedation": "float32", "debt": "float32", "antibodies": "int16", "lock_remaining": "int16",
-    "scar_age": "int16", "scar_blueprint": "int8", "scar_contribution": "float32",
+    "slot_kind": "int8",
+    "sedation": "float32",
+    "debt": "float32",
+    "antibodies": "int16",
+    "lock_remaining": "int16",
+    "scar_age": "int16",
+    "scar_blueprint": "int8",
+    "scar_contribution": "float32",
     # the economy (seed 000 Phase 5): contribution per thousand active params, an EMA over the
     # seed's measurements (NaN before one); an EMA of the steps an op changed the slot; the
     # governor's vetoes of ops on it and the rollbacks that removed its seed, this episode
-    "roi_estimate_ema": "float32", "churn_ema": "float32", "governor_vetoes": "int16", "governor_rollbacks": "int16",
-}  # fmt: skip
+    "roi_estimate_ema": "float32",
+    "churn_ema": "float32",
+    "governor_vetoes": "int16",
+    "governor_rollbacks": "int16",
+}
 
 # Per-step global numbers (`StepResult.metrics`, the `steps` table) with their Arrow types.
 STEP_METRIC_TYPES: dict[str, str] = {
-    "progress": "float64", "train_loss": "float64", "val_loss": "float64", "val_accuracy": "float64",
+    "progress": "float64",
+    "train_loss": "float64",
+    "val_loss": "float64",
+    "val_accuracy": "float64",
     # `metric` is read on the validation subsample every step (the reward uses it); `full_metric`
     # on the whole validation split at the episode's last step (NaN before): outcomes use that
-    "metric": "float64", "metric_gain": "float64", "metric_since_start": "float64", "full_metric": "float64",
+    "metric": "float64",
+    "metric_gain": "float64",
+    "metric_since_start": "float64",
+    "full_metric": "float64",
     # the static twin's metric on the same subsample (the `gain_over_static` reward; NaN without it)
     "static_metric": "float64",
-    "host_params": "int64", "forward_params": "int64", "incubating_params": "int64",
-    "forward_flops": "float64", "incubating_flops": "float64",
-    "active_param_budget_util": "float64", "active_flops_budget_util": "float64",
-    "occupied_slots": "int32", "n_slots": "int32", "veto": "bool", "rollback": "bool",
-    "level_change_rate": "float64", "net_level_change": "float64",
-}  # fmt: skip
+    "host_params": "int64",
+    "forward_params": "int64",
+    "incubating_params": "int64",
+    "forward_flops": "float64",
+    "incubating_flops": "float64",
+    "active_param_budget_util": "float64",
+    "active_flops_budget_util": "float64",
+    "occupied_slots": "int32",
+    "n_slots": "int32",
+    "veto": "bool",
+    "rollback": "bool",
+    "level_change_rate": "float64",
+    "net_level_change": "float64",
+}
 SLOT_COLUMNS = tuple(SLOT_COLUMN_TYPES)
 ROI_PARAMS = 1000  # ROI is contribution per this many active params (per param, it would sit below any feature's noise)
 STEP_METRICS = tuple(STEP_METRIC_TYPES)

@@ -81,8 +81,7 @@ class Split:
         """Every validation image standardised: a float copy."""
         return self.standardise(self.val_pixels)
 
-    def batches(self, rows: torch.Tensor, batch_size: int, generator: torch.Generator,
-                max_batches: int | None = None) -> Iterator[Batch]:  # fmt: skip
+    def batches(self, rows: torch.Tensor, batch_size: int, generator: torch.Generator, max_batches: int | None = None) -> Iterator[Batch]:
         """Standardised training batches over `rows` (indices into the training pixels), in an
         order drawn from `generator` at the call, as `classification_batches` draws it."""
         picks = [rows[i.to(rows.device)] for i in batch_indices(len(rows), batch_size, generator, max_batches)]
@@ -237,8 +236,12 @@ def write_cifar10_batches(folder: str | Path, per_batch: int, seed: int = 0) -> 
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(CIFAR10_FILES):
         images = rng.integers(0, 256, size=(per_batch, math.prod(CIFAR10_IMAGE)), dtype=np.uint8)
-        batch = {b"batch_label": name.encode(), b"labels": [(i + j) % CIFAR10_CLASSES for j in range(per_batch)],
-                 b"data": images, b"filenames": [f"{j}.png".encode() for j in range(per_batch)]}  # fmt: skip
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [(i + j) % CIFAR10_CLASSES for j in range(per_batch)],
+            b"data": images,
+            b"filenames": [f"{j}.png".encode() for j in range(per_batch)],
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
 
 
@@ -252,8 +255,9 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator, max_batch
     return list(torch.randperm(n, generator=generator, device=generator.device).split(batch_size)[:max_batches])
 
 
-def classification_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                           max_batches: int | None = None) -> Iterator[Batch]:
+def classification_batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator, max_batches: int | None = None
+) -> Iterator[Batch]:
     """One pass over (x, y) in an order drawn from `generator`; the last batch may be short.
     Checked and drawn at the call (not lazily), so bad input fails here."""
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
@@ -263,8 +267,7 @@ def classification_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, ge
     return ((x[i.to(x.device)], y[i.to(x.device)]) for i in order)
 
 
-def lm_batches(ids: torch.Tensor, context: int, batch_size: int, generator: torch.Generator,
-               max_batches: int) -> Iterator[Batch]:
+def lm_batches(ids: torch.Tensor, context: int, batch_size: int, generator: torch.Generator, max_batches: int) -> Iterator[Batch]:
     """`max_batches` batches of (inp [B,T], target [B,T] = inp shifted by one) at offsets drawn from
     `generator` at the call; both are contiguous gathers, ready for `.view(-1)`."""
     if ids.ndim != 1:
@@ -363,9 +366,14 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             raise ValueError(f"{path} is not a CIFAR-10 python batch: {exc!r}") from exc
     row = math.prod(CIFAR10_IMAGE)
     if not (
-        data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == row and len(data) >= 1
-        and labels.shape == (len(data),) and np.issubdtype(labels.dtype, np.integer)
-        and 0 <= labels.min() and labels.max() < CIFAR10_CLASSES
+        data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == row
+        and len(data) >= 1
+        and labels.shape == (len(data),)
+        and np.issubdtype(labels.dtype, np.integer)
+        and 0 <= labels.min()
+        and labels.max() < CIFAR10_CLASSES
     ):
         got = f"data {data.dtype} {data.shape}, labels {labels.dtype} {labels.shape}"
         raise ValueError(f"{path} is not a CIFAR-10 python batch: want uint8 [N, {row}], N labels; got {got}")

@@ -156,8 +156,7 @@ class Emrakul:
             return [_event(plane, probe.slot, EventKind.PROBE, PROBE_RESTORED, drop)]
         plane.schedule_prune(probe.slot)
         del self.ledgers[probe.slot]
-        return [_event(plane, probe.slot, EventKind.PROBE, PROBE_CLEARED, drop),
-                _event(plane, probe.slot, EventKind.LYSIS, LYSIS_FUNCTIONAL, drop)]  # fmt: skip
+        return [_event(plane, probe.slot, EventKind.PROBE, PROBE_CLEARED, drop), _event(plane, probe.slot, EventKind.LYSIS, LYSIS_FUNCTIONAL, drop)]
 
 
 def _event(plane: SeedPlane, index: int, kind: EventKind, name: str, value: float) -> Event:

@@ -22,8 +22,19 @@ from esper_lab.config import EconomyConfig
 from esper_lab.contracts import Op, RewardParts
 
 BASE_SLOT_RENT = 0.0039  # x P_host per occupied slot (seed 003 §5.1: about a small residual block)
-EDIT_OPS = frozenset({Op.GERMINATE, Op.PRUNE, Op.FOSSILIZE, Op.SET_ALPHA_TARGET, Op.FOCUS_NEXT, Op.FOCUS_PREV,
-                      Op.BUD_NEXT_SURFACE, Op.BUD_PREV_SURFACE, Op.CONSOLIDATE_WITH_NEXT})  # fmt: skip
+EDIT_OPS = frozenset(
+    {
+        Op.GERMINATE,
+        Op.PRUNE,
+        Op.FOSSILIZE,
+        Op.SET_ALPHA_TARGET,
+        Op.FOCUS_NEXT,
+        Op.FOCUS_PREV,
+        Op.BUD_NEXT_SURFACE,
+        Op.BUD_PREV_SURFACE,
+        Op.CONSOLIDATE_WITH_NEXT,
+    }
+)
 LEVEL_STEPS = {Op.GROW_INTERNAL: 1, Op.SHRINK_INTERNAL: -1, Op.CONSOLIDATE_WITH_NEXT: 1}  # a consolidation also grows a level
 LEVEL_OPS = frozenset(LEVEL_STEPS)
 

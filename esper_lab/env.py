@@ -213,14 +213,19 @@ class MorphEnv:
         income = self._probe_contributions(metric) if self._probe_due(done) else 0.0
         prices = self.config.economy
         # what each slot pays for: alpha (times a phage's sedation mask), active params, occupancy
-        paying = (torch.tensor([slot.alpha * slot.sedation for slot in plane.slots]),
-                  torch.tensor([slot.param_count_active() for slot in plane.slots]),
-                  torch.tensor([slot.stage in SEED_STAGES for slot in plane.slots]), plane.host_param_count, prices.max_rent)  # fmt: skip
+        paying = (
+            torch.tensor([slot.alpha * slot.sedation for slot in plane.slots]),
+            torch.tensor([slot.param_count_active() for slot in plane.slots]),
+            torch.tensor([slot.stage in SEED_STAGES for slot in plane.slots]),
+            plane.host_param_count,
+            prices.max_rent,
+        )
         rent = economy.rent_cost(*paying)
         if self.emrakul is not None:
             rents = (prices.rent_weight * economy.slot_rents(*paying)).tolist()
-            events += self.emrakul.step(plane, self._signed(metric), rents, self.config.episode_length - self.step_count,
-                                        order=action.phage if sedate else None)  # fmt: skip
+            events += self.emrakul.step(
+                plane, self._signed(metric), rents, self.config.episode_length - self.step_count, order=action.phage if sedate else None
+            )
         report = plane.report()
         self.ledger.record(action.op, veto is not None, report.column("alpha"))
         static = self._metric(self.twin.evaluate(self.probe_x, self.probe_y)) if self.twin is not None else metric
@@ -228,8 +233,15 @@ class MorphEnv:
         signal = {"metric_gain": gain, "contribution": income, "gain_over_static": over - self.gain_over_static}[prices.reward_signal]
         self.gain_over_static = over
         reward = economy.reward(prices, signal, rent, self.ledger.churn_cost(), action.op, veto is not None)
-        metrics = self._metrics(train_loss, evaluation, gain, veto is not None, rollback, full=self._full_metric() if done else math.nan,
-                                static=static if prices.reward_signal == "gain_over_static" else math.nan)  # fmt: skip
+        metrics = self._metrics(
+            train_loss,
+            evaluation,
+            gain,
+            veto is not None,
+            rollback,
+            full=self._full_metric() if done else math.nan,
+            static=static if prices.reward_signal == "gain_over_static" else math.nan,
+        )
         return StepResult(self.step_count, report, self._masks(), metrics, reward, events, done, self.episode_seed)
 
     def _masks(self) -> ActionMasks:
@@ -308,8 +320,9 @@ class MorphEnv:
             total += value
         return total
 
-    def _metrics(self, train_loss: float, evaluation: Evaluation, gain: float, veto: bool, rollback: bool,
-                 full: float = math.nan, static: float = math.nan) -> dict[str, float]:  # fmt: skip
+    def _metrics(
+        self, train_loss: float, evaluation: Evaluation, gain: float, veto: bool, rollback: bool, full: float = math.nan, static: float = math.nan
+    ) -> dict[str, float]:
         plane = self.plane
         forward = [slot.in_forward for slot in plane.slots]
         params = [slot.param_count_active() for slot in plane.slots]

@@ -36,7 +36,11 @@ StepCallback = Callable[[int, list[Action], list[StepResult]], None]
 
 
 def run_episodes(
-    vec: VecEnv, policy, episodes: int = 1, on_step: StepCallback | None = None, recorder: Recorder | None = None,
+    vec: VecEnv,
+    policy,
+    episodes: int = 1,
+    on_step: StepCallback | None = None,
+    recorder: Recorder | None = None,
     seeds: list[int] | None = None,
 ) -> list[EpisodeSummary]:
     """Play `episodes` episodes in every env (training episodes 0, 1, ... of the run, or, with
@@ -63,9 +67,15 @@ def run_episodes(
                 if recorder is not None:
                     recorder.record_step(i, episode, action, result, records[i])
                 vetoed = result.metrics["veto"] > 0
-                totals[i].update(task=result.reward.task, rent=result.reward.rent, churn=result.reward.churn,
-                                 intervention=result.reward.intervention, total=result.reward.total,
-                                 vetoes=vetoed, rollbacks=result.metrics["rollback"] > 0)  # fmt: skip
+                totals[i].update(
+                    task=result.reward.task,
+                    rent=result.reward.rent,
+                    churn=result.reward.churn,
+                    intervention=result.reward.intervention,
+                    total=result.reward.total,
+                    vetoes=vetoed,
+                    rollbacks=result.metrics["rollback"] > 0,
+                )
                 ops[i][(Op.WAIT if vetoed else action.op).name] += 1
                 if action.op is Op.GERMINATE and not vetoed:
                     germinated[i][Blueprint(action.blueprint).name.lower()] += 1
@@ -73,9 +83,18 @@ def run_episodes(
                 on_step(episode, actions, results)
         for i, result in enumerate(results):
             parts = {k: float(totals[i][k]) for k in ("task", "rent", "churn", "intervention")}
-            summaries.append(EpisodeSummary(
-                env=i, episode=episode, final_metric=result.metrics["full_metric"], episode_return=float(totals[i]["total"]),
-                reward_parts=parts, forward_params=int(result.metrics["forward_params"]), ops=dict(ops[i]),
-                germinated=dict(germinated[i]), vetoes=int(totals[i]["vetoes"]), rollbacks=int(totals[i]["rollbacks"]),
-            ))  # fmt: skip
+            summaries.append(
+                EpisodeSummary(
+                    env=i,
+                    episode=episode,
+                    final_metric=result.metrics["full_metric"],
+                    episode_return=float(totals[i]["total"]),
+                    reward_parts=parts,
+                    forward_params=int(result.metrics["forward_params"]),
+                    ops=dict(ops[i]),
+                    germinated=dict(germinated[i]),
+                    vetoes=int(totals[i]["vetoes"]),
+                    rollbacks=int(totals[i]["rollbacks"]),
+                )
+            )
     return summaries

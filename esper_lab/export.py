@@ -104,8 +104,9 @@ def compact(host: nn.Module, plane: SeedPlane, fossils_only: bool = False) -> Co
     """The organism (`host`, `plane`) as one plain module with the same forward (rules above).
     The live organism is left as it was."""
     if fossils_only:
-        live = [f"slot {s.index} ({s.stage.name}, {s.blueprint.name})" for s in plane.slots
-                if s.stage in SEED_STAGES and s.stage is not Stage.FOSSILIZED]  # fmt: skip
+        live = [
+            f"slot {s.index} ({s.stage.name}, {s.blueprint.name})" for s in plane.slots if s.stage in SEED_STAGES and s.stage is not Stage.FOSSILIZED
+        ]
         if live:
             raise ValueError(f"fossils_only: not fossilised: {', '.join(live)}")
     exported = copy.deepcopy(host)
@@ -160,14 +161,20 @@ class Check:
 
 
 @torch.inference_mode()
-def check(host: nn.Module, plane: SeedPlane, module: nn.Module, inputs: torch.Tensor,
-          prepare: Callable[[torch.Tensor], torch.Tensor] | None = None, repeats: int = LATENCY_REPEATS) -> Check:  # fmt: skip
+def check(
+    host: nn.Module,
+    plane: SeedPlane,
+    module: nn.Module,
+    inputs: torch.Tensor,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    repeats: int = LATENCY_REPEATS,
+) -> Check:
     """Compare `module` with the live organism over `inputs` (chunks of `EVAL_BATCH`, each through
     `prepare` when given, as `training.evaluate` reads a split) and time both on the first chunk,
     alternating which runs first so that neither gets a warmer cache."""
     host.eval()
     module.eval()
-    live = lambda x: host(x, plane)  # noqa: E731
+    live = lambda x: host(x, plane)
     diff = 0.0
     for start in range(0, len(inputs), EVAL_BATCH):
         chunk = inputs[start : start + EVAL_BATCH]
@@ -180,8 +187,9 @@ def check(host: nn.Module, plane: SeedPlane, module: nn.Module, inputs: torch.Te
     for r in range(repeats):
         for k in (0, 1) if r % 2 == 0 else (1, 0):
             times[k].append(_seconds((live, module)[k], batch))
-    return Check(param_count(host) + param_count(plane), param_count(module), diff, len(inputs),
-                 statistics.median(times[0]), statistics.median(times[1]))  # fmt: skip
+    return Check(
+        param_count(host) + param_count(plane), param_count(module), diff, len(inputs), statistics.median(times[0]), statistics.median(times[1])
+    )
 
 
 def _seconds(model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> float:
@@ -235,8 +243,16 @@ class RunExport:
     path: Path | None  # where the module was written; None when the check failed
 
 
-def export_run(root: str | Path, run_id: str, path: str | Path, step: int | None = None, env: int = 0, episode: int = 0,
-               fossils_only: bool = False, repeats: int = LATENCY_REPEATS) -> RunExport:  # fmt: skip
+def export_run(
+    root: str | Path,
+    run_id: str,
+    path: str | Path,
+    step: int | None = None,
+    env: int = 0,
+    episode: int = 0,
+    fossils_only: bool = False,
+    repeats: int = LATENCY_REPEATS,
+) -> RunExport:
     """Rebuild the organism at `step`, compact it, check it on the whole validation split and,
     when it is within `TOLERANCE`, write it with `torch.save` to `path`: a .pt file, or a folder
     to write `<run>-env<E>-ep<K>-step<N>.pt` in."""
@@ -257,15 +273,16 @@ def export_run(root: str | Path, run_id: str, path: str | Path, step: int | None
 def summary(export: RunExport) -> str:
     """The export as text: what became of each seed, then params, max abs diff and latency."""
     r, c = export.rebuilt, export.check
-    lines = [f"export of run {r.run_id} (env {r.env_index}, episode {r.episode}) at step {r.step}: "
-             f"rebuilt metric {r.metric:.6g}, recorded {r.recorded_metric:.6g}"
-             + ("" if r.metric == r.recorded_metric else " (the replay differs from the recording)")]  # fmt: skip
+    lines = [
+        f"export of run {r.run_id} (env {r.env_index}, episode {r.episode}) at step {r.step}: "
+        f"rebuilt metric {r.metric:.6g}, recorded {r.recorded_metric:.6g}"
+        + ("" if r.metric == r.recorded_metric else " (the replay differs from the recording)")
+    ]
     lines.append(f"{'slot':>4}  {'stage':<10}  {'blueprint':<20}  {'export':<7}  alpha")
-    lines += [f"{s.slot:>4}  {s.stage.name:<10}  {s.blueprint.name.lower():<20}  {s.fate:<7}  {s.alpha:.4g}"
-              for s in export.compaction.seeds] or ["   -  no seeds: the export is the bare host"]  # fmt: skip
+    lines += [f"{s.slot:>4}  {s.stage.name:<10}  {s.blueprint.name.lower():<20}  {s.fate:<7}  {s.alpha:.4g}" for s in export.compaction.seeds] or [
+        "   -  no seeds: the export is the bare host"
+    ]
     lines.append(f"\n{'params live':>12}  {'params exported':>15}  {'max abs diff (validation)':>25}  {'latency exported/live':>21}")
-    lines.append(f"{c.params_live:>12}  {c.params_exported:>15}  {c.max_abs_diff:>17.3g} ({c.rows} rows)  "
-                 f"{c.latency_ratio:>21.3f}")  # fmt: skip
-    lines.append(f"written: {export.path}" if export.path is not None
-                 else f"not written: max abs diff {c.max_abs_diff:.3g} exceeds {TOLERANCE:g}")  # fmt: skip
+    lines.append(f"{c.params_live:>12}  {c.params_exported:>15}  {c.max_abs_diff:>17.3g} ({c.rows} rows)  {c.latency_ratio:>21.3f}")
+    lines.append(f"written: {export.path}" if export.path is not None else f"not written: max abs diff {c.max_abs_diff:.3g} exceeds {TOLERANCE:g}")
     return "\n".join(lines)

@@ -134,9 +134,7 @@ def walk_lifecycle(
     return pd.DataFrame(rows).set_index("step")
 
 
-def ladder_profile(
-    host: nn.Module, plane: SeedPlane, slot: int, inputs: torch.Tensor, target: torch.Tensor
-) -> pd.DataFrame:
+def ladder_profile(host: nn.Module, plane: SeedPlane, slot: int, inputs: torch.Tensor, target: torch.Tensor) -> pd.DataFrame:
     """Cost (active params, FLOPs) and effect (sensors, loss on the batch) of a ladder seed at
     every level of its focused subtarget.
 
@@ -187,8 +185,7 @@ def focus_cycle(plane: SeedPlane, slot: int) -> pd.DataFrame:
 
     def record(op: str) -> None:
         state = slot_state(plane, slot)
-        rows.append({"op": op, "focus": state["focus"], "levels": str(ladder.levels.tolist()),
-                     "active_params": state["active_params"]})
+        rows.append({"op": op, "focus": state["focus"], "levels": str(ladder.levels.tolist()), "active_params": state["active_params"]})
 
     record("start")
     for _ in range(ladder.n_subtargets):

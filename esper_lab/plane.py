@@ -83,11 +83,7 @@ TRANSITIONS: dict[tuple[Stage, Op], Stage] = {
     (Stage.HOLDING, Op.FOSSILIZE): Stage.FOSSILIZED,
     (Stage.BLENDING, Op.SET_ALPHA_TARGET): Stage.BLENDING,
     **{(s, Op.PRUNE): Stage.PRUNED for s in (Stage.GERMINATED, *LIVE_STAGES)},
-    **{
-        (s, op): s
-        for s in LIVE_STAGES
-        for op in (*LADDER_OPS, *BUD_DIRECTIONS)
-    },
+    **{(s, op): s for s in LIVE_STAGES for op in (*LADDER_OPS, *BUD_DIRECTIONS)},
 }
 # Transitions the plane makes by itself at a step boundary (`tick`).
 AUTOMATIC: dict[Stage, Stage] = {
@@ -134,9 +130,7 @@ class SeedPlane(nn.Module):
         self.max_seeds = max_seeds  # occupied slots at once; None = one per surface
         specs = host.injection_specs()
         self.specs: tuple[InjectionSpec, ...] = tuple(specs)
-        self.slots = nn.ModuleList(
-            SeedSlot(i, spec, shape) for i, (spec, shape) in enumerate(zip(specs, host.surface_in_shapes()))
-        )
+        self.slots = nn.ModuleList(SeedSlot(i, spec, shape) for i, (spec, shape) in enumerate(zip(specs, host.surface_in_shapes())))
         self.run_seed = run_seed
         self.host_param_count = host.param_count()
         self.host_flops = host.flops()
@@ -259,8 +253,9 @@ class SeedPlane(nn.Module):
             self.slots[index].changed = True
         return events
 
-    def _germinate(self, slot: SeedSlot, blueprint: Blueprint, blend: BlendAlgorithm, curve: AlphaCurve, tempo: Tempo,
-                   alpha_target: float) -> list[Event]:  # fmt: skip
+    def _germinate(
+        self, slot: SeedSlot, blueprint: Blueprint, blend: BlendAlgorithm, curve: AlphaCurve, tempo: Tempo, alpha_target: float
+    ) -> list[Event]:
         """A new seed in `slot` (weights from its germination seed); regrowing a scar clears it.
         The caller makes the DORMANT -> GERMINATED move."""
         events = []

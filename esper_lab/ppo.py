@@ -188,9 +188,13 @@ class PPOTrainer:
         return Rollout(
             obs=Observation.stack(list(obs)),
             choice={h: torch.stack([c[h] for c in choices]) for h in HEADS},
-            logp=torch.stack(logp), value=torch.stack(value), reward=torch.stack(reward).float(),
-            done=torch.stack(done), starts=torch.stack(starts), episode_returns=returns,
-        )  # fmt: skip
+            logp=torch.stack(logp),
+            value=torch.stack(value),
+            reward=torch.stack(reward).float(),
+            done=torch.stack(done),
+            starts=torch.stack(starts),
+            episode_returns=returns,
+        )
 
     def _scaled_rewards(self, rollout: Rollout) -> torch.Tensor:
         if not self.config.scale_rewards:
@@ -220,7 +224,7 @@ class PPOTrainer:
             decisions.append(decision)
             values.append(value)
         flat = (torch.arange(n_steps)[:, None] * n_envs + index[None, :]).reshape(-1)
-        join = lambda name: {h: torch.cat([getattr(d, name)[h] for d in decisions]) for h in HEADS}  # noqa: E731
+        join = lambda name: {h: torch.cat([getattr(d, name)[h] for d in decisions]) for h in HEADS}
         return flat, Decision(join("choice"), join("logp"), join("entropy"), join("used"), {}), torch.cat(values)
 
     def update(self, rollout: Rollout) -> dict[str, float]:
@@ -256,12 +260,15 @@ class PPOTrainer:
                 self.optimizer.step()
                 with torch.no_grad():
                     batch = {
-                        "policy_loss": float(policy_loss), "value_loss": float(value_loss), "entropy_loss": -float(entropy_bonus),
-                        "total_loss": float(loss), "entropy": float(sum(decision.entropy[h].mean() for h in HEADS)),
+                        "policy_loss": float(policy_loss),
+                        "value_loss": float(value_loss),
+                        "entropy_loss": -float(entropy_bonus),
+                        "total_loss": float(loss),
+                        "entropy": float(sum(decision.entropy[h].mean() for h in HEADS)),
                         "grad_norm": float(grad_norm),
                         "approx_kl": float(((ratio - 1) - log_ratio).mean()),
                         "clip_fraction": float(((ratio - 1).abs() > config.clip).float().mean()),
-                    }  # fmt: skip
+                    }
                     for h in HEADS:
                         entropy[h] += float(decision.entropy[h].sum())
                         used[h] += float(decision.used[h].sum())
@@ -273,8 +280,13 @@ class PPOTrainer:
             if used[h]:  # a head no decision used this round says nothing about its entropy
                 coef = self.entropy_coef[h] * math.exp(config.entropy_adapt * (target - per_head[h]))
                 self.entropy_coef[h] = min(max(coef, ENTROPY_COEF_RANGE[0]), ENTROPY_COEF_RANGE[1])
-        return {**sums, **{f"entropy_{h}": per_head[h] for h in HEADS}, **{f"entropy_coef_{h}": self.entropy_coef[h] for h in config.entropy_target},
-                "explained_variance": explained, "lr": config.lr}  # fmt: skip
+        return {
+            **sums,
+            **{f"entropy_{h}": per_head[h] for h in HEADS},
+            **{f"entropy_coef_{h}": self.entropy_coef[h] for h in config.entropy_target},
+            "explained_variance": explained,
+            "lr": config.lr,
+        }
 
     # --- rounds and checkpoints ---------------------------------------------------------------
     def train_round(self, on_step: Callable[[], None] | None = None) -> dict[str, float]:
@@ -285,10 +297,14 @@ class PPOTrainer:
         stats = self.update(rollout)
         returns = torch.tensor(rollout.episode_returns)
         stats.update(
-            round=float(self.round), return_mean=float(returns.mean()), return_min=float(returns.min()),
-            return_max=float(returns.max()), env_steps=float(rollout.reward.numel()),
-            rollout_seconds=collected - started, update_seconds=time.perf_counter() - collected,
-        )  # fmt: skip
+            round=float(self.round),
+            return_mean=float(returns.mean()),
+            return_min=float(returns.min()),
+            return_max=float(returns.max()),
+            env_steps=float(rollout.reward.numel()),
+            rollout_seconds=collected - started,
+            update_seconds=time.perf_counter() - collected,
+        )
         if self.recorder is not None:
             self.recorder.record_update(self.round, stats)
         self.round += 1
@@ -300,13 +316,18 @@ class PPOTrainer:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
-            "version": CHECKPOINT_VERSION, "round": self.round,
-            "policy_config": asdict(self.agent.config), "ppo_config": asdict(self.config),
-            "agent": self.agent.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "version": CHECKPOINT_VERSION,
+            "round": self.round,
+            "policy_config": asdict(self.agent.config),
+            "ppo_config": asdict(self.config),
+            "agent": self.agent.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "return_norm": self.return_norm.state_dict(),
-            "sampling_rng": self.policy.rng_state(), "shuffle_rng": self.shuffle.get_state(),
-            "entropy_coef": self.entropy_coef, "metadata": metadata or {},
-        }  # fmt: skip
+            "sampling_rng": self.policy.rng_state(),
+            "shuffle_rng": self.shuffle.get_state(),
+            "entropy_coef": self.entropy_coef,
+            "metadata": metadata or {},
+        }
         temp = path.with_name(path.name + ".tmp")
         with open(temp, "wb") as f:
             torch.save(payload, f)

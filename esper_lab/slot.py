@@ -42,10 +42,26 @@ ECONOMY_EMA = 0.8  # weight of the past in the ROI and churn EMAs: about the las
 # governor's culprit evidence, read only on a rollback (`fault_origins`).
 _ACC_DELTA, _ACC_OUTPUT, _ACC_SEED_GRAD, _ACC_HOST_GRAD, _ACC_FORWARDS, _ACC_BACKWARDS, _ACC_ORIGIN = range(7)
 # A slot's lifecycle state: what a snapshot restores and what ranks must agree on (with the seed's tensors).
-LIFECYCLE_FIELDS = ("stage", "blueprint", "blend_algorithm", "curve", "tempo", "alpha", "alpha_target",
-                    "ramp_start", "ramp_step", "embargo_remaining", "germinations",
-                    "sedation", "sedation_target", "sedation_rate", "lysis_due",
-                    "scar_blueprint", "scar_age", "scar_contribution")  # fmt: skip
+LIFECYCLE_FIELDS = (
+    "stage",
+    "blueprint",
+    "blend_algorithm",
+    "curve",
+    "tempo",
+    "alpha",
+    "alpha_target",
+    "ramp_start",
+    "ramp_step",
+    "embargo_remaining",
+    "germinations",
+    "sedation",
+    "sedation_target",
+    "sedation_rate",
+    "lysis_due",
+    "scar_blueprint",
+    "scar_age",
+    "scar_contribution",
+)
 
 
 def blend(algorithm: BlendAlgorithm, h: torch.Tensor, s: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -209,23 +225,47 @@ class SeedSlot(nn.Module):
         level_norm = level / max_level if max_level else 0.0
         delta, output, seed_grad, grad_ratio = sensors.tolist()
         row = {
-            "surface_uid": spec.surface_uid, "depth_norm": spec.depth_norm, "site": int(spec.site),
-            "role": int(spec.role), "stage": int(self.stage), "blueprint": -1 if self.blueprint is None else int(self.blueprint),
-            "alpha": self.alpha, "alpha_target": self.alpha_target, "blend": int(self.blend_algorithm),
-            "internal_level": level, "internal_level_norm": level_norm, "max_level": max_level,
-            "focus_idx": focus, "focus_subtarget": focus_subtarget, "focus_internal_level_norm": level_norm,
-            "internal_level_mean_norm": level_mean, "internal_level_max_norm": level_max,
-            "seed_param_count_active": self.param_count_active(), "seed_flops_active_est": self.flops_active(),
-            "in_forward": int(self.in_forward), "contribution": self.contribution,
+            "surface_uid": spec.surface_uid,
+            "depth_norm": spec.depth_norm,
+            "site": int(spec.site),
+            "role": int(spec.role),
+            "stage": int(self.stage),
+            "blueprint": -1 if self.blueprint is None else int(self.blueprint),
+            "alpha": self.alpha,
+            "alpha_target": self.alpha_target,
+            "blend": int(self.blend_algorithm),
+            "internal_level": level,
+            "internal_level_norm": level_norm,
+            "max_level": max_level,
+            "focus_idx": focus,
+            "focus_subtarget": focus_subtarget,
+            "focus_internal_level_norm": level_norm,
+            "internal_level_mean_norm": level_mean,
+            "internal_level_max_norm": level_max,
+            "seed_param_count_active": self.param_count_active(),
+            "seed_flops_active_est": self.flops_active(),
+            "in_forward": int(self.in_forward),
+            "contribution": self.contribution,
             "contribution_measured": int(self.contribution_measured),
-            "delta_l2_norm": delta, "output_l2_norm": output, "seed_grad_norm": seed_grad, "grad_ratio": grad_ratio,
-            "embargo_remaining": self.embargo_remaining, "germinations": self.germinations,
-            "slot_kind": int(self.kind), "sedation": self.sedation, "debt": self.debt, "antibodies": self.antibodies,
-            "lock_remaining": self.lock_remaining, "scar_age": self.scar_age,
+            "delta_l2_norm": delta,
+            "output_l2_norm": output,
+            "seed_grad_norm": seed_grad,
+            "grad_ratio": grad_ratio,
+            "embargo_remaining": self.embargo_remaining,
+            "germinations": self.germinations,
+            "slot_kind": int(self.kind),
+            "sedation": self.sedation,
+            "debt": self.debt,
+            "antibodies": self.antibodies,
+            "lock_remaining": self.lock_remaining,
+            "scar_age": self.scar_age,
             "scar_blueprint": -1 if self.scar_blueprint is None else int(self.scar_blueprint),
-            "scar_contribution": self.scar_contribution, "roi_estimate_ema": self.roi_ema, "churn_ema": self.churn_ema,
-            "governor_vetoes": self.vetoes, "governor_rollbacks": self.rollbacks,
-        }  # fmt: skip
+            "scar_contribution": self.scar_contribution,
+            "roi_estimate_ema": self.roi_ema,
+            "churn_ema": self.churn_ema,
+            "governor_vetoes": self.vetoes,
+            "governor_rollbacks": self.rollbacks,
+        }
         return [row[name] for name in SLOT_COLUMNS]
 
 
@@ -236,9 +276,7 @@ def step_sensors(acc: torch.Tensor) -> torch.Tensor:
     backwards = acc[:, _ACC_BACKWARDS].clamp(min=1)
     host_grad = acc[:, _ACC_HOST_GRAD] / backwards
     seed_grad = acc[:, _ACC_SEED_GRAD] / backwards
-    return torch.stack(
-        [acc[:, _ACC_DELTA] / forwards, acc[:, _ACC_OUTPUT] / forwards, seed_grad, seed_grad / (host_grad + SENSOR_EPS)], dim=1
-    )
+    return torch.stack([acc[:, _ACC_DELTA] / forwards, acc[:, _ACC_OUTPUT] / forwards, seed_grad, seed_grad / (host_grad + SENSOR_EPS)], dim=1)
 
 
 def fault_origin(slot: SeedSlot) -> torch.Tensor:
@@ -263,4 +301,3 @@ def field_text(value: object) -> str:
 def tensor_digest(tensor: torch.Tensor) -> str:
     """A tensor's exact bytes as a short hex digest."""
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-

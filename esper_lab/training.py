@@ -53,8 +53,13 @@ class Evaluation:
 
 
 @torch.inference_mode()
-def evaluate(host: nn.Module, plane: nn.Module | None, inputs: torch.Tensor, target: torch.Tensor,
-             prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Evaluation:  # fmt: skip
+def evaluate(
+    host: nn.Module,
+    plane: nn.Module | None,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Evaluation:
     """Loss and accuracy over (inputs, target); `prepare` turns each chunk of raw inputs into
     host inputs (so a split of raw pixels is never copied whole as floats)."""
     host.eval()

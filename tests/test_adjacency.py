@@ -68,7 +68,9 @@ def test_a_bud_copies_its_seed_into_the_nearest_empty_slot_it_fits_with_a_germin
     assert (bud.blueprint, bud.blend_algorithm, bud.curve, bud.tempo) == (LADDER, BlendAlgorithm.GATE, AlphaCurve.COSINE, Tempo.FAST)
     assert bud.alpha == 0.0 and bud.alpha_target == parent.alpha_target
     assert [(e.kind, e.slot, e.name, e.value) for e in events] == [
-        (EventKind.ADJACENCY, 2, "BUD_NEXT_SURFACE", 4.0), (EventKind.TRANSITION, 4, "DORMANT->GERMINATED", float(Stage.GERMINATED))]  # fmt: skip
+        (EventKind.ADJACENCY, 2, "BUD_NEXT_SURFACE", 4.0),
+        (EventKind.TRANSITION, 4, "DORMANT->GERMINATED", float(Stage.GERMINATED)),
+    ]
     # the bud is exactly what a germination there would be: the same level, the same weights (ranks agree)
     twin = cnn_plane()
     twin.apply(Action(Op.GERMINATE, 4, LADDER))
@@ -106,8 +108,10 @@ def test_consolidation_prunes_the_next_seed_tamiyo_holds_and_grows_this_ladder()
     assert plane.slots[4].embargo_remaining == EMBARGO_STEPS and plane.slots[2].stage is Stage.FOSSILIZED
     assert plane.slots[1].ladder.level() == level + 1 and plane.slots[1].stage is Stage.BLENDING
     assert [(e.kind, e.slot, e.name) for e in events] == [
-        (EventKind.ADJACENCY, 1, "CONSOLIDATE_WITH_NEXT"), (EventKind.TRANSITION, 4, "TRAINING->PRUNED"),
-        (EventKind.LEVEL_CHANGED, 1, "CONSOLIDATE_WITH_NEXT")]  # fmt: skip
+        (EventKind.ADJACENCY, 1, "CONSOLIDATE_WITH_NEXT"),
+        (EventKind.TRANSITION, 4, "TRAINING->PRUNED"),
+        (EventKind.LEVEL_CHANGED, 1, "CONSOLIDATE_WITH_NEXT"),
+    ]
     assert not plane.action_masks().op[1, Op.CONSOLIDATE_WITH_NEXT]  # no seed of Tamiyo's after it now
     with pytest.raises(IllegalAction, match="CONSOLIDATE_WITH_NEXT needs a seed of Tamiyo's after this slot"):
         plane.apply(Action(Op.CONSOLIDATE_WITH_NEXT, 1))
@@ -121,8 +125,11 @@ def test_consolidation_prunes_the_next_seed_tamiyo_holds_and_grows_this_ladder()
 def _random_organism(seed: int, transformer: bool) -> SeedPlane:
     """A plane driven by `seed` through random legal ops, adjacency ops included."""
     torch.manual_seed(seed)
-    host = TransformerHost(TransformerConfig(vocab_size=17, context=8, density=SurfaceDensity.A1)) if transformer else \
-        CNNHost(CNNConfig(density=SurfaceDensity.A1))  # fmt: skip
+    host = (
+        TransformerHost(TransformerConfig(vocab_size=17, context=8, density=SurfaceDensity.A1))
+        if transformer
+        else CNNHost(CNNConfig(density=SurfaceDensity.A1))
+    )
     plane = SeedPlane(host, run_seed=seed)
     g = torch.Generator().manual_seed(seed)
     for _ in range(30):
@@ -198,8 +205,9 @@ def test_roi_is_an_ema_of_contribution_per_thousand_params_reset_by_a_new_seed_a
 
 
 def test_a_vetoed_bud_is_an_explicit_counted_event_the_policy_sees():
-    config = RunConfig(task="digits_cnn", density="a1", episode_length=6, batches_per_step=2, data_fraction=0.2,
-                       contribution_every=0, blueprints=("conv_light",))  # fmt: skip
+    config = RunConfig(
+        task="digits_cnn", density="a1", episode_length=6, batches_per_step=2, data_fraction=0.2, contribution_every=0, blueprints=("conv_light",)
+    )
     env = MorphEnv(config)
     env.reset()
     env.step(Action(Op.GERMINATE, 0, LIGHT))
@@ -230,10 +238,18 @@ class Script:
 
 
 # seed 6: the ladder's ROI is positive by step 6 (see tests/test_distributed.py); seed 0: it is not
-ECONOMY = RunConfig(task="digits_cnn", density="a1", episode_length=9, batches_per_step=4, data_fraction=0.3,
-                    contribution_every=1, param_budget=4.0)  # fmt: skip
-BUDDING = [Action(Op.GERMINATE, 0, LADDER, tempo=Tempo.FAST), Action(Op.ADVANCE, 0), Action(Op.ADVANCE, 0), Action(Op.WAIT),
-           Action(Op.WAIT), Action(Op.BUD_NEXT_SURFACE, 0), Action(Op.WAIT), Action(Op.CONSOLIDATE_WITH_NEXT, 0), Action(Op.WAIT)]  # fmt: skip
+ECONOMY = RunConfig(task="digits_cnn", density="a1", episode_length=9, batches_per_step=4, data_fraction=0.3, contribution_every=1, param_budget=4.0)
+BUDDING = [
+    Action(Op.GERMINATE, 0, LADDER, tempo=Tempo.FAST),
+    Action(Op.ADVANCE, 0),
+    Action(Op.ADVANCE, 0),
+    Action(Op.WAIT),
+    Action(Op.WAIT),
+    Action(Op.BUD_NEXT_SURFACE, 0),
+    Action(Op.WAIT),
+    Action(Op.CONSOLIDATE_WITH_NEXT, 0),
+    Action(Op.WAIT),
+]
 
 
 def test_the_store_reads_the_economy_per_step_and_counts_adjacency_vetoes(tmp_path):

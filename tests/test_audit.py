@@ -172,10 +172,16 @@ def test_the_labels_read_back_through_the_store(recorded, audited):
 
 
 def test_agreement_reads_ranks_and_prunes():
-    frame = pl.DataFrame({
-        "phi": [0.3, 0.1, -0.05, 0.0], "phi_low": [0.1, -0.1, -0.2, 0.0], "phi_high": [0.5, 0.3, 0.1, 0.0],
-        "contribution": [0.6, 0.2, -0.1, None], "fate_op": [None, int(Op.FOSSILIZE), int(Op.PRUNE), int(Op.PRUNE)],
-    }, schema_overrides={"fate_op": pl.Int8})  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "phi": [0.3, 0.1, -0.05, 0.0],
+            "phi_low": [0.1, -0.1, -0.2, 0.0],
+            "phi_high": [0.5, 0.3, 0.1, 0.0],
+            "contribution": [0.6, 0.2, -0.1, None],
+            "fate_op": [None, int(Op.FOSSILIZE), int(Op.PRUNE), int(Op.PRUNE)],
+        },
+        schema_overrides={"fate_op": pl.Int8},
+    )
     stats = agreement(frame)
     assert stats["rank_correlation"] == pytest.approx(1.0) and stats["rank_correlation_seeds"] == 3
     assert (stats["pruned"], stats["pruned_phi_nonpositive_share"], stats["kept"], stats["kept_phi_positive_share"]) == (2, 1.0, 2, 1.0)

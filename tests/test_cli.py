@@ -14,11 +14,22 @@ from esper_lab.cli import build_parser, main
 from esper_lab.telemetry import Store
 
 
-@pytest.mark.parametrize("argv", [
-    ["run", "--episodes", "-1"], ["run", "--episodes", "0"], ["train", "--rounds", "-1"], ["train", "--rounds", "0"],
-    ["run", "--envs", "0"], ["train", "--envs", "-2"], ["run", "--workers", "-1"], ["train", "--workers", "-1"],
-    ["train", "--episode-length", "0"], ["run", "--threads", "0"], ["pack", "run", "pack0", "--jobs", "0"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--episodes", "-1"],
+        ["run", "--episodes", "0"],
+        ["train", "--rounds", "-1"],
+        ["train", "--rounds", "0"],
+        ["run", "--envs", "0"],
+        ["train", "--envs", "-2"],
+        ["run", "--workers", "-1"],
+        ["train", "--workers", "-1"],
+        ["train", "--episode-length", "0"],
+        ["run", "--threads", "0"],
+        ["pack", "run", "pack0", "--jobs", "0"],
+    ],
+)
 def test_a_count_that_would_run_nothing_fails_before_any_compute(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main([*argv, "--telemetry", str(tmp_path)])
@@ -36,8 +47,12 @@ def test_run_and_train_use_one_torch_thread_unless_told(tmp_path):
         "run-2-threads": ["run", "--threads", "2"],
     }
     for cohort, argv in commands.items():
-        subprocess.run([sys.executable, "-m", "esper_lab.cli", *argv, "--episode-length", "1", "--telemetry", str(tmp_path),
-                        "--cohort", cohort], env=environment, check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "esper_lab.cli", *argv, "--episode-length", "1", "--telemetry", str(tmp_path), "--cohort", cohort],
+            env=environment,
+            check=True,
+            capture_output=True,
+        )
     threads = dict(Store(tmp_path).runs().select("cohort", "torch_threads").iter_rows())
     assert threads == {"run": 1, "train": 1, "run-2-threads": 2}
 
@@ -45,6 +60,10 @@ def test_run_and_train_use_one_torch_thread_unless_told(tmp_path):
 def test_every_command_and_flag_says_what_it_is_for():
     """A newcomer reads `esper-lab CMD --help`: no flag may show up there without a line of help."""
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    bare = [f"{name} {a.option_strings or a.dest}" for name, sub in commands.items() for a in sub._actions
-            if not a.help and not isinstance(a, argparse._HelpAction)]  # fmt: skip
+    bare = [
+        f"{name} {a.option_strings or a.dest}"
+        for name, sub in commands.items()
+        for a in sub._actions
+        if not a.help and not isinstance(a, argparse._HelpAction)
+    ]
     assert bare == []

@@ -43,8 +43,7 @@ class Cluster:
     def __init__(self, folder: Path):
         self.folder, self.processes = folder, []
         scheduler_file = folder / "scheduler.json"
-        self.start("scheduler", DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                   "--scheduler-file", str(scheduler_file))  # fmt: skip
+        self.start("scheduler", DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file))
         self.address = wait_for(lambda: scheduler_file.is_file() and json.loads(scheduler_file.read_text())["address"], 60, "the scheduler")
 
     def start(self, name: str, *command: str) -> subprocess.Popen:
@@ -79,8 +78,22 @@ def cluster(tmp_path):
 
 
 def pack_run(folder: Path, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "esper_lab.cli", "pack", "run", "pack0", "--preset", "smoke", "--no-report",
-            "--telemetry", str(folder / "telemetry"), "--reports", str(folder / "reports"), *flags]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "esper_lab.cli",
+        "pack",
+        "run",
+        "pack0",
+        "--preset",
+        "smoke",
+        "--no-report",
+        "--telemetry",
+        str(folder / "telemetry"),
+        "--reports",
+        str(folder / "reports"),
+        *flags,
+    ]
 
 
 def telemetry_hashes(root: Path) -> dict[str, str]:
@@ -152,9 +165,24 @@ def test_a_worker_that_cannot_see_the_telemetry_root_is_refused_before_anything_
         subprocess.run(["unshare", "-m", "--propagation", "private", "true"], check=True, capture_output=True)
     except subprocess.CalledProcessError as error:
         pytest.skip(f"unshare -m is not permitted here: {error.stderr.decode().strip()}")
-    cluster.start("w3", "unshare", "-m", "--propagation", "private", "sh", "-c",
-                  f'mount -t tmpfs none "{hidden}" && exec "$0" "$@"', DASK, "worker", cluster.address, "--name", "w3",
-                  "--nthreads", "1", "--no-dashboard")  # fmt: skip
+    cluster.start(
+        "w3",
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'mount -t tmpfs none "{hidden}" && exec "$0" "$@"',
+        DASK,
+        "worker",
+        cluster.address,
+        "--name",
+        "w3",
+        "--nthreads",
+        "1",
+        "--no-dashboard",
+    )
     wait_for(lambda: cluster.workers() == 3, 60, "the third worker")
     command = pack_run(tmp_path, "--scheduler", cluster.address)
     command[command.index("--telemetry") + 1] = str(hidden / "telemetry")

@@ -38,8 +38,15 @@ COHORTS = ("baseline", "c0_only")
 SEEDS = (1, 2)  # seed 2 buys conv_heavy in the smoke preset, so the screenshot shows a share above 0
 SCREENSHOT = Path(__file__).resolve().parents[1] / "reports" / "dashboard_conv_heavy.png"
 # Debian's chromium in a container (STACK §6): no sandbox, no GPU, nothing phoning home.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # Each Bokeh plot with its title and legend labels, read from the live document in the browser.
 PLOTS_JS = """() => [...Bokeh.documents[0].all_models].filter(m => m.title && m.renderers).map(m => ({
     title: m.title.text,
@@ -70,10 +77,15 @@ def panel_state():
 
 def test_conv_heavy_share_bands_summarise_the_runs(store):
     per_run = store.conv_heavy_share().join(store.runs(kind="ppo").select("run_id"), on="run_id")  # training runs only
-    expected = per_run.group_by("cohort", "run_step").agg(
-        runs=pl.len(), median=pl.col("conv_heavy_forward_param_share").median(),
-        q25=pl.col("conv_heavy_forward_param_share").quantile(0.25, interpolation="linear"),
-    ).sort("cohort", "run_step")  # fmt: skip
+    expected = (
+        per_run.group_by("cohort", "run_step")
+        .agg(
+            runs=pl.len(),
+            median=pl.col("conv_heavy_forward_param_share").median(),
+            q25=pl.col("conv_heavy_forward_param_share").quantile(0.25, interpolation="linear"),
+        )
+        .sort("cohort", "run_step")
+    )
     bands = store.conv_heavy_share_bands()
     assert bands.select(expected.columns).equals(expected.cast(bands.select(expected.columns).schema))
     assert set(bands["runs"]) == {len(SEEDS)}
@@ -89,8 +101,15 @@ def test_slot_series_and_event_log_name_what_the_tables_hold(store):
     assert series.filter(pl.col("blueprint") < 0)["blueprint_name"].is_null().all()  # no seed: no name
     assert set(store.slot_series(run=run, env=1, episode=0)["env"]) == {1}
     events = store.event_log(run=run)
-    assert len(events) == len(store.rows("events", run=run)) and set(events["kind_name"]) <= {"TRANSITION", "LEVEL_CHANGED",
-        "FOCUS_CHANGED", "ALPHA_TARGET_SET", "VETO", "ROLLBACK", "ERROR"}  # fmt: skip
+    assert len(events) == len(store.rows("events", run=run)) and set(events["kind_name"]) <= {
+        "TRANSITION",
+        "LEVEL_CHANGED",
+        "FOCUS_CHANGED",
+        "ALPHA_TARGET_SET",
+        "VETO",
+        "ROLLBACK",
+        "ERROR",
+    }
     assert store.episodes(run=run).select("env", "steps").rows() == [(0, 4), (1, 4)]
 
 
@@ -101,8 +120,12 @@ def test_per_episode_lines_every_arm_up_on_the_same_held_out_episode(store):
     assert table.columns == ["cohort", "seed", "episode_seed", *played]
     assert table.height == outcomes.select("cohort", "seed", "episode_seed").n_unique() == len(COHORTS) * len(SEEDS) * 2
     assert (table[CONTROL] == 0).all()  # the control's gain over itself
-    one = outcomes.filter((pl.col("arm") == "random") & (pl.col("episode_seed") == table["episode_seed"][0])
-                          & (pl.col("cohort") == table["cohort"][0]) & (pl.col("seed") == table["seed"][0]))  # fmt: skip
+    one = outcomes.filter(
+        (pl.col("arm") == "random")
+        & (pl.col("episode_seed") == table["episode_seed"][0])
+        & (pl.col("cohort") == table["cohort"][0])
+        & (pl.col("seed") == table["seed"][0])
+    )
     assert table["random"][0] == one["gain"].item()
 
 
@@ -140,7 +163,7 @@ def test_bad_roots_fail_with_one_clear_line(tmp_path, capsys):
 def test_save_html_renders_every_page_offline(root, store, tmp_path):
     html = save_html(root, tmp_path / "dash.html", cohort="c0_only").read_text()  # renders all five pages
     assert store.runs("c0_only")["run_id"][0] in html and "Slot inspector" in html
-    assert "\"name\":\"ImportedStyleSheet\"" not in html and "\"name\":\"InlineStyleSheet\"" in html  # no CDN stylesheet left
+    assert '"name":"ImportedStyleSheet"' not in html and '"name":"InlineStyleSheet"' in html  # no CDN stylesheet left
 
 
 def test_a_run_without_steps_says_so_instead_of_keeping_the_previous_run(root, tmp_path):
@@ -197,8 +220,9 @@ def start_server(root: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, 
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "esper_lab.cli", "dashboard", "--root", str(root), "--port", str(port), *extra],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     return process, f"http://127.0.0.1:{port}/"
 
 
@@ -248,8 +272,13 @@ def test_the_dashboard_answers_only_to_its_own_host_names(url, store):
     status, body = raw_get(url, evil, Origin=f"http://{evil}")
     assert status == 403 and "--allow-host evil.example" in body
     assert not any(run in body for run in store.runs()["run_id"])
-    websocket = {"Origin": f"http://{evil}", "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
+    websocket = {
+        "Origin": f"http://{evil}",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
     assert raw_get(url, evil, "/ws", **websocket)[0] == 403
     for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
         assert raw_get(url, host)[0] == 200
@@ -298,10 +327,15 @@ def test_choosing_a_cohort_shows_it_in_the_conv_heavy_share(dashboard):
     dashboard.screenshot(path=SCREENSHOT, full_page=True)
 
 
-@pytest.mark.parametrize("tab, header", [
-    ("Rent & churn economy", "Rent & churn economy — "), ("Lifecycle swimlane", "Lifecycle swimlane — "),
-    ("Policy health", "Policy health — "), ("Slot inspector", "Slot inspector — "),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "tab, header",
+    [
+        ("Rent & churn economy", "Rent & churn economy — "),
+        ("Lifecycle swimlane", "Lifecycle swimlane — "),
+        ("Policy health", "Policy health — "),
+        ("Slot inspector", "Slot inspector — "),
+    ],
+)
 def test_every_tab_renders(dashboard, tab, header):
     dashboard.get_by_text(tab, exact=True).click()
     dashboard.get_by_text(header).first.wait_for()

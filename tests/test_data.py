@@ -58,8 +58,13 @@ def test_digits_split_is_seeded_and_stratified():
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"val_fraction": 0.0}, "val_fraction"), ({"val_fraction": 1}, "val_fraction"),
-     ({"val_fraction": 0.001}, "val_fraction"), ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed")],
+    [
+        ({"val_fraction": 0.0}, "val_fraction"),
+        ({"val_fraction": 1}, "val_fraction"),
+        ({"val_fraction": 0.001}, "val_fraction"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.5}, "seed"),
+    ],
 )
 def test_digits_rejects_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -120,8 +125,11 @@ def test_pydoc_corpus_rejects_bad_input(data_dir):
         corpus.decode(torch.tensor([corpus.vocab_size]))
     with pytest.raises(ValueError, match="decode"):
         corpus.decode(torch.tensor([-1]))
-    for kwargs, name in [({"val_fraction": 1.0}, "val_fraction"), ({"max_chars": 1}, "max_chars"),
-                         ({"max_chars": 2, "val_fraction": 0.6}, "val_fraction")]:
+    for kwargs, name in [
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"max_chars": 1}, "max_chars"),
+        ({"max_chars": 2, "val_fraction": 0.6}, "val_fraction"),
+    ]:
         with pytest.raises(ValueError, match=name):
             load_pydoc_corpus(**kwargs)
 
@@ -226,10 +234,14 @@ class _Shell:
 
 @pytest.mark.parametrize(
     "payload",
-    [b"not a pickle", pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]})[:-20],
-     pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}),
-     pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}),
-     pickle.dumps({b"labels": [0, 1]}), pickle.dumps(_Shell())],
+    [
+        b"not a pickle",
+        pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]})[:-20],
+        pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}),
+        pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}),
+        pickle.dumps({b"labels": [0, 1]}),
+        pickle.dumps(_Shell()),
+    ],
     ids=["garbage", "truncated", "wrong-shape", "bad-label", "no-data", "code"],
 )
 def test_cifar10_corrupt_batch_names_the_file(data_dir, payload):
@@ -242,9 +254,11 @@ def test_cifar10_corrupt_batch_names_the_file(data_dir, payload):
 def test_cifar10_reads_python2_pickles():
     """The download was written by Python 2's cPickle: numpy.core globals and str (= bytes) data."""
     image = bytes(range(6))
-    blob = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
-            b"(K\x01K\x02K\x03\x86cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xff"
-            b"J\xff\xff\xff\xffK\x00tb\x89U\x06" + image + b"tb.")
+    blob = (
+        b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+        b"(K\x01K\x02K\x03\x86cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xff"
+        b"J\xff\xff\xff\xffK\x00tb\x89U\x06" + image + b"tb."
+    )
     array = data._NumpyOnlyUnpickler(io.BytesIO(blob), encoding="bytes").load()
     assert array.dtype == np.uint8 and array.tolist() == [[0, 1, 2], [3, 4, 5]]
 
@@ -281,12 +295,14 @@ def test_lm_batches_are_seeded_shifted_and_cover_the_offsets():
 
 @pytest.mark.parametrize(
     ("call", "name"),
-    [(lambda x, g: classification_batches(x, x, 0, g), "batch_size"),
-     (lambda x, g: classification_batches(x, x, 4, g, max_batches=0), "max_batches"),
-     (lambda x, g: classification_batches(x, x[:3], 4, g), "x and y"),
-     (lambda x, g: lm_batches(x, 10, 4, g, 1), "context"),
-     (lambda x, g: lm_batches(x, 4, 4, g, 0), "max_batches"),
-     (lambda x, g: lm_batches(x.view(2, 5), 4, 4, g, 1), "ids")],
+    [
+        (lambda x, g: classification_batches(x, x, 0, g), "batch_size"),
+        (lambda x, g: classification_batches(x, x, 4, g, max_batches=0), "max_batches"),
+        (lambda x, g: classification_batches(x, x[:3], 4, g), "x and y"),
+        (lambda x, g: lm_batches(x, 10, 4, g, 1), "context"),
+        (lambda x, g: lm_batches(x, 4, 4, g, 0), "max_batches"),
+        (lambda x, g: lm_batches(x.view(2, 5), 4, 4, g, 1), "ids"),
+    ],
 )
 def test_iterators_reject_bad_arguments_at_the_call(call, name):
     with pytest.raises(ValueError, match=name):

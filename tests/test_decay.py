@@ -146,8 +146,7 @@ def test_the_scar_and_sedation_state_is_part_of_the_fingerprint():
 
 
 # --- Emrakul's rules -----------------------------------------------------------------------------
-def drive(emrakul: Emrakul, plane: SeedPlane, metrics: list[float], rent: float = 0.5, steps_left: int = 100,
-          order: int | None = None):  # fmt: skip
+def drive(emrakul: Emrakul, plane: SeedPlane, metrics: list[float], rent: float = 0.5, steps_left: int = 100, order: int | None = None):
     """One Emrakul decision per metric, each followed by the step boundary; all events."""
     events = []
     for metric in metrics:
@@ -271,8 +270,17 @@ def test_a_learned_emrakul_probes_only_what_she_orders_among_what_her_mask_allow
 
 
 def test_the_env_shows_a_learned_emrakul_her_phages_and_refuses_an_order_outside_the_mask():
-    config = RunConfig(task="digits_cnn", density="a1", episode_length=30, max_seeds=8, param_budget=4.0, batches_per_step=2,
-                       data_fraction=0.25, economy={"rent_weight": 1.0}, decay={"enabled": True, "learned": True})  # fmt: skip
+    config = RunConfig(
+        task="digits_cnn",
+        density="a1",
+        episode_length=30,
+        max_seeds=8,
+        param_budget=4.0,
+        batches_per_step=2,
+        data_fraction=0.25,
+        economy={"rent_weight": 1.0},
+        decay={"enabled": True, "learned": True},
+    )
     env, planter = MorphEnv(config), PlanterPolicy(Blueprint.CONV_HEAVY)
     result, probed = env.reset(), []
     with pytest.raises(IllegalAction, match="SEDATE phage 0"):
@@ -293,8 +301,16 @@ def test_the_env_shows_a_learned_emrakul_her_phages_and_refuses_an_order_outside
 
 # --- in a real env ---------------------------------------------------------------------------------
 def test_emrakul_lyses_planted_redundancy_in_live_training_and_leaves_readable_events():
-    config = RunConfig(task="digits_cnn", density="a1", episode_length=40, max_seeds=8, param_budget=4.0, batches_per_step=6,
-                       economy={"rent_weight": 1.0}, decay={"enabled": True})  # fmt: skip
+    config = RunConfig(
+        task="digits_cnn",
+        density="a1",
+        episode_length=40,
+        max_seeds=8,
+        param_budget=4.0,
+        batches_per_step=6,
+        economy={"rent_weight": 1.0},
+        decay={"enabled": True},
+    )
     env, policy = MorphEnv(config), PlanterPolicy(Blueprint.CONV_HEAVY)
     result, events = env.reset(), []
     while not result.done:

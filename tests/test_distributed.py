@@ -14,9 +14,18 @@ from esper_lab.policy import PlanterPolicy
 CONFIG = RunConfig(task="digits_cnn", episode_length=12, batches_per_step=4, data_fraction=0.3)
 LADDER = Blueprint.CONV_CHANNEL_LADDER
 # germinate, train, blend, grow, shrink, wait for alpha, hold, fossilise (tempo FAST = 3 steps)
-SCRIPT = [Action(Op.GERMINATE, 0, LADDER), Action(Op.ADVANCE, 0), Action(Op.ADVANCE, 0),
-          Action(Op.GROW_INTERNAL, 0), Action(Op.SHRINK_INTERNAL, 0), Action(Op.WAIT), Action(Op.WAIT),
-          Action(Op.ADVANCE, 0), Action(Op.FOSSILIZE, 0), Action(Op.WAIT)]  # fmt: skip
+SCRIPT = [
+    Action(Op.GERMINATE, 0, LADDER),
+    Action(Op.ADVANCE, 0),
+    Action(Op.ADVANCE, 0),
+    Action(Op.GROW_INTERNAL, 0),
+    Action(Op.SHRINK_INTERNAL, 0),
+    Action(Op.WAIT),
+    Action(Op.WAIT),
+    Action(Op.ADVANCE, 0),
+    Action(Op.FOSSILIZE, 0),
+    Action(Op.WAIT),
+]
 
 
 def _worker(rank: int, world_size: int, rendezvous: str, results: dict, desync_step: int | None) -> None:
@@ -44,8 +53,18 @@ def _launch(tmp_path, desync_step=None, worker=None) -> dict:
     return dict(results)
 
 
-DECAY = RunConfig(task="digits_cnn", density="a1", episode_length=40, batches_per_step=4, data_fraction=0.3, max_seeds=6,
-                  param_budget=4.0, contribution_every=2, economy={"rent_weight": 1.0}, decay={"enabled": True})  # fmt: skip
+DECAY = RunConfig(
+    task="digits_cnn",
+    density="a1",
+    episode_length=40,
+    batches_per_step=4,
+    data_fraction=0.3,
+    max_seeds=6,
+    param_budget=4.0,
+    contribution_every=2,
+    economy={"rent_weight": 1.0},
+    decay={"enabled": True},
+)
 
 
 def _decay_worker(rank: int, world_size: int, rendezvous: str, results: dict, _) -> None:
@@ -53,8 +72,12 @@ def _decay_worker(rank: int, world_size: int, rendezvous: str, results: dict, _)
     torch.set_num_threads(1)
     policy, kinds = PlanterPolicy(Blueprint.CONV_HEAVY, regrow=True), []
     with process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size):
-        prints = run(DECAY, lambda result: policy.act([result])[0], DECAY.episode_length,
-                     before_check=lambda step, env: kinds.append([int(slot.kind) for slot in env.plane.slots]))  # fmt: skip
+        prints = run(
+            DECAY,
+            lambda result: policy.act([result])[0],
+            DECAY.episode_length,
+            before_check=lambda step, env: kinds.append([int(slot.kind) for slot in env.plane.slots]),
+        )
     results[rank] = (prints, kinds)
 
 
@@ -81,19 +104,28 @@ def test_lysis_and_regrowth_stay_symmetric_across_ranks(tmp_path):
     assert prints0 == prints1 and kinds0 == kinds1  # every step: the same phages, sedations, scars and seeds
     seen = {kind for step in kinds0 for kind in step}
     assert {SlotKind.PHAGE, SlotKind.SCAR} <= seen  # Emrakul lysed on both ranks alike
-    scarred_then_seed = any(a == SlotKind.SCAR and b == SlotKind.SEED for t in range(len(kinds0) - 1)
-                            for a, b in zip(kinds0[t], kinds0[t + 1]))  # fmt: skip
+    scarred_then_seed = any(a == SlotKind.SCAR and b == SlotKind.SEED for t in range(len(kinds0) - 1) for a, b in zip(kinds0[t], kinds0[t + 1]))
     assert scarred_then_seed  # and a scar was regrown (or expired) in step on both
 
 
 # seed 6: one whose ladder shows a positive ROI by the bud (on most seeds it barely moves the
 # digits metric, the governor vetoes the bud and the script's consolidation is illegal)
-ADJACENT = RunConfig(task="digits_cnn", density="a1", episode_length=12, batches_per_step=4, data_fraction=0.3,
-                     contribution_every=1, param_budget=4.0, seed=6)  # fmt: skip
+ADJACENT = RunConfig(
+    task="digits_cnn", density="a1", episode_length=12, batches_per_step=4, data_fraction=0.3, contribution_every=1, param_budget=4.0, seed=6
+)
 # a ladder blends in and is measured every step; then it buds twice and consolidates with its bud
-ADJACENT_SCRIPT = [Action(Op.GERMINATE, 0, LADDER, tempo=Tempo.FAST), Action(Op.ADVANCE, 0), Action(Op.ADVANCE, 0),
-                   Action(Op.WAIT), Action(Op.WAIT), Action(Op.BUD_NEXT_SURFACE, 0), Action(Op.WAIT),
-                   Action(Op.CONSOLIDATE_WITH_NEXT, 0), Action(Op.BUD_NEXT_SURFACE, 0), Action(Op.WAIT)]  # fmt: skip
+ADJACENT_SCRIPT = [
+    Action(Op.GERMINATE, 0, LADDER, tempo=Tempo.FAST),
+    Action(Op.ADVANCE, 0),
+    Action(Op.ADVANCE, 0),
+    Action(Op.WAIT),
+    Action(Op.WAIT),
+    Action(Op.BUD_NEXT_SURFACE, 0),
+    Action(Op.WAIT),
+    Action(Op.CONSOLIDATE_WITH_NEXT, 0),
+    Action(Op.BUD_NEXT_SURFACE, 0),
+    Action(Op.WAIT),
+]
 
 
 def _adjacency_worker(rank: int, world_size: int, rendezvous: str, results: dict, _) -> None:
@@ -105,8 +137,7 @@ def _adjacency_worker(rank: int, world_size: int, rendezvous: str, results: dict
         return script.pop(0)
 
     with process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size):
-        prints = run(ADJACENT, act, len(ADJACENT_SCRIPT),
-                     before_check=lambda step, env: stages.append([slot.stage.name for slot in env.plane.slots]))  # fmt: skip
+        prints = run(ADJACENT, act, len(ADJACENT_SCRIPT), before_check=lambda step, env: stages.append([slot.stage.name for slot in env.plane.slots]))
     results[rank] = (prints, stages, seen)
 
 

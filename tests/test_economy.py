@@ -1,8 +1,8 @@
 """The economy against numbers worked by hand from seed 003 §5.1.
 
-    C_rent  = min(max_rent, log(1 + sum_occupied(BaseSlotRent + alpha_i * P_seed_i) / P_host))
-    BaseSlotRent = 0.0039 * P_host per occupied slot
-    R_total = R_task - W_rent * C_rent - W_churn * C_churn - intervention costs
+C_rent  = min(max_rent, log(1 + sum_occupied(BaseSlotRent + alpha_i * P_seed_i) / P_host))
+BaseSlotRent = 0.0039 * P_host per occupied slot
+R_total = R_task - W_rent * C_rent - W_churn * C_churn - intervention costs
 """
 
 from __future__ import annotations

@@ -101,9 +101,7 @@ def test_reset_and_step_contract():
         assert parts.rent == pytest.approx(rent) and parts.rent > 0  # a seed is occupying slot 1
         assert parts.task == pytest.approx(economy.task_scale * result.metrics["metric_gain"])
         assert parts.intervention == 0.0
-        assert parts.total == pytest.approx(
-            parts.task - economy.rent_weight * parts.rent - economy.churn_weight * parts.churn - parts.intervention
-        )
+        assert parts.total == pytest.approx(parts.task - economy.rent_weight * parts.rent - economy.churn_weight * parts.churn - parts.intervention)
     stages = [Stage(int(s)) for s in result.report.column("stage")]
     assert stages == [Stage.DORMANT, Stage.BLENDING]
     assert 0 < float(result.report.column("alpha")[1]) < 1
@@ -119,8 +117,7 @@ def test_reset_and_step_contract():
 def test_illegal_action_raises_naming_stage_and_op_and_changes_nothing():
     env, _ = fresh(small())
     env.step(Action(Op.WAIT))
-    before = (env.plane.fingerprint(), host_state(env), env.data_order.get_state().clone(), env.step_count,
-              list(env.ledger.edits), env.metric)  # fmt: skip
+    before = (env.plane.fingerprint(), host_state(env), env.data_order.get_state().clone(), env.step_count, list(env.ledger.edits), env.metric)
 
     for action, words in [
         (Action(Op.ADVANCE, 0), ["DORMANT", "ADVANCE"]),
@@ -132,8 +129,7 @@ def test_illegal_action_raises_naming_stage_and_op_and_changes_nothing():
             env.step(action)
         assert all(word in str(info.value) for word in words), str(info.value)
 
-    after = (env.plane.fingerprint(), host_state(env), env.data_order.get_state(), env.step_count,
-             list(env.ledger.edits), env.metric)  # fmt: skip
+    after = (env.plane.fingerprint(), host_state(env), env.data_order.get_state(), env.step_count, list(env.ledger.edits), env.metric)
     assert after[0] == before[0]
     assert all(torch.equal(after[1][k], v) for k, v in before[1].items())
     assert torch.equal(after[2], before[2])
@@ -381,8 +377,15 @@ def test_vec_env_rejects_bad_input():
 def test_cifar_envs_share_one_compact_copy_and_keep_their_own_order(tmp_path, monkeypatch):
     monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path))
     write_cifar10_batches(tmp_path / "cifar", per_batch=40)
-    config = RunConfig(task="cifar10_cnn", cifar_folder=str(tmp_path / "cifar"), host={"widths": (4, 8)},
-                       episode_length=2, batches_per_step=2, batch_size=16, val_samples=12)  # fmt: skip
+    config = RunConfig(
+        task="cifar10_cnn",
+        cifar_folder=str(tmp_path / "cifar"),
+        host={"widths": (4, 8)},
+        episode_length=2,
+        batches_per_step=2,
+        batch_size=16,
+        val_samples=12,
+    )
     vec = VecEnv(config, 2)
     results = vec.reset()
     first, second = vec.envs

@@ -74,9 +74,7 @@ def write_pack(tmp_path, body: str = PACK_TOML, notebook: str = "member.ipynb"):
 
 def write_notebook(tmp_path, code: str) -> None:
     """A stand-in pack notebook: the same parameters cell as the real ones, then `code`."""
-    params = nbformat.v4.new_code_cell(
-        'pack = "tiny"\npreset = "smoke"\ncohort = "base"\nseed = 0\ntelemetry_root = ""\noverrides = {}'
-    )
+    params = nbformat.v4.new_code_cell('pack = "tiny"\npreset = "smoke"\ncohort = "base"\nseed = 0\ntelemetry_root = ""\noverrides = {}')
     params.metadata["tags"] = ["parameters"]
     notebook = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(code)])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -131,8 +129,11 @@ def test_runner_records_failures_keeps_going_skips_completed_and_retries_failed(
     reports = tmp_path / "reports"
     statuses = run_pack(pack, "smoke", jobs=2, telemetry_root=tmp_path / "telemetry", reports_dir=reports)
     assert {k: v["status"] for k, v in statuses.items()} == {
-        ("base", 0): "completed", ("base", 1): "failed", ("ladder", 0): "completed", ("ladder", 1): "failed",
-    }  # fmt: skip
+        ("base", 0): "completed",
+        ("base", 1): "failed",
+        ("ladder", 0): "completed",
+        ("ladder", 1): "failed",
+    }
     assert "seed 1 breaks" in statuses[("base", 1)]["error"]
     assert (reports / "tiny" / "smoke" / "base" / "seed=0.ipynb").is_file()
 
@@ -156,8 +157,7 @@ def test_runner_records_failures_keeps_going_skips_completed_and_retries_failed(
 
 @pytest.mark.parametrize(("machine", "jobs", "each"), [("4", 2, "2"), ("2", 2, "1"), ("1", 3, "1")])
 def test_the_runner_shares_the_cores_out_among_its_jobs(tmp_path, monkeypatch, machine, jobs, each):
-    write_notebook(tmp_path, "import os, pathlib\n"
-                             "pathlib.Path(telemetry_root, f'{cohort}{seed}').write_text(os.environ['ESPER_LAB_CORES'])")
+    write_notebook(tmp_path, "import os, pathlib\npathlib.Path(telemetry_root, f'{cohort}{seed}').write_text(os.environ['ESPER_LAB_CORES'])")
     monkeypatch.setenv("ESPER_LAB_CORES", machine)
     run_pack(load_pack(write_pack(tmp_path)), "smoke", jobs=jobs, telemetry_root=tmp_path / "t", reports_dir=tmp_path / "r")
     assert {p.read_text() for p in (tmp_path / "t").glob("*[01]")} == {each}
@@ -183,8 +183,11 @@ def test_the_cli_refuses_a_reserved_parameter_in_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["pack0", "mypack"])
 def test_a_pack_given_by_path_runs_with_its_own_settings(tmp_path, name):
     # named like a shipped pack, or like none: either way the members must load this very file
-    write_notebook(tmp_path, "from esper_lab.experiments.packs import load_pack\nspec = load_pack(pack)\n"
-                             "assert (spec.title, spec.presets[preset]['episode_length']) == ('Tiny pack', 2), spec")  # fmt: skip
+    write_notebook(
+        tmp_path,
+        "from esper_lab.experiments.packs import load_pack\nspec = load_pack(pack)\n"
+        "assert (spec.title, spec.presets[preset]['episode_length']) == ('Tiny pack', 2), spec",
+    )
     pack = load_pack(write_pack(tmp_path, PACK_TOML.replace('name = "tiny"', f'name = "{name}"').replace("[0, 1]", "[0]")))
     statuses = run_pack(pack, "smoke", jobs=2, telemetry_root=tmp_path / "telemetry", reports_dir=tmp_path / "reports")
     assert {s["status"] for s in statuses.values()} == {"completed"}, [s["error"] for s in statuses.values()]
@@ -196,8 +199,9 @@ def test_pack_report_on_an_empty_root_is_one_clear_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     argv = ["pack", "report", str(write_pack(tmp_path)), "--telemetry", str(tmp_path / "empty"), "--reports", str(tmp_path / "r")]
     assert main(argv) == 2
-    assert capsys.readouterr().err == (f"esper-lab: error: no runs of preset 'smoke' under {tmp_path / 'empty'}: "
-                                       "run `esper-lab pack run tiny --preset smoke` first\n")  # fmt: skip
+    assert capsys.readouterr().err == (
+        f"esper-lab: error: no runs of preset 'smoke' under {tmp_path / 'empty'}: run `esper-lab pack run tiny --preset smoke` first\n"
+    )
 
 
 def test_a_list_parameter_given_as_one_string_is_one_item():
@@ -211,8 +215,14 @@ def test_a_list_parameter_given_as_one_string_is_one_item():
 def test_a_phase_notebook_takes_one_cohort_from_the_papermill_command_line(tmp_path):
     # `papermill ... -p cohorts a0_only` passes the string "a0_only" for the list parameter
     output = tmp_path / "phase0.ipynb"
-    papermill.execute_notebook(str(NOTEBOOKS / "phase0_ladders.ipynb"), str(output), kernel_name="python3", progress_bar=False,
-                               parameters={"cohorts": "a0_only"}, cwd=str(NOTEBOOKS))  # fmt: skip
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "phase0_ladders.ipynb"),
+        str(output),
+        kernel_name="python3",
+        progress_bar=False,
+        parameters={"cohorts": "a0_only"},
+        cwd=str(NOTEBOOKS),
+    )
     text = output.read_text()
     assert "a0_only" in text and "cohort='a'" not in text
 
@@ -236,10 +246,10 @@ def test_exit_gates_judge_each_cohort_against_the_control_with_cis(tmp_path):
     for arm in ("ppo_greedy", "ppo_sampled", "static"):
         rows += outcome_rows("base", arm, rng)
         rows += outcome_rows("ladder", arm, rng, conv_heavy_share=0.2, roi=1.5, level_change_rate=0.9)
-    usage = pl.DataFrame([{"cohort": c, "seed": s, "grow_shrink_share": v} for s in range(5)
-                          for c, v in (("base", 0.0), ("ladder", GROW_SHRINK_GATE + 0.05))])  # fmt: skip
-    entropy = pl.DataFrame([{"cohort": c, "seed": s, "kept": v} for s in range(5)
-                            for c, v in (("base", 0.9), ("ladder", ENTROPY_KEPT * 0.5))])  # fmt: skip
+    usage = pl.DataFrame(
+        [{"cohort": c, "seed": s, "grow_shrink_share": v} for s in range(5) for c, v in (("base", 0.0), ("ladder", GROW_SHRINK_GATE + 0.05))]
+    )
+    entropy = pl.DataFrame([{"cohort": c, "seed": s, "kept": v} for s in range(5) for c, v in (("base", 0.9), ("ladder", ENTROPY_KEPT * 0.5))])
     ev = Evidence(pl.DataFrame(rows), usage, entropy, pl.DataFrame())
     verdicts = {(g.name, g.cohort): g.verdict for g in seed002_gates(pack, ev)}
     assert verdicts == {
@@ -268,9 +278,12 @@ def test_stage1_gates_judge_growth_against_the_static_host_and_the_baselines(tmp
     usage = pl.DataFrame([{"cohort": "base", "seed": s, "grow_shrink_share": 0.0, "wait_share": 0.6} for s in range(5)])
     heads = pl.DataFrame([{"cohort": "base", "head": h, "open_entropy": e} for h, e in (("op", 1.0), ("blueprint", 0.01))])
     verdicts = {g.name: g.verdict for g in stage1_gates(pack, Evidence(pl.DataFrame(rows), usage, pl.DataFrame(), heads))}
-    assert verdicts == {"1 growth pays": "PASS", "2 beats baselines": "PASS",
-                        "3 no collapse": "FAIL",  # the blueprint head is dead (0.01 nats where it had a choice)
-                        "4 no oscillation": "PASS"}  # fmt: skip
+    assert verdicts == {
+        "1 growth pays": "PASS",
+        "2 beats baselines": "PASS",
+        "3 no collapse": "FAIL",  # the blueprint head is dead (0.01 nats where it had a choice)
+        "4 no oscillation": "PASS",
+    }
 
 
 def test_phase5_gates_tell_a_disciplined_economy_from_one_stuck_fossilising(tmp_path):
@@ -281,26 +294,56 @@ def test_phase5_gates_tell_a_disciplined_economy_from_one_stuck_fossilising(tmp_
     rows, curves, ops = [], [], []
     for cohort, lost, heavy, falling, top in (("steady", 0, 0.1, True, None), ("stuck", 1, 0.6, False, "FOSSILIZE")):
         rows += outcome_rows(cohort, "static", rng, **quiet) + outcome_rows(cohort, "heuristic", rng, **quiet)
-        rows += outcome_rows(cohort, "ppo_greedy", rng, score=81.0, conv_heavy_share=heavy, vetoes=1.0, roi_vetoes=0.5,
-                             episode_return=2.0, fossils=2, fossils_kept=2 - lost, fossil_contribution=0.5)  # fmt: skip
+        rows += outcome_rows(
+            cohort,
+            "ppo_greedy",
+            rng,
+            score=81.0,
+            conv_heavy_share=heavy,
+            vetoes=1.0,
+            roi_vetoes=0.5,
+            episode_return=2.0,
+            fossils=2,
+            fossils_kept=2 - lost,
+            fossil_contribution=0.5,
+        )
         for seed in range(5):
             churn = np.linspace(2.0, 0.5, 20) if falling else np.linspace(0.5, 2.0, 20)
-            curves += [{"cohort": cohort, "run_id": f"{cohort}-{seed}", "seed": seed, "episode": e, "churn": c + rng.normal(0, 0.05)}
-                       for e, c in enumerate(churn)]  # fmt: skip
-            ops += [{"cohort": cohort, "seed": seed, "op_name": name, "chosen": 19 if name == top else 1 if top else 7}
-                    for name in ("GERMINATE", "ADVANCE", "FOSSILIZE")]  # fmt: skip
-    per_seed = lambda **values: pl.DataFrame([{"cohort": c, "seed": s, **values} for c in ("steady", "stuck") for s in range(5)])  # noqa: E731
+            curves += [
+                {"cohort": cohort, "run_id": f"{cohort}-{seed}", "seed": seed, "episode": e, "churn": c + rng.normal(0, 0.05)}
+                for e, c in enumerate(churn)
+            ]
+            ops += [
+                {"cohort": cohort, "seed": seed, "op_name": name, "chosen": 19 if name == top else 1 if top else 7}
+                for name in ("GERMINATE", "ADVANCE", "FOSSILIZE")
+            ]
+    per_seed = lambda **values: pl.DataFrame([{"cohort": c, "seed": s, **values} for c in ("steady", "stuck") for s in range(5)])
     heads = pl.DataFrame([{"cohort": c, "head": "op", "open_entropy": 1.0} for c in ("steady", "stuck")])
-    ev = Evidence(pl.DataFrame(rows, infer_schema_length=None), per_seed(wait_share=0.6), per_seed(kept=0.9), heads,
-                  curves=pl.DataFrame(curves), ops=pl.DataFrame(ops))
+    ev = Evidence(
+        pl.DataFrame(rows, infer_schema_length=None),
+        per_seed(wait_share=0.6),
+        per_seed(kept=0.9),
+        heads,
+        curves=pl.DataFrame(curves),
+        ops=pl.DataFrame(ops),
+    )
     assert churn_drop(ev.curves).filter(pl.col("cohort") == "steady").height == 5 * 4  # 20 episodes: 4 pairs a run
     verdicts = {(g.name, g.cohort): g.verdict for g in phase5_gates(pack, ev)}
     assert {name: v for (name, cohort), v in verdicts.items() if cohort == "steady"} == {
-        "1 churn drops": "PASS", "2 ROI stays high": "PASS", "3 fossils stable and beneficial": "PASS", "4 minimal conv_heavy": "PASS",
-        "5 governor consistent": "PASS", "6 no collapse": "PASS", "7 metric kept": "PASS"}  # fmt: skip
+        "1 churn drops": "PASS",
+        "2 ROI stays high": "PASS",
+        "3 fossils stable and beneficial": "PASS",
+        "4 minimal conv_heavy": "PASS",
+        "5 governor consistent": "PASS",
+        "6 no collapse": "PASS",
+        "7 metric kept": "PASS",
+    }
     assert {name: v for (name, cohort), v in verdicts.items() if cohort == "stuck" and v != "PASS"} == {
-        "1 churn drops": "FAIL", "3 fossils stable and beneficial": "FAIL",  # a fossil per episode was lost
-        "4 minimal conv_heavy": "FAIL", "6 no collapse": "FAIL"}  # 19 of 21 non-WAIT decisions fossilise  # fmt: skip
+        "1 churn drops": "FAIL",
+        "3 fossils stable and beneficial": "FAIL",  # a fossil per episode was lost
+        "4 minimal conv_heavy": "FAIL",
+        "6 no collapse": "FAIL",
+    }  # 19 of 21 non-WAIT decisions fossilise
 
 
 def test_the_stage1_study_runs_on_cifar10_too(tmp_path, monkeypatch):
@@ -319,8 +362,11 @@ def test_the_stage1_economy_lets_a_cheap_seed_pay_and_prices_a_host_sized_one_at
     task reward), and the static host exactly 0."""
     settings = load_pack("stage1_growth").settings("growth", 0, "full")
     returns = {}
-    for name, policy in (("attention", OraclePolicy(Blueprint.ATTENTION)), ("conv_heavy", OraclePolicy(Blueprint.CONV_HEAVY)),
-                         ("static", StaticPolicy())):  # fmt: skip
+    for name, policy in (
+        ("attention", OraclePolicy(Blueprint.ATTENTION)),
+        ("conv_heavy", OraclePolicy(Blueprint.CONV_HEAVY)),
+        ("static", StaticPolicy()),
+    ):
         (summary,) = run_episodes(VecEnv(settings.run, 1), policy, seeds=eval_seeds(0, 1))
         returns[name] = summary
     assert returns["static"].episode_return == 0.0
@@ -388,8 +434,7 @@ def test_the_decay_gates_read_emrakul_against_the_same_planted_episodes_without_
     assert page.select(pn.pane.Markdown)[0].object.startswith("### Decay — emrakul-seed0-smoke-flat-eval-planter")
     assert len(page.select(pn.pane.HoloViews)) == 2  # debt and sedation per phage
     probes = page.select(pn.pane.DataFrame)[0].object
-    assert len(probes) == ev.probes.filter((pl.col("run_id") == selection.run.value) & (pl.col("env") == 0)
-                                           & (pl.col("episode") == 0)).height  # fmt: skip
+    assert len(probes) == ev.probes.filter((pl.col("run_id") == selection.run.value) & (pl.col("env") == 0) & (pl.col("episode") == 0)).height
 
 
 @pytest.mark.parametrize("notebook", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)

@@ -79,15 +79,16 @@ def random_organism(kind: str, density: SurfaceDensity, seed: int) -> tuple[torc
     seeded slots fossilised and a random half of the phages sedated; seeds perturbed."""
     host, plane = build(kind, density, seed)
     generator = torch.Generator().manual_seed(seed)
-    pick = lambda n: int(torch.randint(n, (), generator=generator))  # noqa: E731
-    choose = lambda mask: int(mask.nonzero().flatten()[pick(int(mask.sum()))])  # noqa: E731
+    pick = lambda n: int(torch.randint(n, (), generator=generator))
+    choose = lambda mask: int(mask.nonzero().flatten()[pick(int(mask.sum()))])
     for _ in range(RANDOM_STEPS):
         masks = plane.action_masks()
         op = Op(choose(masks.op.any(0)))
         slot = choose(masks.op[:, op]) if op is not Op.WAIT else 0
         blueprint = Blueprint(choose(masks.blueprint[slot])) if op is Op.GERMINATE else Blueprint.NOOP
-        plane.apply(Action(op, slot, blueprint, blend=pick(len(BlendAlgorithm)), curve=pick(len(AlphaCurve)),
-                           tempo=Tempo.FAST, target=pick(len(AlphaTarget))))  # fmt: skip
+        plane.apply(
+            Action(op, slot, blueprint, blend=pick(len(BlendAlgorithm)), curve=pick(len(AlphaCurve)), tempo=Tempo.FAST, target=pick(len(AlphaTarget)))
+        )
         plane.tick()
     for slot in plane.slots:
         if pick(2):

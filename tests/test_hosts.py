@@ -103,9 +103,7 @@ def test_transformer_a2_roles_and_widths():
     specs = host.injection_specs()
     roles = (Role.ATTN_QKV, Role.ATTN_O, Role.MLP_UP, Role.MLP_DOWN)
     widths = {Role.ATTN_QKV: (48, 16), Role.ATTN_O: (16, 16), Role.MLP_UP: (64, 16), Role.MLP_DOWN: (16, 64)}
-    assert [(s.depth_idx, s.site, s.role) for s in specs] == [
-        (layer, Site.PROJECTION, role) for layer in range(3) for role in roles
-    ]
+    assert [(s.depth_idx, s.site, s.role) for s in specs] == [(layer, Site.PROJECTION, role) for layer in range(3) for role in roles]
     assert all((s.width, s.in_width) == widths[s.role] for s in specs)
 
 
@@ -113,9 +111,7 @@ def test_transformer_sites_a0_a1():
     a0 = _transformer("a0")[0].injection_specs()
     a1 = _transformer("a1")[0].injection_specs()
     assert [(s.depth_idx, s.site) for s in a0] == [(0, Site.BLOCK_END), (1, Site.BLOCK_END)]
-    assert [(s.depth_idx, s.site) for s in a1] == [
-        (0, Site.POST_ATTN), (0, Site.POST_MLP), (1, Site.POST_ATTN), (1, Site.POST_MLP)
-    ]
+    assert [(s.depth_idx, s.site) for s in a1] == [(0, Site.POST_ATTN), (0, Site.POST_MLP), (1, Site.POST_ATTN), (1, Site.POST_MLP)]
 
 
 def test_output_shapes_and_shorter_sequences():

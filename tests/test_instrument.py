@@ -79,8 +79,10 @@ def test_training_and_evaluation_episode_seeds_never_meet(run_seed, env_index, e
 
 
 def test_held_out_arms_play_the_same_unseen_episodes_and_the_manifest_holds_every_config(tmp_path):
-    values = merge(dict(task="digits_cnn", rounds=2, envs=2, eval_episodes=2, **{k: v for k, v in SMALL.items() if k != "contribution_every"}),
-                   parse_assignments(["economy.rent_weight=0.5", "ppo.lr=2e-3", "ppo.epochs=2", "policy.hidden=32"]))  # fmt: skip
+    values = merge(
+        dict(task="digits_cnn", rounds=2, envs=2, eval_episodes=2, **{k: v for k, v in SMALL.items() if k != "contribution_every"}),
+        parse_assignments(["economy.rent_weight=0.5", "ppo.lr=2e-3", "ppo.epochs=2", "policy.hidden=32"]),
+    )
     settings = Settings.build(values)
     run_id, agent = train_and_record(settings, tmp_path, "unit", run_id="t", preset="smoke")
     evaluate_arms(settings, agent, tmp_path, "unit", run_id, preset="smoke")

@@ -31,8 +31,11 @@ def venv(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("wheel")
     # built from a copy of the checkout: setuptools' in-tree build/ folder could carry files since removed
     source = shutil.copytree(REPO, folder / "source", symlinks=True, ignore=not_source)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", folder / "dist", source],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", folder / "dist", source],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (folder / "dist").glob("esper_lab-*.whl")
     subprocess.run([sys.executable, "-m", "venv", folder / "venv"], check=True)
     python = folder / "venv" / "bin" / "python"
@@ -48,14 +51,26 @@ def user_env(venv: Path) -> dict[str, str]:
 
 
 def test_the_installed_package_is_the_wheel_not_this_checkout(venv):
-    where = subprocess.run([venv / "bin" / "python", "-c", "import esper_lab; print(esper_lab.__file__)"],
-                           capture_output=True, text=True, check=True, cwd="/", env=user_env(venv))  # fmt: skip
+    where = subprocess.run(
+        [venv / "bin" / "python", "-c", "import esper_lab; print(esper_lab.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+        env=user_env(venv),
+    )
     assert Path(where.stdout.strip()).is_relative_to(venv)
 
 
 def test_the_smoke_pack_runs_from_an_empty_folder(venv, tmp_path):
-    result = subprocess.run(["esper-lab", "pack", "run", "pack0", "--preset", "smoke", "--jobs", "2"], capture_output=True,
-                            text=True, cwd=tmp_path, env=user_env(venv), timeout=900)  # fmt: skip
+    result = subprocess.run(
+        ["esper-lab", "pack", "run", "pack0", "--preset", "smoke", "--jobs", "2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=user_env(venv),
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4/4 runs completed" in result.stdout
     statuses = [json.loads(p.read_text()) for p in (tmp_path / "telemetry" / "pack0" / ".members").rglob("*.status.json")]

@@ -56,7 +56,7 @@ def random_walk(plane: SeedPlane, steps: int, generator: torch.Generator) -> See
     """Drive a plane through `steps` uniformly random legal actions: a random plane state."""
     for _ in range(steps):
         masks = plane.action_masks()
-        pick = lambda m: int(m.nonzero().flatten()[torch.randint(int(m.sum()), (), generator=generator)])  # noqa: E731
+        pick = lambda m: int(m.nonzero().flatten()[torch.randint(int(m.sum()), (), generator=generator)])
         op = Op(pick(masks.op.any(0)))
         slot = pick(masks.op[:, op]) if op is not Op.WAIT else 0
         blueprint = Blueprint(pick(masks.blueprint[slot])) if op is Op.GERMINATE else Blueprint.NOOP
@@ -148,10 +148,14 @@ def test_sampled_choices_obey_arbitrary_masks(seed, n_slots):
     blueprint_mask[..., int(torch.randint(len(Blueprint), (), generator=g))] = True
     phage_mask = torch.rand(4, n_slots, generator=g) < 0.3
     obs = Observation(
-        torch.randn(4, len(GLOBAL_FIELDS), generator=g), torch.randn(4, n_slots, len(SLOT_FIELDS), generator=g),
-        torch.zeros(4, n_slots, len(SLOT_ID_FIELDS), dtype=torch.long), torch.ones(4, n_slots, dtype=torch.bool), op_mask, blueprint_mask,
+        torch.randn(4, len(GLOBAL_FIELDS), generator=g),
+        torch.randn(4, n_slots, len(SLOT_FIELDS), generator=g),
+        torch.zeros(4, n_slots, len(SLOT_ID_FIELDS), dtype=torch.long),
+        torch.ones(4, n_slots, dtype=torch.bool),
+        op_mask,
+        blueprint_mask,
         phage_mask,
-    )  # fmt: skip
+    )
     noise = {h: torch.rand(4, n, generator=g) for h, n in noise_sizes(n_slots).items()}
     decision, _, _ = agent_for("slot_transformer", n_slots, role="both")(obs, noise=noise)
     rows = torch.arange(4)
@@ -187,8 +191,15 @@ def test_a_head_with_one_legal_choice_has_zero_entropy_and_zero_log_prob():
     result = dataclasses.replace(result_of(plane), masks=ActionMasks(one, blueprints, masks.phage))
     agent = agent_for("flat", 6)
     obs = agent.normalise(Observer(6)([result]), update=False)
-    decision, _, _ = agent(obs, given={**{h: torch.tensor([DEFAULTS[h]]) for h in HEADS}, "op": torch.tensor([Op.GERMINATE]),
-                                        "slot": torch.tensor([4]), "blueprint": torch.tensor([Blueprint.CONV_LIGHT])})  # fmt: skip
+    decision, _, _ = agent(
+        obs,
+        given={
+            **{h: torch.tensor([DEFAULTS[h]]) for h in HEADS},
+            "op": torch.tensor([Op.GERMINATE]),
+            "slot": torch.tensor([4]),
+            "blueprint": torch.tensor([Blueprint.CONV_LIGHT]),
+        },
+    )
     for h in ("slot", "blueprint"):
         assert decision.entropy[h].item() == 0.0 and decision.logp[h].item() == 0.0
     assert decision.entropy["blend"].item() > 0  # style heads are unmasked and used by GERMINATE

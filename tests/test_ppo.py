@@ -104,7 +104,7 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path, encoder, rec
         assert torch.equal(a, b), name  # weights and the running normalisers
     for a, b in zip(straight.optimizer.state_dict()["state"].values(), resumed.optimizer.state_dict()["state"].values()):
         assert all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda stats: [{k: v for k, v in s.items() if k not in TIMING_KEYS} for s in stats]  # noqa: E731
+    strip = lambda stats: [{k: v for k, v in s.items() if k not in TIMING_KEYS} for s in stats]
     assert strip(straight_stats) == strip(resumed_stats)
 
 
@@ -167,8 +167,19 @@ def test_recorder_gets_every_decision_and_every_update():
 
 def test_train_command_checkpoints_and_resumes(tmp_path, capsys):
     checkpoint = tmp_path / "ppo.pt"
-    common = ["train", "--envs", "2", "--episode-length", "2", "--encoder", "slot_transformer",
-              "--checkpoint", str(checkpoint), "--telemetry", str(tmp_path / "telemetry")]  # fmt: skip
+    common = [
+        "train",
+        "--envs",
+        "2",
+        "--episode-length",
+        "2",
+        "--encoder",
+        "slot_transformer",
+        "--checkpoint",
+        str(checkpoint),
+        "--telemetry",
+        str(tmp_path / "telemetry"),
+    ]
     assert main([*common, "--rounds", "1"]) == 0
     assert main([*common, "--rounds", "2", "--resume"]) == 0
     out = capsys.readouterr().out

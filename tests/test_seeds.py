@@ -155,9 +155,7 @@ def test_fits_rejects_wrong_host_site_and_role():
 
 def test_cnn_cost_order():
     spec, shape = _cnn(Site.BLOCK_END, 16), (16, 8, 8)
-    heavy, light, depthwise = (
-        _seed(b, spec) for b in (Blueprint.CONV_HEAVY, Blueprint.CONV_LIGHT, Blueprint.DEPTHWISE)
-    )
+    heavy, light, depthwise = (_seed(b, spec) for b in (Blueprint.CONV_HEAVY, Blueprint.CONV_LIGHT, Blueprint.DEPTHWISE))
     assert heavy.param_count_active() > light.param_count_active() > depthwise.param_count_active()
     assert heavy.flops(shape) > light.flops(shape) > depthwise.flops(shape)
     ladder = _seed(Blueprint.CONV_CHANNEL_LADDER, spec)

@@ -32,16 +32,24 @@ def test_bootstrap_reports_the_statistic_and_sample_sizes():
 def test_paired_differences_match_episodes_on_seed_and_episode_seed():
     a = pl.DataFrame({"seed": [0, 0, 1], "parent_run": ["r0", "r0", "r1"], "episode_seed": [10, 11, 20], "score": [5.0, 6.0, 7.0]})
     b = pl.DataFrame({"seed": [0, 1, 1], "parent_run": ["r0", "r1", "r1"], "episode_seed": [10, 20, 21], "score": [4.0, 8.0, 0.0]})
-    assert paired(a, b, "score").to_dicts() == [{"seed": 0, "parent_run": "r0", "episode_seed": 10, "diff": 1.0},
-                                                 {"seed": 1, "parent_run": "r1", "episode_seed": 20, "diff": -1.0}]
+    assert paired(a, b, "score").to_dicts() == [
+        {"seed": 0, "parent_run": "r0", "episode_seed": 10, "diff": 1.0},
+        {"seed": 1, "parent_run": "r1", "episode_seed": 20, "diff": -1.0},
+    ]
     assert paired_estimate(a, b.filter(seed=2), "score") is None
 
 
 @pytest.mark.parametrize(
     "low,high,threshold,higher,expected",
-    [(0.2, 0.5, 0.1, True, PASS), (0.0, 0.1, 0.1, True, FAIL), (0.05, 0.3, 0.1, True, INCONCLUSIVE),
-     (0.0, 0.0, 0.0, False, PASS), (0.3, 0.6, 0.25, False, FAIL), (0.1, 0.4, 0.25, False, INCONCLUSIVE)],
-)  # fmt: skip
+    [
+        (0.2, 0.5, 0.1, True, PASS),
+        (0.0, 0.1, 0.1, True, FAIL),
+        (0.05, 0.3, 0.1, True, INCONCLUSIVE),
+        (0.0, 0.0, 0.0, False, PASS),
+        (0.3, 0.6, 0.25, False, FAIL),
+        (0.1, 0.4, 0.25, False, INCONCLUSIVE),
+    ],
+)
 def test_a_verdict_needs_the_whole_interval_on_one_side(low, high, threshold, higher, expected):
     assert verdict(Estimate((low + high) / 2, low, high, 10, 5), threshold, higher) == expected
 

@@ -26,10 +26,31 @@ from esper_lab.telemetry.schema import METADATA_KEY, SLOT_TYPES
 from esper_lab.telemetry.store import CorruptPart, Store
 
 CONFIG = RunConfig(episode_length=5, batches_per_step=2, data_fraction=0.1, density="a1")
-QUERIES = ("runs", "episodes", "episode_outcomes", "learning_curve", "rent_churn", "economy", "conv_heavy_share", "conv_heavy_share_bands",
-           "lifecycle_op_counts", "grow_shrink_share", "policy_entropy", "invalid_action_rate", "governor_counts",
-           "level_change", "oscillation", "contributions", "grow_lagged_correlation", "delta_norm_by_level",
-           "fossilisation_ratio", "slot_series", "event_log", "cohort_behaviour", "run_status_counts")  # fmt: skip
+QUERIES = (
+    "runs",
+    "episodes",
+    "episode_outcomes",
+    "learning_curve",
+    "rent_churn",
+    "economy",
+    "conv_heavy_share",
+    "conv_heavy_share_bands",
+    "lifecycle_op_counts",
+    "grow_shrink_share",
+    "policy_entropy",
+    "invalid_action_rate",
+    "governor_counts",
+    "level_change",
+    "oscillation",
+    "contributions",
+    "grow_lagged_correlation",
+    "delta_norm_by_level",
+    "fossilisation_ratio",
+    "slot_series",
+    "event_log",
+    "cohort_behaviour",
+    "run_status_counts",
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +59,13 @@ def recorded(tmp_path_factory):
     root = tmp_path_factory.mktemp("telemetry")
     seen = []
     with Recorder(root, "unit", CONFIG, run_id="rt", flush_every=3) as recorder:
-        run_episodes(VecEnv(CONFIG, 2), RandomPolicy(1), 2, recorder=recorder,
-                     on_step=lambda episode, actions, results: seen.append((episode, actions, results)))  # fmt: skip
+        run_episodes(
+            VecEnv(CONFIG, 2),
+            RandomPolicy(1),
+            2,
+            recorder=recorder,
+            on_step=lambda episode, actions, results: seen.append((episode, actions, results)),
+        )
     return root, seen
 
 
@@ -87,11 +113,14 @@ def test_decisions_prove_sampled_resolved_executed(recorded):
     decisions = store.rows("decisions", run="rt")
     chosen = [(a.op, a.slot) for _, actions, _ in seen for a in actions]
     assert sorted(chosen) == sorted(zip(map(Op, decisions["op"]), decisions["slot"]))
-    joined = store.sql("""
+    joined = store.sql(
+        """
         SELECT d.*, s.blueprint AS slot_blueprint, s.blend AS slot_blend, s.alpha_target AS slot_alpha_target
         FROM decisions d JOIN slots s ON s.run = d.run AND s.env = d.env AND s.episode = d.episode
              AND s.step = d.step AND s.slot = d.executed_slot
-        WHERE d.executed_op = $germinate""", germinate=int(Op.GERMINATE))  # fmt: skip
+        WHERE d.executed_op = $germinate""",
+        germinate=int(Op.GERMINATE),
+    )
     assert joined.height > 0
     for row in joined.iter_rows(named=True):
         assert row["blueprint"] == row["resolved_blueprint"] == row["slot_blueprint"]
@@ -107,8 +136,17 @@ def test_learned_policy_decision_is_checked_and_stored(tmp_path):
     env.reset()
     action = Action(Op.WAIT)
     result = env.step(action)
-    masks = {"op": [True] * 10, "slot": [True] * 6, "blueprint": [True] * 14, "blend": [True] * 3,
-             "curve": [True] * 3, "tempo": [True] * 3, "target": [False, False, True], "decay": [True, False], "phage": [True] * 6}  # fmt: skip
+    masks = {
+        "op": [True] * 10,
+        "slot": [True] * 6,
+        "blueprint": [True] * 14,
+        "blend": [True] * 3,
+        "curve": [True] * 3,
+        "tempo": [True] * 3,
+        "target": [False, False, True],
+        "decay": [True, False],
+        "phage": [True] * 6,
+    }
     decision = {h: int(getattr(action, h)) for h in HEADS} | {"value": 0.5, "logp": -3.0, "used": ["op"]}
     decision |= {f"{h}_logp": -0.5 for h in HEADS} | {f"{h}_entropy": 0.25 for h in HEADS} | {f"{h}_mask": masks[h] for h in HEADS}
     with Recorder(tmp_path, "unit", CONFIG, run_id="ppo", kind="ppo") as recorder:

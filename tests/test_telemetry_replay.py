@@ -75,7 +75,7 @@ def test_branch_diverges_only_from_the_branch_step(root):
         assert ours.filter(pl.col("step") < step).equals(theirs.filter(pl.col("step") < step)), table
     steps = store.rows("steps", run=child)
     assert steps["step"].to_list() == list(range(1, CONFIG.episode_length + 1))
-    at = lambda frame: frame.filter(step=step).drop("run_id")  # noqa: E731
+    at = lambda frame: frame.filter(step=step).drop("run_id")
     assert not at(store.rows("slots", run=child)).equals(at(store.rows("slots", run="parent").filter(env=1, episode=1)))
     assert store.rows("decisions", run=child).filter(step=step)["op"].to_list() == [int(Op.WAIT)]
 

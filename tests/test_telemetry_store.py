@@ -52,15 +52,31 @@ def result(step, metric, gain, total, rent, churn, slots, events=(), veto=0, rol
             values[i, SLOT_COLUMNS.index(name)] = value
     forward = sum(params for stage, _, params, *_ in slots if stage in FORWARD)
     incubating = sum(params for stage, _, params, *_ in slots if stage not in FORWARD)
-    metrics = {"metric": metric, "metric_gain": gain, "full_metric": metric if step == 3 else math.nan,
-               "forward_params": forward, "incubating_params": incubating, "veto": float(veto),
-               "rollback": float(rollback), "level_change_rate": lcr, "net_level_change": nlc}  # fmt: skip
+    metrics = {
+        "metric": metric,
+        "metric_gain": gain,
+        "full_metric": metric if step == 3 else math.nan,
+        "forward_params": forward,
+        "incubating_params": incubating,
+        "veto": float(veto),
+        "rollback": float(rollback),
+        "level_change_rate": lcr,
+        "net_level_change": nlc,
+    }
     return StepResult(
-        step, PlaneReport(SLOT_COLUMNS, values, torch.ones(len(slots), dtype=torch.bool)),
-        ActionMasks(torch.ones(len(slots), len(Op), dtype=torch.bool), torch.ones(len(slots), len(Blueprint), dtype=torch.bool),
-                    torch.zeros(len(slots), dtype=torch.bool)),
-        metrics, RewardParts(task=total, rent=rent, churn=churn, intervention=0.0, total=total), list(events), step == 3, 7,
-    )  # fmt: skip
+        step,
+        PlaneReport(SLOT_COLUMNS, values, torch.ones(len(slots), dtype=torch.bool)),
+        ActionMasks(
+            torch.ones(len(slots), len(Op), dtype=torch.bool),
+            torch.ones(len(slots), len(Blueprint), dtype=torch.bool),
+            torch.zeros(len(slots), dtype=torch.bool),
+        ),
+        metrics,
+        RewardParts(task=total, rent=rent, churn=churn, intervention=0.0, total=total),
+        list(events),
+        step == 3,
+        7,
+    )
 
 
 def transition(slot, old, new):
@@ -69,38 +85,106 @@ def transition(slot, old, new):
 
 # (env, episode, action, result, decision entropies or None)
 A1 = [
-    (0, 0, Action(Op.GERMINATE, 1, HEAVY), result(1, 0.50, 0.10, 1.0, 0.10, 0.0, [DORMANT, (Stage.GERMINATED, HEAVY, 100, 0, 0, 0.0)],
-                                                  [transition(1, Stage.DORMANT, Stage.GERMINATED)])),
-    (0, 0, Action(Op.GROW_INTERNAL, 0), result(2, 0.60, 0.10, 2.0, 0.20, 0.1,
-                                               [(Stage.TRAINING, LADDER, 50, 1, 4, 0.2), (Stage.TRAINING, HEAVY, 100, 0, 0, 0.3)],
-                                               [Event(EventKind.LEVEL_CHANGED, 0, 0, "GROW_INTERNAL", 1.0)], lcr=0.5, nlc=1.0)),
-    (0, 0, Action(Op.GROW_INTERNAL, 0), result(3, 0.55, -0.05, -1.0, 0.20, 0.1,
-                                               [(Stage.TRAINING, LADDER, 50, 1, 4, 0.4), (Stage.TRAINING, HEAVY, 100, 0, 0, 0.3)],
-                                               [Event(EventKind.VETO, 0, 0, VETO_INTERNAL_GROW, 6.0)], veto=1, lcr=0.3, nlc=1.0)),
+    (
+        0,
+        0,
+        Action(Op.GERMINATE, 1, HEAVY),
+        result(1, 0.50, 0.10, 1.0, 0.10, 0.0, [DORMANT, (Stage.GERMINATED, HEAVY, 100, 0, 0, 0.0)], [transition(1, Stage.DORMANT, Stage.GERMINATED)]),
+    ),
+    (
+        0,
+        0,
+        Action(Op.GROW_INTERNAL, 0),
+        result(
+            2,
+            0.60,
+            0.10,
+            2.0,
+            0.20,
+            0.1,
+            [(Stage.TRAINING, LADDER, 50, 1, 4, 0.2), (Stage.TRAINING, HEAVY, 100, 0, 0, 0.3)],
+            [Event(EventKind.LEVEL_CHANGED, 0, 0, "GROW_INTERNAL", 1.0)],
+            lcr=0.5,
+            nlc=1.0,
+        ),
+    ),
+    (
+        0,
+        0,
+        Action(Op.GROW_INTERNAL, 0),
+        result(
+            3,
+            0.55,
+            -0.05,
+            -1.0,
+            0.20,
+            0.1,
+            [(Stage.TRAINING, LADDER, 50, 1, 4, 0.4), (Stage.TRAINING, HEAVY, 100, 0, 0, 0.3)],
+            [Event(EventKind.VETO, 0, 0, VETO_INTERNAL_GROW, 6.0)],
+            veto=1,
+            lcr=0.3,
+            nlc=1.0,
+        ),
+    ),
     (1, 0, Action(Op.WAIT), result(1, 0.40, 0.0, 0.0, 0.0, 0.0, [DORMANT, DORMANT])),
-    (1, 0, Action(Op.GERMINATE, 0, LADDER), result(2, 0.45, 0.05, 0.5, 0.05, 0.0, [(Stage.GERMINATED, LADDER, 50, 1, 4, 0.0), DORMANT],
-                                                    [transition(0, Stage.DORMANT, Stage.GERMINATED)])),
-    (1, 0, Action(Op.SHRINK_INTERNAL, 0), result(3, 0.50, 0.05, 0.4, 0.04, 0.1, [(Stage.TRAINING, LADDER, 40, 0, 4, 0.1), DORMANT],
-                                                 [Event(EventKind.LEVEL_CHANGED, 0, 0, "SHRINK_INTERNAL", 0.0),
-                                                  Event(EventKind.ROLLBACK, -1, -1, "governor_rollback", 9.0)], rollback=1, lcr=0.5, nlc=-1.0)),
-]  # fmt: skip
+    (
+        1,
+        0,
+        Action(Op.GERMINATE, 0, LADDER),
+        result(2, 0.45, 0.05, 0.5, 0.05, 0.0, [(Stage.GERMINATED, LADDER, 50, 1, 4, 0.0), DORMANT], [transition(0, Stage.DORMANT, Stage.GERMINATED)]),
+    ),
+    (
+        1,
+        0,
+        Action(Op.SHRINK_INTERNAL, 0),
+        result(
+            3,
+            0.50,
+            0.05,
+            0.4,
+            0.04,
+            0.1,
+            [(Stage.TRAINING, LADDER, 40, 0, 4, 0.1), DORMANT],
+            [Event(EventKind.LEVEL_CHANGED, 0, 0, "SHRINK_INTERNAL", 0.0), Event(EventKind.ROLLBACK, -1, -1, "governor_rollback", 9.0)],
+            rollback=1,
+            lcr=0.5,
+            nlc=-1.0,
+        ),
+    ),
+]
 A2 = [
     *((0, 0, Action(Op.WAIT), result(s, 0.30, 0.0, 0.0, 0.0, 0.0, [DORMANT, DORMANT])) for s in (1, 2, 3)),
-    (0, 1, Action(Op.GERMINATE, 0, LADDER), result(1, 0.35, 0.05, 0.5, 0.01, 0.0, [(Stage.GERMINATED, LADDER, 10, 1, 4, 0.0), DORMANT],
-                                                    [transition(0, Stage.DORMANT, Stage.GERMINATED)])),
-    (0, 1, Action(Op.FOSSILIZE, 0), result(2, 0.38, 0.03, 0.2, 0.01, 0.0, [(Stage.FOSSILIZED, LADDER, 10, 1, 4, 0.3), DORMANT],
-                                            [transition(0, Stage.HOLDING, Stage.FOSSILIZED)])),
+    (
+        0,
+        1,
+        Action(Op.GERMINATE, 0, LADDER),
+        result(1, 0.35, 0.05, 0.5, 0.01, 0.0, [(Stage.GERMINATED, LADDER, 10, 1, 4, 0.0), DORMANT], [transition(0, Stage.DORMANT, Stage.GERMINATED)]),
+    ),
+    (
+        0,
+        1,
+        Action(Op.FOSSILIZE, 0),
+        result(2, 0.38, 0.03, 0.2, 0.01, 0.0, [(Stage.FOSSILIZED, LADDER, 10, 1, 4, 0.3), DORMANT], [transition(0, Stage.HOLDING, Stage.FOSSILIZED)]),
+    ),
     (0, 1, Action(Op.WAIT), result(3, 0.40, 0.02, 0.1, 0.01, 0.0, [(Stage.FOSSILIZED, LADDER, 10, 1, 4, 0.5), DORMANT])),
-]  # fmt: skip
+]
 HEAVY_TRAINING = (Stage.TRAINING, HEAVY, 400, 0, 0, 0.5)
 HEAVY_BLENDING = (Stage.BLENDING, HEAVY, 400, 0, 0, 0.5)
 B1 = [
-    (0, 0, Action(Op.GERMINATE, 1, HEAVY), result(1, 0.20, 0.0, 0.0, 0.3, 0.0, [DORMANT, (Stage.GERMINATED, HEAVY, 400, 0, 0, 0.0)],
-                                                  [transition(1, Stage.DORMANT, Stage.GERMINATED)])),
-    (0, 0, Action(Op.GERMINATE, 0, HEAVY), result(2, 0.25, 0.05, 0.4, 0.3, 0.0, [DORMANT, HEAVY_TRAINING],
-                                                  [Event(EventKind.VETO, 0, 0, VETO_GERMINATE, 1.0)], veto=1)),
+    (
+        0,
+        0,
+        Action(Op.GERMINATE, 1, HEAVY),
+        result(1, 0.20, 0.0, 0.0, 0.3, 0.0, [DORMANT, (Stage.GERMINATED, HEAVY, 400, 0, 0, 0.0)], [transition(1, Stage.DORMANT, Stage.GERMINATED)]),
+    ),
+    (
+        0,
+        0,
+        Action(Op.GERMINATE, 0, HEAVY),
+        result(2, 0.25, 0.05, 0.4, 0.3, 0.0, [DORMANT, HEAVY_TRAINING], [Event(EventKind.VETO, 0, 0, VETO_GERMINATE, 1.0)], veto=1),
+    ),
     (0, 0, Action(Op.ADVANCE, 1), result(3, 0.30, 0.05, 0.45, 0.3, 0.0, [DORMANT, HEAVY_BLENDING])),
-]  # fmt: skip
+]
 B1_ENTROPY = [  # per step: op, slot, blueprint, blend, curve, tempo, target
     (0.9, 0.6, 1.2, 0.3, 0.2, 0.1, 0.4),
     (0.6, 0.3, 0.9, 0.3, 0.2, 0.1, 0.4),
@@ -165,17 +249,26 @@ def test_lifecycle_op_counts_include_zeros(store):
     assert counts.height == 3 * len(Op)
     got = {(r["run_id"], r["op_name"]): (r["chosen"], r["executed"]) for r in counts.iter_rows(named=True) if r["chosen"]}
     assert got == {
-        ("a1", "WAIT"): (1, 1), ("a1", "GERMINATE"): (2, 2), ("a1", "GROW_INTERNAL"): (2, 1), ("a1", "SHRINK_INTERNAL"): (1, 1),
-        ("a2", "WAIT"): (4, 4), ("a2", "GERMINATE"): (1, 1), ("a2", "FOSSILIZE"): (1, 1),
-        ("b1", "GERMINATE"): (2, 1), ("b1", "ADVANCE"): (1, 1),
-    }  # fmt: skip
+        ("a1", "WAIT"): (1, 1),
+        ("a1", "GERMINATE"): (2, 2),
+        ("a1", "GROW_INTERNAL"): (2, 1),
+        ("a1", "SHRINK_INTERNAL"): (1, 1),
+        ("a2", "WAIT"): (4, 4),
+        ("a2", "GERMINATE"): (1, 1),
+        ("a2", "FOSSILIZE"): (1, 1),
+        ("b1", "GERMINATE"): (2, 1),
+        ("b1", "ADVANCE"): (1, 1),
+    }
     per_episode = store.lifecycle_op_counts(run="a2", by_episode=True).filter(op_name="WAIT")
     assert per_episode["chosen"].to_list() == [3, 1]
 
 
 def test_grow_shrink_share(store):
     assert by_run(store.grow_shrink_share(), "grow", "shrink", "non_wait", "grow_shrink_share", "wait_share") == {
-        "a1": (2, 1, 5, 0.6, pytest.approx(1 / 6)), "a2": (0, 0, 2, 0.0, pytest.approx(4 / 6)), "b1": (0, 0, 3, 0.0, 0.0)}  # fmt: skip
+        "a1": (2, 1, 5, 0.6, pytest.approx(1 / 6)),
+        "a2": (0, 0, 2, 0.0, pytest.approx(4 / 6)),
+        "b1": (0, 0, 3, 0.0, 0.0),
+    }
 
 
 def test_policy_entropy_is_the_mean_over_decisions_that_used_the_head(store):
@@ -199,7 +292,10 @@ def test_invalid_action_rate(store):
 
 def test_governor_counts(store):
     assert by_run(store.governor_counts(), "steps", "vetoes", "rollbacks", "grow_vetoes", "germinate_vetoes", "veto_rate") == {
-        "a1": (6, 1, 1, 1, 0, pytest.approx(1 / 6)), "a2": (6, 0, 0, 0, 0, 0.0), "b1": (3, 1, 0, 0, 1, pytest.approx(1 / 3))}  # fmt: skip
+        "a1": (6, 1, 1, 1, 0, pytest.approx(1 / 6)),
+        "a2": (6, 0, 0, 0, 0, 0.0),
+        "b1": (3, 1, 0, 0, 1, pytest.approx(1 / 3)),
+    }
 
 
 def test_level_change(store):
@@ -239,7 +335,10 @@ def test_delta_norm_by_level(store):
 
 def test_fossilisation_ratio(store):
     assert by_run(store.fossilisation_ratio(), "germinated", "fossilized", "pruned", "fossilisation_ratio") == {
-        "a1": (2, 0, 0, 0.0), "a2": (1, 1, 0, 1.0), "b1": (1, 0, 0, 0.0)}  # fmt: skip
+        "a1": (2, 0, 0, 0.0),
+        "a2": (1, 1, 0, 1.0),
+        "b1": (1, 0, 0, 0.0),
+    }
 
 
 def test_episode_outcomes_read_the_last_step_of_finished_episodes(store):
@@ -247,8 +346,10 @@ def test_episode_outcomes_read_the_last_step_of_finished_episodes(store):
     assert set(rows) == {("a1", 0, 0), ("a1", 1, 0), ("a2", 0, 0), ("a2", 0, 1), ("b1", 0, 0)}
     got = {k: (r["final_metric"], r["episode_return"], r["forward_params"], r["conv_heavy_params"], r["rollbacks"]) for k, r in rows.items()}
     assert got == {
-        ("a1", 0, 0): (0.55, pytest.approx(2.0), 0, 0, 0), ("a1", 1, 0): (0.50, pytest.approx(0.9), 0, 0, 1),
-        ("a2", 0, 0): (0.30, 0.0, 0, 0, 0), ("a2", 0, 1): (0.40, pytest.approx(0.8), 10, 0, 0),
+        ("a1", 0, 0): (0.55, pytest.approx(2.0), 0, 0, 0),
+        ("a1", 1, 0): (0.50, pytest.approx(0.9), 0, 0, 1),
+        ("a2", 0, 0): (0.30, 0.0, 0, 0, 0),
+        ("a2", 0, 1): (0.40, pytest.approx(0.8), 10, 0, 0),
         ("b1", 0, 0): (0.30, pytest.approx(0.85), 400, 400, 0),
     }
     assert {r["kind"] for r in rows.values()} == {"baseline"} and {r["episode_seed"] for r in rows.values()} == {7}
@@ -266,7 +367,7 @@ def test_oscillation_counts_regerminations_alpha_reversals_and_level_flips(tmp_p
         (Action(Op.PRUNE, 0), 0.0, [transition(0, Stage.BLENDING, Stage.PRUNED)]),
         (Action(Op.GERMINATE, 0, LADDER), 0.0, [transition(0, Stage.RESETTING, Stage.DORMANT), transition(0, Stage.DORMANT, Stage.GERMINATED)]),
         (Action(Op.GROW_INTERNAL, 0), 0.3, [Event(EventKind.LEVEL_CHANGED, 0, 0, "GROW_INTERNAL", 2.0)]),
-    ]  # fmt: skip
+    ]
     with Recorder(tmp_path, "c", CONFIG, run_id="c1") as recorder:
         for step, (action, alpha, events) in enumerate(steps, start=1):
             r = result(step, 0.5, 0.0, 0.0, 0.0, 0.0, slots(alpha), events)

@@ -7,6 +7,17 @@ from esper_lab.audit.protocol import Candidate, Protocol, from_run, train
 from esper_lab.audit.shapley import error_curve, exact_shapley, leave_one_out, monte_carlo_shapley
 
 __all__ = [
-    "Audit", "Candidate", "Protocol", "agreement", "audit_run", "error_curve", "exact_shapley", "from_run",
-    "leave_one_out", "monte_carlo_shapley", "run_audit", "train", "write_audit",
-]  # fmt: skip
+    "Audit",
+    "Candidate",
+    "Protocol",
+    "agreement",
+    "audit_run",
+    "error_curve",
+    "exact_shapley",
+    "from_run",
+    "leave_one_out",
+    "monte_carlo_shapley",
+    "run_audit",
+    "train",
+    "write_audit",
+]

@@ -36,8 +36,9 @@ def audit_command(args: argparse.Namespace) -> int:
     store = Store(args.root)
     try:
         try:
-            protocol = from_run(store, run, step, args.env, args.episode, slots, replicates or DEFAULT_REPLICATES,
-                                args.max_candidates or DEFAULT_CANDIDATES)  # fmt: skip
+            protocol = from_run(
+                store, run, step, args.env, args.episode, slots, replicates or DEFAULT_REPLICATES, args.max_candidates or DEFAULT_CANDIDATES
+            )
         except ReplayError as error:  # an unknown run or episode: bad input, one line
             raise ValueError(str(error)) from None
         with tqdm(total=protocol.trainings, desc=f"audit {run}", unit="training", leave=False) as bar:
@@ -61,16 +62,18 @@ def summary(audit: Audit, audit_id: str, store: Store) -> str:
     (read back through the store) and the Monte Carlo error curve on the mean v table."""
     p = audit.protocol
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=160, fmt_str_lengths=60, float_precision=4, tbl_hide_dataframe_shape=True):
-        return "\n".join([
-            f"audit {audit_id} of run {p.audited_run} (env {p.env}, episode {p.episode}) at step {p.step}: {len(p.candidates)} seeds, "
-            f"{p.replicates} replicates, {len(audit.values)} trainings in {audit.wall_seconds:.1f} s with {audit.workers} worker(s); "
-            f"{audit.skipped} recorded action(s) skipped",
-            f"\nv(S) = {p.metric} on the whole validation split after {p.step} steps, per replicate (replicate 0 = the recorded episode):",
-            str(audit.value_table()),
-            "\nShapley credit (mean over replicates, 95% t interval), leave-one-out, the run's online probe and its decision:",
-            str(audit.credits()),
-            f"\nagreement: {agreement(store.audits(run=audit_id))}",
-            "\nMonte Carlo (permutation sampling) and leave-one-out error against exact, on the mean v table "
-            f"({MC_REPEATS} estimates per sample count):",
-            str(pl.DataFrame(error_curve(audit.mean_table(), p.players, repeats=MC_REPEATS))),
-        ])  # fmt: skip
+        return "\n".join(
+            [
+                f"audit {audit_id} of run {p.audited_run} (env {p.env}, episode {p.episode}) at step {p.step}: {len(p.candidates)} seeds, "
+                f"{p.replicates} replicates, {len(audit.values)} trainings in {audit.wall_seconds:.1f} s with {audit.workers} worker(s); "
+                f"{audit.skipped} recorded action(s) skipped",
+                f"\nv(S) = {p.metric} on the whole validation split after {p.step} steps, per replicate (replicate 0 = the recorded episode):",
+                str(audit.value_table()),
+                "\nShapley credit (mean over replicates, 95% t interval), leave-one-out, the run's online probe and its decision:",
+                str(audit.credits()),
+                f"\nagreement: {agreement(store.audits(run=audit_id))}",
+                "\nMonte Carlo (permutation sampling) and leave-one-out error against exact, on the mean v table "
+                f"({MC_REPEATS} estimates per sample count):",
+                str(pl.DataFrame(error_curve(audit.mean_table(), p.players, repeats=MC_REPEATS))),
+            ]
+        )

@@ -34,7 +34,7 @@ class ProbePrunePolicy:
     def _one(self, result: StepResult) -> Action:
         report, masks = result.report, result.masks
         stage = [Stage(int(s)) for s in report.column("stage").tolist()]
-        legal = lambda op, slot: bool(masks.op[slot, op])  # noqa: E731
+        legal = lambda op, slot: bool(masks.op[slot, op])
         for slot, blueprint in self.plan:
             if stage[slot] is Stage.DORMANT and report.column("germinations")[slot] == 0 and legal(Op.GERMINATE, slot):
                 return Action(Op.GERMINATE, slot, blueprint, tempo=Tempo.FAST, target=AlphaTarget.FULL)
@@ -61,11 +61,17 @@ class DemoPreset:
 DEMO_PRESETS = {
     "smoke": DemoPreset(
         RunConfig(task="digits_cnn", density="a1", episode_length=8, batches_per_step=4, contribution_every=2),
-        ((5, Blueprint.CONV_HEAVY), (3, Blueprint.NOOP)), step=6, replicates=2),
+        ((5, Blueprint.CONV_HEAVY), (3, Blueprint.NOOP)),
+        step=6,
+        replicates=2,
+    ),
     "full": DemoPreset(
         RunConfig(task="digits_cnn", density="a1", episode_length=16, batches_per_step=8, contribution_every=2),
-        ((5, Blueprint.CONV_HEAVY), (4, Blueprint.CONV_LIGHT), (3, Blueprint.NOOP)), step=10, replicates=3),
-}  # fmt: skip
+        ((5, Blueprint.CONV_HEAVY), (4, Blueprint.CONV_LIGHT), (3, Blueprint.NOOP)),
+        step=10,
+        replicates=3,
+    ),
+}
 
 
 def demo_preset(name: str) -> DemoPreset:

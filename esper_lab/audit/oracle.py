@@ -67,20 +67,28 @@ class Audit:
     def credits(self) -> pl.DataFrame:
         """`rows` to read: per candidate, phi with its interval, leave-one-out, and the run's own
         view of the seed (online contribution, fate)."""
-        return pl.DataFrame([
-            {"slot": row["slot"], "blueprint": Blueprint(row["blueprint"]).name.lower(), "germinated_step": row["germinated_step"],
-             **{k: row[k] for k in ("phi", "phi_low", "phi_high", "loo", "contribution")},
-             "fate": "kept" if row["fate_op"] is None else Op(row["fate_op"]).name, "fate_step": row["fate_step"]}
-            for row in self.rows()
-        ])  # fmt: skip
+        return pl.DataFrame(
+            [
+                {
+                    "slot": row["slot"],
+                    "blueprint": Blueprint(row["blueprint"]).name.lower(),
+                    "germinated_step": row["germinated_step"],
+                    **{k: row[k] for k in ("phi", "phi_low", "phi_high", "loo", "contribution")},
+                    "fate": "kept" if row["fate_op"] is None else Op(row["fate_op"]).name,
+                    "fate_step": row["fate_step"],
+                }
+                for row in self.rows()
+            ]
+        )
 
     def value_table(self) -> pl.DataFrame:
         """v(S) per coalition: mean and standard deviation over the replicates, and each value."""
         rows = []
         for c in coalitions(self.protocol.players):
             values = [self.values[c, r] for r in range(self.protocol.replicates)]
-            rows.append({"coalition": coalition_key(c), "size": len(c), "v_mean": float(np.mean(values)),
-                         "v_std": float(np.std(values, ddof=1)), "v": values})  # fmt: skip
+            rows.append(
+                {"coalition": coalition_key(c), "size": len(c), "v_mean": float(np.mean(values)), "v_std": float(np.std(values, ddof=1)), "v": values}
+            )
         return pl.DataFrame(rows)
 
     def rows(self) -> list[dict]:
@@ -93,15 +101,33 @@ class Audit:
         rows = []
         for c in p.candidates:
             phi, low, high = t_interval(replicates[c.slot])
-            rows.append({
-                "env": p.env, "episode": p.episode, "step": p.step, "audited_run": p.audited_run,
-                "slot": c.slot, "surface_uid": c.surface_uid, "blueprint": int(c.blueprint), "germinated_step": c.germinated_step,
-                "phi": phi, "phi_low": low, "phi_high": high, "phi_replicates": replicates[c.slot],
-                "loo": float(np.mean([x[c.slot] for x in loo])), "contribution": c.contribution, "contribution_step": c.contribution_step,
-                "fate_op": None if c.fate_op is None else int(c.fate_op), "fate_step": c.fate_step,
-                "candidates": len(p.candidates), "replicates": p.replicates, "subset_values": subset_values,
-                "metric": p.metric, "protocol_json": description, "wall_seconds": self.wall_seconds,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "env": p.env,
+                    "episode": p.episode,
+                    "step": p.step,
+                    "audited_run": p.audited_run,
+                    "slot": c.slot,
+                    "surface_uid": c.surface_uid,
+                    "blueprint": int(c.blueprint),
+                    "germinated_step": c.germinated_step,
+                    "phi": phi,
+                    "phi_low": low,
+                    "phi_high": high,
+                    "phi_replicates": replicates[c.slot],
+                    "loo": float(np.mean([x[c.slot] for x in loo])),
+                    "contribution": c.contribution,
+                    "contribution_step": c.contribution_step,
+                    "fate_op": None if c.fate_op is None else int(c.fate_op),
+                    "fate_step": c.fate_step,
+                    "candidates": len(p.candidates),
+                    "replicates": p.replicates,
+                    "subset_values": subset_values,
+                    "metric": p.metric,
+                    "protocol_json": description,
+                    "wall_seconds": self.wall_seconds,
+                }
+            )
         return rows
 
 
@@ -113,8 +139,7 @@ def run_audit(protocol: Protocol, workers: int = 0, on_job: Callable[[], None] |
     jobs = [(c, r) for r in range(protocol.replicates) for c in coalitions(protocol.players)]
     started = time.perf_counter()
     results = _run_jobs(protocol, jobs, workers, on_job or (lambda: None))
-    return Audit(protocol, {job: r.value for job, r in zip(jobs, results)}, sum(r.skipped for r in results),
-                 time.perf_counter() - started, workers)  # fmt: skip
+    return Audit(protocol, {job: r.value for job, r in zip(jobs, results)}, sum(r.skipped for r in results), time.perf_counter() - started, workers)
 
 
 def _run_jobs(protocol: Protocol, jobs: list[tuple[frozenset, int]], workers: int, on_job: Callable[[], None]) -> list[Training]:
@@ -163,9 +188,18 @@ def write_audit(audit: Audit, root: str | Path, cohort: str | None = None, audit
     return audit_id
 
 
-def audit_run(root: str | Path, run_id: str, step: int | None = None, env: int = 0, episode: int = 0,
-              slots: tuple[int, ...] | None = None, replicates: int = DEFAULT_REPLICATES, max_candidates: int = DEFAULT_CANDIDATES,
-              workers: int = 0, on_job: Callable[[], None] | None = None) -> tuple[Audit, str]:  # fmt: skip
+def audit_run(
+    root: str | Path,
+    run_id: str,
+    step: int | None = None,
+    env: int = 0,
+    episode: int = 0,
+    slots: tuple[int, ...] | None = None,
+    replicates: int = DEFAULT_REPLICATES,
+    max_candidates: int = DEFAULT_CANDIDATES,
+    workers: int = 0,
+    on_job: Callable[[], None] | None = None,
+) -> tuple[Audit, str]:
     """Audit the seeds of a recorded run at `step` (default: the episode's last) and record the
     audit under the same telemetry root; return the audit and its run id."""
     store = Store(root)
@@ -190,12 +224,15 @@ def agreement(audits: pl.DataFrame) -> dict:
     kept = audits.filter(pl.col("fate_op").is_null() | (pl.col("fate_op") == int(Op.FOSSILIZE)))
     return {
         "seeds": audits.height,
-        "rank_correlation": rho, "rank_correlation_seeds": probed.height,
-        "pruned": pruned.height, "pruned_phi_nonpositive_share": _share(pruned, pl.col("phi") <= 0),
-        "kept": kept.height, "kept_phi_positive_share": _share(kept, pl.col("phi") > 0),
+        "rank_correlation": rho,
+        "rank_correlation_seeds": probed.height,
+        "pruned": pruned.height,
+        "pruned_phi_nonpositive_share": _share(pruned, pl.col("phi") <= 0),
+        "kept": kept.height,
+        "kept_phi_positive_share": _share(kept, pl.col("phi") > 0),
         "phi_ci_above_zero": audits.filter(pl.col("phi_low") > 0).height,
         "phi_ci_below_zero": audits.filter(pl.col("phi_high") < 0).height,
-    }  # fmt: skip
+    }
 
 
 def _share(frame: pl.DataFrame, condition: pl.Expr) -> float | None:

@@ -75,8 +75,7 @@ class Protocol:
 
     def __post_init__(self):
         if len(self.actions) != self.step or len(self.owners) != self.step:
-            raise ValueError(f"a protocol of {self.step} steps needs {self.step} actions and owners, "
-                             f"got {len(self.actions)} and {len(self.owners)}")  # fmt: skip
+            raise ValueError(f"a protocol of {self.step} steps needs {self.step} actions and owners, got {len(self.actions)} and {len(self.owners)}")
         if not 1 <= len(self.candidates) <= MAX_CANDIDATES:
             raise ValueError(f"{len(self.candidates)} candidates: exact Shapley audits 1..{MAX_CANDIDATES} seeds")
         if len(self.episode_seeds) < 2:
@@ -103,12 +102,19 @@ class Protocol:
     def describe(self) -> dict:
         """The protocol as JSON-ready values: stored with every audit row."""
         return {
-            "audited_run": self.audited_run, "env": self.env, "episode": self.episode, "budget_steps": self.step,
-            "metric": self.metric, "evaluated_on": "whole validation split", "episode_seeds": list(self.episode_seeds),
+            "audited_run": self.audited_run,
+            "env": self.env,
+            "episode": self.episode,
+            "budget_steps": self.step,
+            "metric": self.metric,
+            "evaluated_on": "whole validation split",
+            "episode_seeds": list(self.episode_seeds),
             "gating": "a candidate outside S is never germinated (its actions replay as WAIT)",
-            "candidates": [c.slot for c in self.candidates], "config_json": self.config.to_json(),
-            "training_config_json": training_config(self.config).to_json(), "torch_threads": AUDIT_THREADS,
-        }  # fmt: skip
+            "candidates": [c.slot for c in self.candidates],
+            "config_json": self.config.to_json(),
+            "training_config_json": training_config(self.config).to_json(),
+            "torch_threads": AUDIT_THREADS,
+        }
 
 
 AUDIT_THREADS = 1  # every subset training on one intra-op thread: fastest for these tiny hosts, and
@@ -154,9 +160,16 @@ def train(protocol: Protocol, coalition: frozenset, replicate: int) -> Training:
     return Training(result.accuracy if protocol.metric == "accuracy" else -result.loss, skipped)
 
 
-def from_run(store: Store, run_id: str, step: int | None = None, env: int = 0, episode: int = 0,
-             slots: tuple[int, ...] | None = None, replicates: int = DEFAULT_REPLICATES,
-             max_candidates: int = DEFAULT_CANDIDATES) -> Protocol:  # fmt: skip
+def from_run(
+    store: Store,
+    run_id: str,
+    step: int | None = None,
+    env: int = 0,
+    episode: int = 0,
+    slots: tuple[int, ...] | None = None,
+    replicates: int = DEFAULT_REPLICATES,
+    max_candidates: int = DEFAULT_CANDIDATES,
+) -> Protocol:
     """The protocol of a recorded episode's seeds at `step` (default: its last, the final
     organism): every seed occupying a slot then, or the ones in `slots`."""
     if not (isinstance(max_candidates, int) and 1 <= max_candidates <= MAX_CANDIDATES):
@@ -174,29 +187,48 @@ def from_run(store: Store, run_id: str, step: int | None = None, env: int = 0, e
     if dead:
         raise ValueError(f"slots {dead} hold no seed at step {step} (seeds then: {live['slot'].to_list() or 'none'})")
     if not 1 <= len(chosen) <= max_candidates:
-        raise ValueError(f"{len(chosen)} seeds at step {step} (slots {chosen}): exact Shapley audits 1..{max_candidates} "
-                         f"(max_candidates, at most {MAX_CANDIDATES}); choose some with slots=")  # fmt: skip
+        raise ValueError(
+            f"{len(chosen)} seeds at step {step} (slots {chosen}): exact Shapley audits 1..{max_candidates} "
+            f"(max_candidates, at most {MAX_CANDIDATES}); choose some with slots="
+        )
     rows = decisions.to_dicts()
     executed = [Action(Op.WAIT) if row["vetoed"] else action_from_row(row) for row in rows]
-    germinated = {slot: max(r["step"] for r in rows[:step] if r["executed_op"] == Op.GERMINATE and r["executed_slot"] == slot)
-                  for slot in chosen}  # fmt: skip
+    germinated = {slot: max(r["step"] for r in rows[:step] if r["executed_op"] == Op.GERMINATE and r["executed_slot"] == slot) for slot in chosen}
     probes = store.contributions(run=run_id).filter((pl.col("env") == env) & (pl.col("episode") == episode))
     candidates = []
     for slot in sorted(chosen):
         row = state.filter(pl.col("slot") == slot).row(0, named=True)
         probe = probes.filter((pl.col("slot") == slot) & pl.col("step").is_between(germinated[slot], step)).tail(1)
         fate = _fate(rows[step:], slot)
-        candidates.append(Candidate(
-            slot=slot, surface_uid=row["surface_uid"], blueprint=Blueprint(row["blueprint"]), germinated_step=germinated[slot],
-            contribution=probe["contribution"][0] if probe.height else None, contribution_step=probe["step"][0] if probe.height else None,
-            fate_op=None if fate is None else Op(fate["executed_op"]), fate_step=None if fate is None else fate["step"],
-        ))  # fmt: skip
+        candidates.append(
+            Candidate(
+                slot=slot,
+                surface_uid=row["surface_uid"],
+                blueprint=Blueprint(row["blueprint"]),
+                germinated_step=germinated[slot],
+                contribution=probe["contribution"][0] if probe.height else None,
+                contribution_step=probe["step"][0] if probe.height else None,
+                fate_op=None if fate is None else Op(fate["executed_op"]),
+                fate_step=None if fate is None else fate["step"],
+            )
+        )
     owners = tuple(
         a.slot if a.op is not Op.WAIT and a.slot in germinated and r["step"] >= germinated[a.slot] else None
         for a, r in zip(executed[:step], rows[:step])
     )
-    return Protocol(config, run_id, manifest["cohort"], manifest["preset"], env, episode, step,
-                    tuple(replicate_seed(seed, r) for r in range(replicates)), tuple(executed[:step]), owners, tuple(candidates))  # fmt: skip
+    return Protocol(
+        config,
+        run_id,
+        manifest["cohort"],
+        manifest["preset"],
+        env,
+        episode,
+        step,
+        tuple(replicate_seed(seed, r) for r in range(replicates)),
+        tuple(executed[:step]),
+        owners,
+        tuple(candidates),
+    )
 
 
 def _fate(later: list[dict], slot: int) -> dict | None:

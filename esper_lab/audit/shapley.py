@@ -66,8 +66,7 @@ def leave_one_out(values: ValueTable, players: Sequence[Hashable]) -> dict:
     return {i: values[grand] - values[grand - {i}] for i in players}
 
 
-def monte_carlo_shapley(value: Callable[[frozenset], float], players: Sequence[Hashable], permutations: int,
-                        seed: int = 0) -> tuple[dict, int]:  # fmt: skip
+def monte_carlo_shapley(value: Callable[[frozenset], float], players: Sequence[Hashable], permutations: int, seed: int = 0) -> tuple[dict, int]:
     """Permutation-sampling estimate from `permutations` random player orders: each order adds the
     players one at a time and credits each with its marginal gain. Returns the estimates and how
     many distinct coalitions were evaluated (what a retraining audit would have paid for)."""
@@ -93,8 +92,9 @@ def monte_carlo_shapley(value: Callable[[frozenset], float], players: Sequence[H
     return {i: total / permutations for i, total in totals.items()}, len(cache)
 
 
-def error_curve(values: ValueTable, players: Sequence[Hashable], samples: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128),
-                repeats: int = 200, seed: int = 0) -> list[dict]:  # fmt: skip
+def error_curve(
+    values: ValueTable, players: Sequence[Hashable], samples: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), repeats: int = 200, seed: int = 0
+) -> list[dict]:
     """How far permutation sampling lands from the exact values, per number of sampled orders:
     over `repeats` independent estimates, the mean and the 95th percentile of the largest
     per-player absolute error, and the mean number of distinct coalitions evaluated; the
@@ -108,12 +108,26 @@ def error_curve(values: ValueTable, players: Sequence[Hashable], samples: Sequen
             estimate, evaluated = monte_carlo_shapley(lookup, players, m, seed=seed * 1_000_003 + m * 7_919 + r)
             errors.append(max(abs(estimate[i] - exact[i]) for i in players))
             evaluations.append(evaluated)
-        rows.append({"method": "monte_carlo", "samples": m, "coalitions_evaluated": float(np.mean(evaluations)),
-                     "max_abs_error_mean": float(np.mean(errors)), "max_abs_error_p95": float(np.quantile(errors, 0.95))})  # fmt: skip
+        rows.append(
+            {
+                "method": "monte_carlo",
+                "samples": m,
+                "coalitions_evaluated": float(np.mean(evaluations)),
+                "max_abs_error_mean": float(np.mean(errors)),
+                "max_abs_error_p95": float(np.quantile(errors, 0.95)),
+            }
+        )
     loo = leave_one_out(values, players)
     loo_error = max(abs(loo[i] - exact[i]) for i in players)
-    rows.append({"method": "leave_one_out", "samples": 0, "coalitions_evaluated": float(len(players) + 1),
-                 "max_abs_error_mean": loo_error, "max_abs_error_p95": loo_error})  # fmt: skip
+    rows.append(
+        {
+            "method": "leave_one_out",
+            "samples": 0,
+            "coalitions_evaluated": float(len(players) + 1),
+            "max_abs_error_mean": loo_error,
+            "max_abs_error_p95": loo_error,
+        }
+    )
     return rows
 
 

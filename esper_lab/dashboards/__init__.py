@@ -18,6 +18,16 @@ from esper_lab.dashboards.pages import (
 from esper_lab.dashboards.selection import Selection
 
 __all__ = [
-    "PAGES", "Selection", "audit_page", "build_app", "conv_heavy_page", "decay_page", "economy_page", "policy_health_page", "save_html", "serve",
-    "slot_inspector_page", "swimlane_page",
-]  # fmt: skip
+    "PAGES",
+    "Selection",
+    "audit_page",
+    "build_app",
+    "conv_heavy_page",
+    "decay_page",
+    "economy_page",
+    "policy_health_page",
+    "save_html",
+    "serve",
+    "slot_inspector_page",
+    "swimlane_page",
+]

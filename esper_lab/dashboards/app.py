@@ -56,9 +56,7 @@ def _app(store: Store, cohort: str | None = None, run: str | None = None) -> pn.
     return pn.Row(sidebar, _tabs(store, selection, dynamic=True))
 
 
-def serve(
-    root: str | Path, port: int = 5006, address: str = "127.0.0.1", show: bool = False, allow_hosts: tuple[str, ...] = ()
-) -> None:
+def serve(root: str | Path, port: int = 5006, address: str = "127.0.0.1", show: bool = False, allow_hosts: tuple[str, ...] = ()) -> None:
     """Print the URL and serve the app until interrupted; loopback by default, as the dashboards
     have no login, and only to requests naming this server (`allow_hosts` adds host names). Each
     browser session opens its own store, so a reload shows new runs."""
@@ -73,9 +71,15 @@ def serve(
     hosts = {host.lower() for host in (*LOOPBACK_HOSTS, address, *allow_hosts)}
     try:
         server = pn.serve(
-            {"/": session}, port=port, address=address, show=show, start=False, title=TITLE,
-            websocket_origin=[f"{host}:{port}" for host in sorted(hosts)], admin=False,
-        )  # fmt: skip
+            {"/": session},
+            port=port,
+            address=address,
+            show=show,
+            start=False,
+            title=TITLE,
+            websocket_origin=[f"{host}:{port}" for host in sorted(hosts)],
+            admin=False,
+        )
     except OSError as error:  # the port is taken: one clear line instead of tornado's traceback
         raise ValueError(f"cannot listen on {address}:{port}: {error.strerror}") from error
     application = server._tornado  # Bokeh keeps its tornado Application private; the guard wraps its router

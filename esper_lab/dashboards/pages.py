@@ -27,10 +27,16 @@ HIGHLIGHT = "#1f77b4"  # the selected cohort; other cohorts are drawn from PALET
 PALETTE = ("#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 # One fixed colour per lifecycle stage, so swimlanes read the same in every run.
 STAGE_COLORS = {
-    "DORMANT": "#e8e8e8", "GERMINATED": "#9ecae1", "TRAINING": "#3182bd", "BLENDING": "#fdae6b",
-    "HOLDING": "#e6550d", "FOSSILIZED": "#31a354", "PRUNED": "#de2d26", "EMBARGOED": "#756bb1",
+    "DORMANT": "#e8e8e8",
+    "GERMINATED": "#9ecae1",
+    "TRAINING": "#3182bd",
+    "BLENDING": "#fdae6b",
+    "HOLDING": "#e6550d",
+    "FOSSILIZED": "#31a354",
+    "PRUNED": "#de2d26",
+    "EMBARGOED": "#756bb1",
     "RESETTING": "#bcbddc",
-}  # fmt: skip
+}
 RUN_WIDE_SLOT = -1  # events not tied to a slot (rollbacks, vetoes of run-wide budgets) sit on this lane
 
 
@@ -45,9 +51,7 @@ def economy_page(store: Store, selection: Selection | None = None) -> pn.Column:
         cohort, run, _, episode = view
         costs = store.rent_churn(cohort, run).filter(pl.col("episode") == episode)
         economy = store.economy(cohort, run).filter(pl.col("episode") == episode)
-        ops = store.lifecycle_op_counts(cohort, run).unpivot(
-            ["chosen", "executed"], index="op_name", variable_name="count", value_name="decisions"
-        )
+        ops = store.lifecycle_op_counts(cohort, run).unpivot(["chosen", "executed"], index="op_name", variable_name="count", value_name="decisions")
         return pn.Column(
             f"### Rent & churn economy — {run} (episode {episode}, mean over envs)",
             pn.Row(
@@ -59,20 +63,39 @@ def economy_page(store: Store, selection: Selection | None = None) -> pn.Column:
                 _lines(costs, "step", {"forward_flops": "in forward", "incubating_flops": "incubating"}, "seed FLOPs", "FLOPs"),
             ),
             pn.Row(
-                _lines(economy, "step", {"active_param_budget_util": "params", "active_flops_budget_util": "FLOPs"},
-                       "budget utilisation", "share of the budget"),
-                _lines(economy, "step", {"churn_ema": "churn EMA (mean over slots)", "roi_ema": "ROI EMA (in-forward seeds)"},
-                       "churn and ROI (ROI: contribution per 1k params)", "EMA"),
+                _lines(
+                    economy,
+                    "step",
+                    {"active_param_budget_util": "params", "active_flops_budget_util": "FLOPs"},
+                    "budget utilisation",
+                    "share of the budget",
+                ),
+                _lines(
+                    economy,
+                    "step",
+                    {"churn_ema": "churn EMA (mean over slots)", "roi_ema": "ROI EMA (in-forward seeds)"},
+                    "churn and ROI (ROI: contribution per 1k params)",
+                    "EMA",
+                ),
             ),
             pn.Row(
                 hv.Bars(ops.to_pandas(), ["op_name", "count"], "decisions").opts(
-                    title="lifecycle ops over the run", multi_level=False, xrotation=45, xlabel="", tools=["hover"],
-                    width=520, height=320,
+                    title="lifecycle ops over the run",
+                    multi_level=False,
+                    xrotation=45,
+                    xlabel="",
+                    tools=["hover"],
+                    width=520,
+                    height=320,
                 ),
-                pn.Column("**governor (this run)**", _table(store.governor_counts(cohort, run)),
-                          "**held-out outcomes (this cohort, per arm)**", _table(store.arm_summary(cohort))),
+                pn.Column(
+                    "**governor (this run)**",
+                    _table(store.governor_counts(cohort, run)),
+                    "**held-out outcomes (this cohort, per arm)**",
+                    _table(store.arm_summary(cohort)),
+                ),
             ),
-        )  # fmt: skip
+        )
 
     return pn.Column(*header, pn.bind(body, selection.param.view))
 
@@ -89,19 +112,28 @@ def conv_heavy_page(store: Store, selection: Selection | None = None) -> pn.Colu
         share = "conv_heavy_forward_param_share"
         paths = [part.select("run_step", share).to_numpy() for part in runs.partition_by("run_id")]
         others = bands.filter(pl.col("cohort") != cohort).partition_by("cohort", as_dict=True)
-        plot = hv.Overlay([
-            hv.Area(mine, "run_step", [("q25", "share"), "q75"], label=f"{cohort} q25–q75").opts(color=HIGHLIGHT, alpha=0.25),
-            hv.Path(paths, ["run_step", share], label=f"{cohort} runs (seeds)").opts(
-                color=HIGHLIGHT, alpha=0.35, line_width=1, show_legend=True),
-            hv.Curve(mine, "run_step", ("median", "share"), label=f"{cohort} median").opts(color=HIGHLIGHT, line_width=3),
-            hv.Scatter(mine, "run_step", [("median", "share"), "q25", "q75", "runs", "episode", "step"]).opts(
-                color=HIGHLIGHT, size=6, tools=["hover"]),
-            *(hv.Curve(part.to_pandas(), "run_step", ("median", "share"), label=f"{other} median").opts(color=color, line_dash="dashed")
-              for ((other,), part), color in zip(others.items(), PALETTE)),
-        ]).opts(
-            title=f"conv_heavy share — {cohort}", xlabel="env step of the run", ylabel="conv_heavy share of in-forward seed params",
-            xticks=_integers(), legend_position="right", width=900, height=360,
-        )  # fmt: skip
+        plot = hv.Overlay(
+            [
+                hv.Area(mine, "run_step", [("q25", "share"), "q75"], label=f"{cohort} q25–q75").opts(color=HIGHLIGHT, alpha=0.25),
+                hv.Path(paths, ["run_step", share], label=f"{cohort} runs (seeds)").opts(color=HIGHLIGHT, alpha=0.35, line_width=1, show_legend=True),
+                hv.Curve(mine, "run_step", ("median", "share"), label=f"{cohort} median").opts(color=HIGHLIGHT, line_width=3),
+                hv.Scatter(mine, "run_step", [("median", "share"), "q25", "q75", "runs", "episode", "step"]).opts(
+                    color=HIGHLIGHT, size=6, tools=["hover"]
+                ),
+                *(
+                    hv.Curve(part.to_pandas(), "run_step", ("median", "share"), label=f"{other} median").opts(color=color, line_dash="dashed")
+                    for ((other,), part), color in zip(others.items(), PALETTE)
+                ),
+            ]
+        ).opts(
+            title=f"conv_heavy share — {cohort}",
+            xlabel="env step of the run",
+            ylabel="conv_heavy share of in-forward seed params",
+            xticks=_integers(),
+            legend_position="right",
+            width=900,
+            height=360,
+        )
         return pn.Column(
             pn.pane.Markdown(f"### conv_heavy share — cohort {cohort}", css_classes=["conv-heavy-caption"]),
             "Median across the cohort's training runs (seeds) per env step, shaded from the 25th to the 75th "
@@ -131,18 +163,31 @@ def swimlane_page(store: Store, selection: Selection | None = None) -> pn.Column
         hover = ["surface", "stage_name", "blueprint_name", "step", "alpha", "internal_level"]
         lanes = [
             hv.Rectangles(by_stage[(s.name,)].to_pandas(), ["x0", "y0", "x1", "y1"], hover, label=s.name).opts(
-                color=STAGE_COLORS[s.name], tools=["hover"])
-            for s in Stage if (s.name,) in by_stage
-        ]  # fmt: skip
+                color=STAGE_COLORS[s.name], tools=["hover"]
+            )
+            for s in Stage
+            if (s.name,) in by_stage
+        ]
         marks = hv.Scatter(events.to_pandas(), "step", ["slot", "kind_name", "name", "value"], label="events")
         ticks = list(slots.unique("slot").sort("slot").select("slot", "surface").iter_rows())
         if (events["slot"] == RUN_WIDE_SLOT).any():
             ticks.insert(0, (RUN_WIDE_SLOT, "run-wide"))
         plot = hv.Overlay([*lanes, marks.opts(marker="triangle", size=11, color="black", tools=["hover"])]).opts(
-            title="stage per surface and step (triangles: events)", xlabel="step", ylabel="",
-            xticks=_integers(), yticks=ticks, legend_position="right", width=900, height=120 + 45 * len(ticks))  # fmt: skip
-        return pn.Column(f"### Lifecycle swimlane — {run}, env {env}, episode {episode}", plot, "**events**",
-                         _table(events.drop("cohort", "run_id", "env", "episode")))  # fmt: skip
+            title="stage per surface and step (triangles: events)",
+            xlabel="step",
+            ylabel="",
+            xticks=_integers(),
+            yticks=ticks,
+            legend_position="right",
+            width=900,
+            height=120 + 45 * len(ticks),
+        )
+        return pn.Column(
+            f"### Lifecycle swimlane — {run}, env {env}, episode {episode}",
+            plot,
+            "**events**",
+            _table(events.drop("cohort", "run_id", "env", "episode")),
+        )
 
     return pn.Column(*header, pn.bind(body, selection.param.view))
 
@@ -160,8 +205,10 @@ def decay_page(store: Store, selection: Selection | None = None) -> pn.Column:
         probes = store.probes(cohort, run).filter((pl.col("env") == env) & (pl.col("episode") == episode))
         events = store.event_log(cohort, run, env, episode).filter(pl.col("kind_name").is_in(["PROBE", "LYSIS"]))
         if ledger.is_empty():
-            return pn.Column(f"### Decay — {run}, env {env}, episode {episode}",
-                             "No phage was in Emrakul's custody in this episode (nothing fossilised, or Emrakul off).")  # fmt: skip
+            return pn.Column(
+                f"### Decay — {run}, env {env}, episode {episode}",
+                "No phage was in Emrakul's custody in this episode (nothing fossilised, or Emrakul off).",
+            )
         phages = ledger["phage"].unique(maintain_order=True).to_list()
         by_phage = {name: ledger.filter(pl.col("phage") == name) for name in phages}
 
@@ -174,8 +221,9 @@ def decay_page(store: Store, selection: Selection | None = None) -> pn.Column:
             pn.Row(plot("debt", "debt per phage (rent paid minus contribution)"), plot("sedation", "sedation mask per phage")),
             "**judged probes** (recovery: steps until the metric was back within the harm tolerance of the baseline)",
             _table(probes.drop("cohort", "run_id", "env", "episode")),
-            "**probe, lysis and scar events**", _table(events.drop("cohort", "run_id", "env", "episode")),
-        )  # fmt: skip
+            "**probe, lysis and scar events**",
+            _table(events.drop("cohort", "run_id", "env", "episode")),
+        )
 
     return pn.Column(*header, pn.bind(body, selection.param.view))
 
@@ -194,20 +242,28 @@ def policy_health_page(store: Store, selection: Selection | None = None) -> pn.C
         total = store.invalid_action_rate(cohort, run).row(0, named=True)
         if entropy.is_empty() and updates.is_empty():
             return pn.pane.Markdown(f"### Policy health — {run}\n\nA baseline policy: no entropy, no PPO updates recorded.")
-        heads = hv.Overlay([
-            _line(entropy.filter(pl.col("head") == head), "episode", "entropy", head, color)
-            for head, color in zip(HEADS, (HIGHLIGHT, *PALETTE)) if head in entropy["head"]  # the heads this policy decides with
-        ]).opts(title="entropy per head (mean per episode)", ylabel="entropy (nats)", xticks=_integers(), legend_position="right", **SMALL)
+        heads = hv.Overlay(
+            [
+                _line(entropy.filter(pl.col("head") == head), "episode", "entropy", head, color)
+                for head, color in zip(HEADS, (HIGHLIGHT, *PALETTE))
+                if head in entropy["head"]  # the heads this policy decides with
+            ]
+        ).opts(title="entropy per head (mean per episode)", ylabel="entropy (nats)", xticks=_integers(), legend_position="right", **SMALL)
         rate = total["invalid_action_rate"]
-        summary = (f"invalid-action rate over the run: **{rate:.3f}** ({total['invalid']} of {total['masked_decisions']} masked decisions)"
-                   if rate is not None else "no action masks recorded")  # fmt: skip
+        summary = (
+            f"invalid-action rate over the run: **{rate:.3f}** ({total['invalid']} of {total['masked_decisions']} masked decisions)"
+            if rate is not None
+            else "no action masks recorded"
+        )
         return pn.Column(
             f"### Policy health — {run}",
             summary,
             pn.Row(heads, _lines(invalid, "episode", {"invalid_action_rate": "invalid-action rate"}, "invalid-action rate", "rate")),
-            pn.Row(_lines(updates, "update", {"approx_kl": "approx KL"}, "PPO approx KL per update", "KL"),
-                   _lines(updates, "update", {"clip_fraction": "clip fraction"}, "PPO clip fraction per update", "fraction")),
-        )  # fmt: skip
+            pn.Row(
+                _lines(updates, "update", {"approx_kl": "approx KL"}, "PPO approx KL per update", "KL"),
+                _lines(updates, "update", {"clip_fraction": "clip fraction"}, "PPO clip fraction per update", "fraction"),
+            ),
+        )
 
     return pn.Column(*header, pn.bind(body, selection.param.view))
 
@@ -224,16 +280,31 @@ def slot_inspector_page(store: Store, selection: Selection | None = None) -> pn.
         events = store.event_log(cohort, run, env, episode).filter(pl.col("slot") == slot)
         return pn.Column(
             f"### Slot inspector — {series['surface'][0]} (uid {series['surface_uid'][0]}), env {env}, episode {episode}",
-            pn.Row(_lines(series, "step", {"internal_level": "level", "max_level": "max level"}, "ladder level", "level"),
-                   _lines(series, "step", {"alpha": "alpha", "alpha_target": "alpha target"}, "alpha", "alpha")),
-            pn.Row(_lines(series, "step", {"delta_l2_norm": "delta", "output_l2_norm": "output"}, "L2 norms", "L2 norm"),
-                   _lines(series, "step", {"seed_param_count_active": "params"}, "seed params (rent: alpha x params)", "params")),
+            pn.Row(
+                _lines(series, "step", {"internal_level": "level", "max_level": "max level"}, "ladder level", "level"),
+                _lines(series, "step", {"alpha": "alpha", "alpha_target": "alpha target"}, "alpha", "alpha"),
+            ),
+            pn.Row(
+                _lines(series, "step", {"delta_l2_norm": "delta", "output_l2_norm": "output"}, "L2 norms", "L2 norm"),
+                _lines(series, "step", {"seed_param_count_active": "params"}, "seed params (rent: alpha x params)", "params"),
+            ),
             "**per step**",
-            _table(series.select("step", "stage_name", "blueprint_name", "alpha", "internal_level", "in_forward", "contribution",
-                                 "seed_param_count_active", "seed_flops_active_est")),
+            _table(
+                series.select(
+                    "step",
+                    "stage_name",
+                    "blueprint_name",
+                    "alpha",
+                    "internal_level",
+                    "in_forward",
+                    "contribution",
+                    "seed_param_count_active",
+                    "seed_flops_active_est",
+                )
+            ),
             "**events**",
             _table(events.select("step", "seq", "kind_name", "name", "value")),
-        )  # fmt: skip
+        )
 
     return pn.Column(*header, selection.surface, pn.bind(body, selection.param.view, selection.param.slot))
 
@@ -250,38 +321,49 @@ def audit_page(store: Store, selection: Selection | None = None) -> pn.Column:
         if audits.is_empty():  # the selected run may be an audit
             audits = store.audits(cohort, run)
         if audits.is_empty():
-            return pn.pane.Markdown(f"### Shapley audits — {run}\n\nNo audit of this run yet (`esper-lab audit {run} --root ROOT`).",
-                                    css_classes=["audit-caption"])  # fmt: skip
+            return pn.pane.Markdown(
+                f"### Shapley audits — {run}\n\nNo audit of this run yet (`esper-lab audit {run} --root ROOT`).", css_classes=["audit-caption"]
+            )
         shown = [pn.pane.Markdown(f"### Shapley audits — {audits['audited_run'][0]}", css_classes=["audit-caption"])]
         for (audit_id,), rows in audits.partition_by("run_id", as_dict=True, maintain_order=True).items():
             first = rows.row(0, named=True)
             seeds = rows.with_columns(
                 seed=pl.format("slot {} · {}", "slot", pl.col("blueprint_name").str.to_lowercase()),
-                below=pl.col("phi") - pl.col("phi_low"), above=pl.col("phi_high") - pl.col("phi"),
-                decision=pl.when(pl.col("fate_name").is_null()).then(pl.lit("kept"))
-                .otherwise(pl.format("{} at step {}", "fate_name", "fate_step")),
-            )  # fmt: skip
+                below=pl.col("phi") - pl.col("phi_low"),
+                above=pl.col("phi_high") - pl.col("phi"),
+                decision=pl.when(pl.col("fate_name").is_null()).then(pl.lit("kept")).otherwise(pl.format("{} at step {}", "fate_name", "fate_step")),
+            )
             data = seeds.to_pandas()
-            plot = hv.Overlay([
-                hv.ErrorBars(data, "seed", ["phi", "below", "above"]).opts(color=HIGHLIGHT, line_width=2),
-                hv.Scatter(data, "seed", ["phi", "phi_low", "phi_high", "loo", "decision"], label="Shapley φ (95% CI)").opts(
-                    color=HIGHLIGHT, size=9, tools=["hover"]),
-                hv.Scatter(data, "seed", [("contribution", "phi"), "decision"], label="online probe").opts(
-                    color=PALETTE[0], marker="diamond", size=11, tools=["hover"]),
-                hv.HLine(0).opts(color="grey", line_dash="dashed"),
-            ]).opts(title=f"Shapley φ per seed — step {first['step']}", xlabel="", ylabel=f"credit ({first['metric']})",
-                    legend_position="right", width=700, height=320)  # fmt: skip
+            plot = hv.Overlay(
+                [
+                    hv.ErrorBars(data, "seed", ["phi", "below", "above"]).opts(color=HIGHLIGHT, line_width=2),
+                    hv.Scatter(data, "seed", ["phi", "phi_low", "phi_high", "loo", "decision"], label="Shapley φ (95% CI)").opts(
+                        color=HIGHLIGHT, size=9, tools=["hover"]
+                    ),
+                    hv.Scatter(data, "seed", [("contribution", "phi"), "decision"], label="online probe").opts(
+                        color=PALETTE[0], marker="diamond", size=11, tools=["hover"]
+                    ),
+                    hv.HLine(0).opts(color="grey", line_dash="dashed"),
+                ]
+            ).opts(
+                title=f"Shapley φ per seed — step {first['step']}",
+                xlabel="",
+                ylabel=f"credit ({first['metric']})",
+                legend_position="right",
+                width=700,
+                height=320,
+            )
             events = store.event_log(run=first["audited_run"], env=first["env"], episode=first["episode"]).filter(
-                pl.col("slot").is_in(rows["slot"].implode()) & (pl.col("step") >= rows["germinated_step"].min()))
+                pl.col("slot").is_in(rows["slot"].implode()) & (pl.col("step") >= rows["germinated_step"].min())
+            )
             shown += [
                 f"**audit {audit_id}**: env {first['env']}, episode {first['episode']}, the first {first['step']} steps retrained for "
                 f"each of the {2 ** first['candidates']} coalitions × {first['replicates']} replicates ({first['wall_seconds']:.0f} s)",
                 plot,
-                _table(seeds.select("slot", "blueprint_name", "germinated_step", "phi", "phi_low", "phi_high", "loo", "contribution",
-                                    "decision")),
+                _table(seeds.select("slot", "blueprint_name", "germinated_step", "phi", "phi_low", "phi_high", "loo", "contribution", "decision")),
                 "**the run's lifecycle events on these seeds**",
                 _table(events.select("step", "slot", "kind_name", "name", "value")),
-            ]  # fmt: skip
+            ]
         return pn.Column(*shown)
 
     return pn.Column(*header, pn.bind(body, selection.param.view))
@@ -294,8 +376,9 @@ def _needs_steps(body):
     @functools.wraps(body)
     def guarded(view, *rest):
         if view[3] is None:
-            return pn.pane.Markdown(f"### {view[1]}\n\nThis run recorded no steps (it ended before its first): nothing to show.",
-                                    css_classes=["no-steps"])  # fmt: skip
+            return pn.pane.Markdown(
+                f"### {view[1]}\n\nThis run recorded no steps (it ended before its first): nothing to show.", css_classes=["no-steps"]
+            )
         return body(view, *rest)
 
     return guarded
@@ -312,9 +395,7 @@ def _own(store: Store, selection: Selection | None) -> tuple[Selection, list]:
 def _lines(frame: pl.DataFrame, x: str, columns: dict[str, str], title: str, ylabel: str) -> hv.Overlay:
     """One line per column in a small plot; a legend (outside, never over the data) only for several."""
     lines = [_line(frame, x, column, label, color) for (column, label), color in zip(columns.items(), (HIGHLIGHT, *PALETTE))]
-    return hv.Overlay(lines).opts(
-        title=title, ylabel=ylabel, xticks=_integers(), show_legend=len(lines) > 1, legend_position="right", **SMALL
-    )
+    return hv.Overlay(lines).opts(title=title, ylabel=ylabel, xticks=_integers(), show_legend=len(lines) > 1, legend_position="right", **SMALL)
 
 
 def _line(frame: pl.DataFrame, x: str, y: str, label: str, color: str) -> hv.Overlay:

@@ -96,9 +96,14 @@ def engine(scheduler: str | None, jobs: int, token: str) -> Iterator[Engine]:
             yield Engine(client, None)
         return
     cluster = LocalCluster(
-        n_workers=jobs, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
-        silence_logs=logging.ERROR, env={RUN_TAG: f"{token}/", "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+        n_workers=jobs,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        silence_logs=logging.ERROR,
+        env={RUN_TAG: f"{token}/", "OMP_NUM_THREADS": "1"},
+    )
     try:
         with Client(cluster) as client:
             client.register_plugin(LocalWorker(), name="esper-lab-local-worker")

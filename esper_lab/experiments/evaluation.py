@@ -60,11 +60,14 @@ def arm_policy(arm: str, agent: Agent | None, settings: Settings):
             raise ValueError(f"arm {arm!r} needs a trained agent")
         return PPOPolicy(agent, seed=stream_seed(run_seed, 0, Stream.EVALUATION), greedy=arm == "ppo_greedy", partner=settings.partner())
     _check_arm(arm, settings)
-    makers: dict[str, Callable] = {"static": StaticPolicy, "heuristic": HeuristicPolicy,
-                                   "random": lambda: RandomPolicy(seed=stream_seed(run_seed, 0, Stream.EVALUATION)),
-                                   "oracle": lambda: OraclePolicy(settings.oracle),
-                                   "planter": lambda: PlanterPolicy(settings.planter),
-                                   "planter_regrow": lambda: PlanterPolicy(settings.planter, regrow=True)}  # fmt: skip
+    makers: dict[str, Callable] = {
+        "static": StaticPolicy,
+        "heuristic": HeuristicPolicy,
+        "random": lambda: RandomPolicy(seed=stream_seed(run_seed, 0, Stream.EVALUATION)),
+        "oracle": lambda: OraclePolicy(settings.oracle),
+        "planter": lambda: PlanterPolicy(settings.planter),
+        "planter_regrow": lambda: PlanterPolicy(settings.planter, regrow=True),
+    }
     return makers[arm]()
 
 
@@ -73,9 +76,16 @@ def batch_size(episodes: int, envs: int) -> int:
     return max(n for n in range(1, min(episodes, envs) + 1) if episodes % n == 0)
 
 
-def evaluate_arms(settings: Settings, agent: Agent | None, root: str | Path, cohort: str, parent_run: str,
-                  preset: str | None = None, arms: tuple[str, ...] | None = None,
-                  on_episode: Callable[[str], None] | None = None) -> list[str]:  # fmt: skip
+def evaluate_arms(
+    settings: Settings,
+    agent: Agent | None,
+    root: str | Path,
+    cohort: str,
+    parent_run: str,
+    preset: str | None = None,
+    arms: tuple[str, ...] | None = None,
+    on_episode: Callable[[str], None] | None = None,
+) -> list[str]:
     """Play `settings.eval_episodes` held-out episodes with each arm, recorded as eval runs
     `<parent_run>-eval-<arm>`; returns their run ids. `on_episode(arm)` after each batch.
     `arms`: default, every arm of the settings (`played_arms`)."""
@@ -90,9 +100,15 @@ def evaluate_arms(settings: Settings, agent: Agent | None, root: str | Path, coh
             policy = arm_policy(arm, agent, settings)
             run_id = f"{parent_run}-eval-{arm}"
             learned = dataclasses.asdict(settings.policy) if arm.startswith("ppo") else None
-            with Recorder(root, cohort, config, run_id=run_id, parent_run=parent_run, kind="eval", arm=arm, preset=preset,
-                          policy_config=learned) as recorder:  # fmt: skip
-                run_episodes(vec, policy, recorder=recorder, seeds=seeds,
-                             on_step=lambda _, __, results: on_episode(arm) if on_episode and results[0].done else None)  # fmt: skip
+            with Recorder(
+                root, cohort, config, run_id=run_id, parent_run=parent_run, kind="eval", arm=arm, preset=preset, policy_config=learned
+            ) as recorder:
+                run_episodes(
+                    vec,
+                    policy,
+                    recorder=recorder,
+                    seeds=seeds,
+                    on_step=lambda _, __, results: on_episode(arm) if on_episode and results[0].done else None,
+                )
             run_ids.append(run_id)
     return run_ids

@@ -66,8 +66,7 @@ def held_out(store: Store) -> pl.DataFrame:
     is_acc = pl.col("task").replace_strict(accuracy, return_dtype=pl.Boolean)
     outcomes = outcomes.with_columns(
         score=pl.when(is_acc).then(pl.col("final_metric") * 100).otherwise(-pl.col("final_metric")),
-        conv_heavy_share=pl.when(pl.col("forward_params") > 0)
-        .then(pl.col("conv_heavy_params") / pl.col("forward_params")).otherwise(0.0),
+        conv_heavy_share=pl.when(pl.col("forward_params") > 0).then(pl.col("conv_heavy_params") / pl.col("forward_params")).otherwise(0.0),
     )
     keys = ["cohort", "parent_run", "episode_seed"]
     static = outcomes.filter(pl.col("arm") == CONTROL).select(*keys, pl.col("score").alias("static_score"))
@@ -75,8 +74,8 @@ def held_out(store: Store) -> pl.DataFrame:
     decay = store.decay_counts().drop("cohort")
     adjacency = store.adjacency_counts().drop("cohort")
     episode = ["run_id", "env", "episode"]
-    fossils = store.fossils().group_by(episode).agg(
-        fossils=pl.len(), fossils_kept=pl.col("kept").sum(), fossil_contribution=pl.col("contribution").mean()
+    fossils = (
+        store.fossils().group_by(episode).agg(fossils=pl.len(), fossils_kept=pl.col("kept").sum(), fossil_contribution=pl.col("contribution").mean())
     )
     return (
         outcomes.join(static, on=keys, how="left")
@@ -86,8 +85,10 @@ def held_out(store: Store) -> pl.DataFrame:
         .join(decay, on=episode, how="left")
         .join(adjacency, on=episode, how="left")
         .join(fossils, on=episode, how="left")
-        .with_columns(pl.col("fossils", "fossils_kept").fill_null(0),
-                      fossil_contribution=pl.when(is_acc).then(pl.col("fossil_contribution") * 100).otherwise(pl.col("fossil_contribution")))
+        .with_columns(
+            pl.col("fossils", "fossils_kept").fill_null(0),
+            fossil_contribution=pl.when(is_acc).then(pl.col("fossil_contribution") * 100).otherwise(pl.col("fossil_contribution")),
+        )
     )
 
 
@@ -125,15 +126,29 @@ def evidence(store: Store) -> Evidence:
     runs = store.runs().filter(pl.col("status") == "completed")
     sampled = runs.filter((pl.col("kind") == "eval") & (pl.col("arm") == SAMPLED)).select("run_id", "seed")
     usage = store.grow_shrink_share().join(sampled, on="run_id").select("cohort", "seed", "grow_shrink_share", "wait_share")
-    heads = (store.policy_entropy().join(sampled, on="run_id").filter(pl.col("open_decisions") > 0).group_by("cohort", "head")
-             .agg(open_entropy=(pl.col("open_entropy") * pl.col("open_decisions")).sum() / pl.col("open_decisions").sum()))  # fmt: skip
+    heads = (
+        store.policy_entropy()
+        .join(sampled, on="run_id")
+        .filter(pl.col("open_decisions") > 0)
+        .group_by("cohort", "head")
+        .agg(open_entropy=(pl.col("open_entropy") * pl.col("open_decisions")).sum() / pl.col("open_decisions").sum())
+    )
     training = runs.filter(pl.col("kind") == "ppo").select("run_id", "seed")
     curves = store.learning_curve().join(training, on="run_id").drop_nulls("entropy_op").sort("episode")
-    entropy = (curves.group_by("cohort", "run_id", "seed").agg(first=pl.col("entropy_op").first(), last=pl.col("entropy_op").last())
-               .filter(pl.col("first") > 0).select("cohort", "seed", kept=pl.col("last") / pl.col("first")))  # fmt: skip
+    entropy = (
+        curves.group_by("cohort", "run_id", "seed")
+        .agg(first=pl.col("entropy_op").first(), last=pl.col("entropy_op").last())
+        .filter(pl.col("first") > 0)
+        .select("cohort", "seed", kept=pl.col("last") / pl.col("first"))
+    )
     probes = store.probes().join(runs.filter(pl.col("kind") == "eval").select("run_id", "arm"), on="run_id")
-    ops = (store.lifecycle_op_counts().join(sampled, on="run_id").filter(pl.col("op") != int(Op.WAIT))
-           .group_by("cohort", "seed", "op_name").agg(pl.col("chosen").sum()))  # fmt: skip
+    ops = (
+        store.lifecycle_op_counts()
+        .join(sampled, on="run_id")
+        .filter(pl.col("op") != int(Op.WAIT))
+        .group_by("cohort", "seed", "op_name")
+        .agg(pl.col("chosen").sum())
+    )
     return Evidence(held_out(store), usage, entropy, heads, probes, curves, ops)
 
 
@@ -147,30 +162,51 @@ def seed002_gates(pack: Pack, ev: Evidence) -> list[Gate]:
         control = arm(outcomes, pack.control, GREEDY)
         if _has_ladder(pack, cohort):
             share = estimate(ev.usage.filter(pl.col("cohort") == cohort), "grow_shrink_share")
-            gates.append(Gate("1 usage", cohort, verdict(share, GROW_SHRINK_GATE),
-                              f"grow/shrink share of non-WAIT decisions {_say(share)} "
-                              f"(gate > {GROW_SHRINK_GATE:.0%}; {SAMPLED}, per seed)"))  # fmt: skip
+            gates.append(
+                Gate(
+                    "1 usage",
+                    cohort,
+                    verdict(share, GROW_SHRINK_GATE),
+                    f"grow/shrink share of non-WAIT decisions {_say(share)} (gate > {GROW_SHRINK_GATE:.0%}; {SAMPLED}, per seed)",
+                )
+            )
         if cohort != pack.control:
             share = paired_estimate(greedy, control, "conv_heavy_share", on=SAME_SEED_EPISODE)
-            roi = paired_estimate(per_seed(greedy.drop_nulls("roi"), "roi"), per_seed(control.drop_nulls("roi"), "roi"), "roi",
-                                  on=("seed",))  # fmt: skip
+            roi = paired_estimate(per_seed(greedy.drop_nulls("roi"), "roi"), per_seed(control.drop_nulls("roi"), "roi"), "roi", on=("seed",))
             parts = [verdict(share, 0.0, higher_passes=False), verdict(roi, 0.0)]
-            gates.append(Gate("2 dominance", cohort, combine(parts),
-                              f"conv_heavy share minus control's {_say(share)} (gate <= 0); ROI (points per 1k "
-                              f"in-forward params, per seed) minus control's {_say(roi)} (gate > 0)"))  # fmt: skip
+            gates.append(
+                Gate(
+                    "2 dominance",
+                    cohort,
+                    combine(parts),
+                    f"conv_heavy share minus control's {_say(share)} (gate <= 0); ROI (points per 1k "
+                    f"in-forward params, per seed) minus control's {_say(roi)} (gate > 0)",
+                )
+            )
         kept = estimate(ev.entropy.filter(pl.col("cohort") == cohort), "kept")
         rollbacks = paired_estimate(greedy, control, "rollbacks", on=SAME_SEED_EPISODE) if cohort != pack.control else None
         parts = [verdict(kept, ENTROPY_KEPT)] + ([verdict(rollbacks, 0.0, higher_passes=False)] if cohort != pack.control else [])
-        gates.append(Gate("3 stability", cohort, combine(parts),
-                          f"op entropy last/first training episode {_say(kept)} (gate > {ENTROPY_KEPT}); "
-                          f"rollbacks per episode minus control's {_say(rollbacks)} (gate <= 0)"))  # fmt: skip
+        gates.append(
+            Gate(
+                "3 stability",
+                cohort,
+                combine(parts),
+                f"op entropy last/first training episode {_say(kept)} (gate > {ENTROPY_KEPT}); "
+                f"rollbacks per episode minus control's {_say(rollbacks)} (gate <= 0)",
+            )
+        )
         if _has_ladder(pack, cohort):
             rate = estimate(sampled, "level_change_rate")
             cycles = estimate(sampled, "regerminations")
-            gates.append(Gate("4 anti-thrash", cohort, combine([verdict(rate, MAX_LEVEL_CHANGE_RATE, higher_passes=False),
-                                                                verdict(cycles, MAX_REGERMINATIONS, higher_passes=False)]),
-                              f"level changes per step {_say(rate)} (gate <= {MAX_LEVEL_CHANGE_RATE}); prune->re-germinate "
-                              f"per episode {_say(cycles)} (gate <= {MAX_REGERMINATIONS}); {SAMPLED}"))  # fmt: skip
+            gates.append(
+                Gate(
+                    "4 anti-thrash",
+                    cohort,
+                    combine([verdict(rate, MAX_LEVEL_CHANGE_RATE, higher_passes=False), verdict(cycles, MAX_REGERMINATIONS, higher_passes=False)]),
+                    f"level changes per step {_say(rate)} (gate <= {MAX_LEVEL_CHANGE_RATE}); prune->re-germinate "
+                    f"per episode {_say(cycles)} (gate <= {MAX_REGERMINATIONS}); {SAMPLED}",
+                )
+            )
     return gates
 
 
@@ -192,24 +228,47 @@ def stage1_gates(pack: Pack, ev: Evidence) -> list[Gate]:
         typical = paired_estimate(greedy, static, "score", statistic=median)
         share = estimate(greedy.with_columns(share=pl.col("forward_params_mean") / pl.col("host_params")), "share")
         parts = [verdict(typical, MIN_GAIN_POINTS), verdict(typical, 0.0), verdict(share, MAX_PARAM_SHARE, higher_passes=False)]
-        gates.append(Gate("1 growth pays", cohort, combine(parts),
-                          f"{GREEDY} minus static, median over episodes {_say(typical)} (gate > {MIN_GAIN_POINTS} point, CI above 0); "
-                          f"mean in-forward seed params / host params {_say(share)} (gate <= {MAX_PARAM_SHARE})"))  # fmt: skip
+        gates.append(
+            Gate(
+                "1 growth pays",
+                cohort,
+                combine(parts),
+                f"{GREEDY} minus static, median over episodes {_say(typical)} (gate > {MIN_GAIN_POINTS} point, CI above 0); "
+                f"mean in-forward seed params / host params {_say(share)} (gate <= {MAX_PARAM_SHARE})",
+            )
+        )
         returns = {name: paired_estimate(greedy, arm(outcomes, cohort, name), "episode_return") for name in ("heuristic", "random")}
-        gates.append(Gate("2 beats baselines", cohort, combine([verdict(e, 0.0) for e in returns.values()]),
-                          "; ".join(f"return minus {name}'s {_say(e)} (gate > 0)" for name, e in returns.items())))  # fmt: skip
+        gates.append(
+            Gate(
+                "2 beats baselines",
+                cohort,
+                combine([verdict(e, 0.0) for e in returns.values()]),
+                "; ".join(f"return minus {name}'s {_say(e)} (gate > 0)" for name, e in returns.items()),
+            )
+        )
         wait = estimate(ev.usage.filter(pl.col("cohort") == cohort), "wait_share")
         heads = ev.heads.filter(pl.col("cohort") == cohort)
         floor = heads["open_entropy"].min() if not heads.is_empty() else None
         dead = heads.filter(pl.col("open_entropy") < MIN_OPEN_ENTROPY)["head"].to_list()
-        gates.append(Gate("3 no collapse", cohort, combine([verdict(wait, MAX_WAIT_SHARE, higher_passes=False),
-                                                           PASS if floor is not None and not dead else FAIL]),
-                          f"WAIT share of decisions {_say(wait)} (gate <= {MAX_WAIT_SHARE}; {SAMPLED}); lowest head entropy over "
-                          f"open decisions {floor if floor is None else f'{floor:.3f}'} nats (gate >= {MIN_OPEN_ENTROPY}; "
-                          f"below: {', '.join(dead) or 'none'})"))  # fmt: skip
+        gates.append(
+            Gate(
+                "3 no collapse",
+                cohort,
+                combine([verdict(wait, MAX_WAIT_SHARE, higher_passes=False), PASS if floor is not None and not dead else FAIL]),
+                f"WAIT share of decisions {_say(wait)} (gate <= {MAX_WAIT_SHARE}; {SAMPLED}); lowest head entropy over "
+                f"open decisions {floor if floor is None else f'{floor:.3f}'} nats (gate >= {MIN_OPEN_ENTROPY}; "
+                f"below: {', '.join(dead) or 'none'})",
+            )
+        )
         cycles = estimate(sampled, "regerminations")
-        gates.append(Gate("4 no oscillation", cohort, verdict(cycles, MAX_REGERMINATIONS, higher_passes=False),
-                          f"prune->re-germinate per episode {_say(cycles)} (gate <= {MAX_REGERMINATIONS}; {SAMPLED})"))
+        gates.append(
+            Gate(
+                "4 no oscillation",
+                cohort,
+                verdict(cycles, MAX_REGERMINATIONS, higher_passes=False),
+                f"prune->re-germinate per episode {_say(cycles)} (gate <= {MAX_REGERMINATIONS}; {SAMPLED})",
+            )
+        )
     return gates
 
 
@@ -218,15 +277,19 @@ def rent_sweep_gates(pack: Pack, ev: Evidence) -> list[Gate]:
     trained policy's in-forward seed params (episode mean, held-out, greedy) fall as rent rises:
     Spearman's rho between the weight and the params, its CI from resampling training seeds."""
     weights = {name: (cohort.get("economy") or {}).get("rent_weight") for name, cohort in pack.cohorts.items()}
-    greedy = ev.outcomes.filter(pl.col("arm") == GREEDY).with_columns(
-        weight=pl.col("cohort").replace_strict(weights, return_dtype=pl.Float64)
-    )
+    greedy = ev.outcomes.filter(pl.col("arm") == GREEDY).with_columns(weight=pl.col("cohort").replace_strict(weights, return_dtype=pl.Float64))
     rho = None
     if greedy["weight"].n_unique() >= 4:
         rho = bootstrap_rows(greedy, lambda f: spearman(f["weight"].to_numpy(), f["forward_params_mean"].to_numpy()))
-    return [Gate("1 rent prices growth", "all", verdict(rho, 0.0, higher_passes=False),
-                 f"Spearman rho(rent_weight, in-forward seed params) {_say(rho)} over {greedy['weight'].n_unique()} rent weights "
-                 f"{sorted(set(greedy['weight'].drop_nulls()))} (gate: CI below 0)")]  # fmt: skip
+    return [
+        Gate(
+            "1 rent prices growth",
+            "all",
+            verdict(rho, 0.0, higher_passes=False),
+            f"Spearman rho(rent_weight, in-forward seed params) {_say(rho)} over {greedy['weight'].n_unique()} rent weights "
+            f"{sorted(set(greedy['weight'].drop_nulls()))} (gate: CI below 0)",
+        )
+    ]
 
 
 # Seed 004 Stages 2 and 3 (decay), made measurable. The planter arm (`policy.PlanterPolicy`)
@@ -256,25 +319,55 @@ def stage2_gates(pack: Pack, ev: Evidence) -> list[Gate]:
         emrakul = _emrakul_arm(pack, cohort)
         planted = arm(ev.outcomes, cohort, emrakul)
         lyses = estimate(planted, "lyses")
-        gates.append(Gate("1 lyses", cohort, verdict(lyses, MIN_LYSES - 0.5),
-                          f"physical lyses per held-out episode {_say(lyses)} (gate >= {MIN_LYSES}, CI above {MIN_LYSES - 0.5})"))
+        gates.append(
+            Gate(
+                "1 lyses",
+                cohort,
+                verdict(lyses, MIN_LYSES - 0.5),
+                f"physical lyses per held-out episode {_say(lyses)} (gate >= {MIN_LYSES}, CI above {MIN_LYSES - 0.5})",
+            )
+        )
         probes = ev.probes.filter((pl.col("cohort") == cohort) & (pl.col("arm") == emrakul))
         spiked = probes.filter(pl.col("recovery_steps").is_null() | (pl.col("recovery_steps") > pl.col("watch_steps")))
         watch = "/".join(str(w) for w in sorted(set(probes["watch_steps"]))) or "-"
-        gates.append(Gate("2 no lasting spike", cohort, PASS if probes.height and spiked.is_empty() else FAIL,
-                          f"{probes.height - spiked.height} of {probes.height} judged probes had the metric back within the "
-                          f"harm tolerance of its pre-probe baseline within {watch} steps (decay.watch_steps; gate: all); "
-                          f"restored {int(probes['restored'].sum() or 0)}, cleared {int((~probes['restored']).sum() or 0)}"))  # fmt: skip
+        gates.append(
+            Gate(
+                "2 no lasting spike",
+                cohort,
+                PASS if probes.height and spiked.is_empty() else FAIL,
+                f"{probes.height - spiked.height} of {probes.height} judged probes had the metric back within the "
+                f"harm tolerance of its pre-probe baseline within {watch} steps (decay.watch_steps; gate: all); "
+                f"restored {int(probes['restored'].sum() or 0)}, cleared {int((~probes['restored']).sum() or 0)}",
+            )
+        )
         repeats = _probes_under_lock(probes)
-        gates.append(Gate("3 locks hold", cohort, PASS if repeats == 0 else FAIL,
-                          f"probes of a phage during its criticality lock: {repeats} (gate 0); restored probes (antibodies) "
-                          f"{int(probes['restored'].sum() or 0)}, most on one phage {_most_restored(probes)}"))  # fmt: skip
+        gates.append(
+            Gate(
+                "3 locks hold",
+                cohort,
+                PASS if repeats == 0 else FAIL,
+                f"probes of a phage during its criticality lock: {repeats} (gate 0); restored probes (antibodies) "
+                f"{int(probes['restored'].sum() or 0)}, most on one phage {_most_restored(probes)}",
+            )
+        )
         cheaper = paired_estimate(planted, control, "forward_params_mean", on=SAME_SEED_EPISODE)
-        gates.append(Gate("4 cheaper", cohort, verdict(cheaper, 0.0, higher_passes=False),
-                          f"mean in-forward seed params per episode minus without Emrakul {_say(cheaper)} (gate: CI below 0)"))
+        gates.append(
+            Gate(
+                "4 cheaper",
+                cohort,
+                verdict(cheaper, 0.0, higher_passes=False),
+                f"mean in-forward seed params per episode minus without Emrakul {_say(cheaper)} (gate: CI below 0)",
+            )
+        )
         score = paired_estimate(planted, control, "score", on=SAME_SEED_EPISODE)
-        gates.append(Gate("5 accuracy kept", cohort, verdict(score, -NON_INFERIORITY),
-                          f"final score minus without Emrakul {_say(score)} points (gate: CI above -{NON_INFERIORITY})"))
+        gates.append(
+            Gate(
+                "5 accuracy kept",
+                cohort,
+                verdict(score, -NON_INFERIORITY),
+                f"final score minus without Emrakul {_say(score)} points (gate: CI above -{NON_INFERIORITY})",
+            )
+        )
     return gates
 
 
@@ -292,15 +385,33 @@ def stage3_gates(pack: Pack, ev: Evidence) -> list[Gate]:
                 continue
             if name == REGROWER:
                 seeds = frame.group_by("seed").agg(handoffs=(pl.col("lyses").gt(0) & pl.col("regrown").gt(0)).sum())
-                gates.append(Gate("1 handoff on every seed", cohort, PASS if seeds.height and seeds["handoffs"].min() > 0 else FAIL,
-                                  f"held-out episodes with a lysis and a regrowth, per seed: "
-                                  f"{dict(zip(seeds['seed'].to_list(), seeds['handoffs'].to_list()))} (gate: >= 1 on every seed)"))  # fmt: skip
+                gates.append(
+                    Gate(
+                        "1 handoff on every seed",
+                        cohort,
+                        PASS if seeds.height and seeds["handoffs"].min() > 0 else FAIL,
+                        f"held-out episodes with a lysis and a regrowth, per seed: "
+                        f"{dict(zip(seeds['seed'].to_list(), seeds['handoffs'].to_list()))} (gate: >= 1 on every seed)",
+                    )
+                )
             rollbacks = paired_estimate(frame, control, "rollbacks", on=SAME_SEED_EPISODE)  # planting itself can diverge
-            gates.append(Gate(f"2 stable, scars {label}", cohort, verdict(rollbacks, 0.0, higher_passes=False),
-                              f"governor rollbacks per episode minus without Emrakul {_say(rollbacks)} (gate: CI at or below 0)"))
+            gates.append(
+                Gate(
+                    f"2 stable, scars {label}",
+                    cohort,
+                    verdict(rollbacks, 0.0, higher_passes=False),
+                    f"governor rollbacks per episode minus without Emrakul {_say(rollbacks)} (gate: CI at or below 0)",
+                )
+            )
             score = paired_estimate(frame, control, "score", on=SAME_SEED_EPISODE)
-            gates.append(Gate(f"3 metric kept, scars {label}", cohort, verdict(score, -NON_INFERIORITY),
-                              f"final score minus without Emrakul {_say(score)} points (gate: CI above -{NON_INFERIORITY})"))
+            gates.append(
+                Gate(
+                    f"3 metric kept, scars {label}",
+                    cohort,
+                    verdict(score, -NON_INFERIORITY),
+                    f"final score minus without Emrakul {_say(score)} points (gate: CI above -{NON_INFERIORITY})",
+                )
+            )
     return gates
 
 
@@ -326,8 +437,11 @@ def churn_drop(curves: pl.DataFrame) -> pl.DataFrame:
 
 def top_op_share(ops: pl.DataFrame) -> pl.DataFrame:
     """Per cohort and seed, the most chosen non-WAIT op and its share of the non-WAIT decisions."""
-    return (ops.filter(pl.col("chosen") > 0).group_by("cohort", "seed")
-            .agg(top_op=pl.col("op_name").sort_by("chosen").last(), share=pl.col("chosen").max() / pl.col("chosen").sum()))  # fmt: skip
+    return (
+        ops.filter(pl.col("chosen") > 0)
+        .group_by("cohort", "seed")
+        .agg(top_op=pl.col("op_name").sort_by("chosen").last(), share=pl.col("chosen").max() / pl.col("chosen").sum())
+    )
 
 
 def phase5_gates(pack: Pack, ev: Evidence) -> list[Gate]:
@@ -338,57 +452,111 @@ def phase5_gates(pack: Pack, ev: Evidence) -> list[Gate]:
     for cohort in sorted(set(outcomes.filter(pl.col("arm") == GREEDY)["cohort"])):
         greedy, static, heuristic = (arm(outcomes, cohort, name) for name in (GREEDY, CONTROL, "heuristic"))
         drop = estimate(drops.filter(pl.col("cohort") == cohort), "diff")
-        gates.append(Gate("1 churn drops", cohort, verdict(drop, 0.0, higher_passes=False),
-                          f"C_churn per training episode, last fifth of training minus first fifth {_say(drop)} (gate: CI below 0)"))
+        gates.append(
+            Gate(
+                "1 churn drops",
+                cohort,
+                verdict(drop, 0.0, higher_passes=False),
+                f"C_churn per training episode, last fifth of training minus first fifth {_say(drop)} (gate: CI below 0)",
+            )
+        )
         roi, roi_heuristic = (estimate(frame.drop_nulls("roi"), "roi") for frame in (greedy, heuristic))
-        gates.append(Gate("2 ROI stays high", cohort, verdict(roi, 0.0),
-                          f"gain over static per {ROI_PARAMS:,} in-forward seed params at the end {_say(roi)} over the episodes with "
-                          f"seeds in forward (gate: CI above 0); the heuristic's {_say(roi_heuristic)}"))  # fmt: skip
+        gates.append(
+            Gate(
+                "2 ROI stays high",
+                cohort,
+                verdict(roi, 0.0),
+                f"gain over static per {ROI_PARAMS:,} in-forward seed params at the end {_say(roi)} over the episodes with "
+                f"seeds in forward (gate: CI above 0); the heuristic's {_say(roi_heuristic)}",
+            )
+        )
         fossils, kept = int(greedy["fossils"].sum()), int(greedy["fossils_kept"].sum())
         benefit = estimate(greedy.drop_nulls("fossil_contribution"), "fossil_contribution")
         sampled = arm(outcomes, cohort, SAMPLED)  # evidence only: the distribution PPO trains may fossilise where its argmax does not
-        gates.append(Gate("3 fossils stable and beneficial", cohort,
-                          combine([PASS if fossils and kept == fossils else FAIL, verdict(benefit, 0.0)]),
-                          f"{fossils} fossils in {greedy.height} episodes, {kept} still fossils at the end (gate: all, and at least "
-                          f"one); their last measured contribution, mean per episode {_say(benefit)} points (gate: CI above 0); "
-                          f"{SAMPLED}: {int(sampled['fossils'].sum())} fossils, {int(sampled['fossils_kept'].sum())} kept, contribution "
-                          f"{_say(estimate(sampled.drop_nulls('fossil_contribution'), 'fossil_contribution'))}"))  # fmt: skip
+        gates.append(
+            Gate(
+                "3 fossils stable and beneficial",
+                cohort,
+                combine([PASS if fossils and kept == fossils else FAIL, verdict(benefit, 0.0)]),
+                f"{fossils} fossils in {greedy.height} episodes, {kept} still fossils at the end (gate: all, and at least "
+                f"one); their last measured contribution, mean per episode {_say(benefit)} points (gate: CI above 0); "
+                f"{SAMPLED}: {int(sampled['fossils'].sum())} fossils, {int(sampled['fossils_kept'].sum())} kept, contribution "
+                f"{_say(estimate(sampled.drop_nulls('fossil_contribution'), 'fossil_contribution'))}",
+            )
+        )
         share = estimate(greedy, "conv_heavy_share")
         versus = paired_estimate(greedy, heuristic, "conv_heavy_share")
-        gates.append(Gate("4 minimal conv_heavy", cohort, verdict(share, MAX_CONV_HEAVY_SHARE, higher_passes=False),
-                          f"conv_heavy share of in-forward seed params at the end {_say(share)} (gate: CI at or below "
-                          f"{MAX_CONV_HEAVY_SHARE}); minus the heuristic's {_say(versus)}"))  # fmt: skip
+        gates.append(
+            Gate(
+                "4 minimal conv_heavy",
+                cohort,
+                verdict(share, MAX_CONV_HEAVY_SHARE, higher_passes=False),
+                f"conv_heavy share of in-forward seed params at the end {_say(share)} (gate: CI at or below "
+                f"{MAX_CONV_HEAVY_SHARE}); minus the heuristic's {_say(versus)}",
+            )
+        )
         rollbacks = paired_estimate(greedy, static, "rollbacks")
-        gates.append(Gate("5 governor consistent", cohort, verdict(rollbacks, 0.0, higher_passes=False),
-                          f"rollbacks per episode minus the static host's {_say(rollbacks)} (gate: CI at or below 0); vetoes per "
-                          f"episode {_say(estimate(greedy, 'vetoes'))}, of buds and consolidations for ROI "
-                          f"{_say(estimate(greedy, 'roi_vetoes'))}"))  # fmt: skip
+        gates.append(
+            Gate(
+                "5 governor consistent",
+                cohort,
+                verdict(rollbacks, 0.0, higher_passes=False),
+                f"rollbacks per episode minus the static host's {_say(rollbacks)} (gate: CI at or below 0); vetoes per "
+                f"episode {_say(estimate(greedy, 'vetoes'))}, of buds and consolidations for ROI "
+                f"{_say(estimate(greedy, 'roi_vetoes'))}",
+            )
+        )
         kept_entropy = estimate(ev.entropy.filter(pl.col("cohort") == cohort), "kept")
         wait = estimate(ev.usage.filter(pl.col("cohort") == cohort), "wait_share")
         heads = ev.heads.filter(pl.col("cohort") == cohort)
         dead = heads.filter(pl.col("open_entropy") < MIN_OPEN_ENTROPY)["head"].to_list()
         top = tops.filter(pl.col("cohort") == cohort)
         top_share = estimate(top, "share")
-        parts = [verdict(kept_entropy, ENTROPY_KEPT), verdict(wait, MAX_WAIT_SHARE, higher_passes=False),
-                 PASS if heads.height and not dead else FAIL, verdict(top_share, MAX_TOP_OP_SHARE, higher_passes=False)]
-        gates.append(Gate("6 no collapse", cohort, combine(parts),
-                          f"op entropy last/first training episode {_say(kept_entropy)} (gate > {ENTROPY_KEPT}); WAIT share "
-                          f"{_say(wait)} (gate <= {MAX_WAIT_SHARE}); heads below {MIN_OPEN_ENTROPY} nats over open decisions: "
-                          f"{', '.join(dead) or 'none'} of {heads.height}; top non-WAIT op's share per seed {_say(top_share)} "
-                          f"(gate <= {MAX_TOP_OP_SHARE}; most often {', '.join(sorted(set(top['top_op']))) or '-'}); {SAMPLED}"))  # fmt: skip
+        parts = [
+            verdict(kept_entropy, ENTROPY_KEPT),
+            verdict(wait, MAX_WAIT_SHARE, higher_passes=False),
+            PASS if heads.height and not dead else FAIL,
+            verdict(top_share, MAX_TOP_OP_SHARE, higher_passes=False),
+        ]
+        gates.append(
+            Gate(
+                "6 no collapse",
+                cohort,
+                combine(parts),
+                f"op entropy last/first training episode {_say(kept_entropy)} (gate > {ENTROPY_KEPT}); WAIT share "
+                f"{_say(wait)} (gate <= {MAX_WAIT_SHARE}); heads below {MIN_OPEN_ENTROPY} nats over open decisions: "
+                f"{', '.join(dead) or 'none'} of {heads.height}; top non-WAIT op's share per seed {_say(top_share)} "
+                f"(gate <= {MAX_TOP_OP_SHARE}; most often {', '.join(sorted(set(top['top_op']))) or '-'}); {SAMPLED}",
+            )
+        )
         score = paired_estimate(greedy, static, "score")
-        gates.append(Gate("7 metric kept", cohort, verdict(score, -NON_INFERIORITY),
-                          f"final score minus the static host's {_say(score)} points (gate: CI above -{NON_INFERIORITY}); "
-                          f"return minus the heuristic's {_say(paired_estimate(greedy, heuristic, 'episode_return'))}"))  # fmt: skip
+        gates.append(
+            Gate(
+                "7 metric kept",
+                cohort,
+                verdict(score, -NON_INFERIORITY),
+                f"final score minus the static host's {_say(score)} points (gate: CI above -{NON_INFERIORITY}); "
+                f"return minus the heuristic's {_say(paired_estimate(greedy, heuristic, 'episode_return'))}",
+            )
+        )
     return gates
 
 
 def _probes_under_lock(probes: pl.DataFrame) -> int:
     """Probes that started on a phage before the lock its last restored probe set had run out."""
-    return 0 if probes.is_empty() else int(probes.sort("started").with_columns(
-        previous_restored=pl.col("restored").shift().over("run_id", "env", "episode", "slot"),
-        previous_judged=pl.col("judged").shift().over("run_id", "env", "episode", "slot"),
-    ).filter(pl.col("previous_restored") & (pl.col("started") - pl.col("previous_judged") <= pl.col("lock_steps"))).height)
+    return (
+        0
+        if probes.is_empty()
+        else int(
+            probes.sort("started")
+            .with_columns(
+                previous_restored=pl.col("restored").shift().over("run_id", "env", "episode", "slot"),
+                previous_judged=pl.col("judged").shift().over("run_id", "env", "episode", "slot"),
+            )
+            .filter(pl.col("previous_restored") & (pl.col("started") - pl.col("previous_judged") <= pl.col("lock_steps")))
+            .height
+        )
+    )
 
 
 def _most_restored(probes: pl.DataFrame) -> int:
@@ -396,5 +564,11 @@ def _most_restored(probes: pl.DataFrame) -> int:
     return 0 if restored.is_empty() else int(restored.group_by("run_id", "env", "episode", "slot").len()["len"].max())
 
 
-GATE_SETS = {"seed002": seed002_gates, "stage1": stage1_gates, "rent_sweep": rent_sweep_gates,
-             "stage2": stage2_gates, "stage3": stage3_gates, "phase5": phase5_gates}  # fmt: skip
+GATE_SETS = {
+    "seed002": seed002_gates,
+    "stage1": stage1_gates,
+    "rent_sweep": rent_sweep_gates,
+    "stage2": stage2_gates,
+    "stage3": stage3_gates,
+    "phase5": phase5_gates,
+}

@@ -24,8 +24,7 @@ def member_run_id(cohort: str, seed: int, preset: str, encoder: str) -> str:
     return f"{cohort}-seed{seed}-{preset}-{encoder}"
 
 
-def run_member(pack: str | Path, cohort: str, seed: int, preset: str, telemetry_root: str | Path,
-               overrides: dict[str, Any] | None = None) -> str:  # fmt: skip
+def run_member(pack: str | Path, cohort: str, seed: int, preset: str, telemetry_root: str | Path, overrides: dict[str, Any] | None = None) -> str:
     """Train for the preset's rounds, evaluate every arm on the held-out episodes (when the preset
     asks for any), and return the training run's id (the id the arms' runs name as their parent,
     also when `rounds = 0` left nothing to train)."""
@@ -43,8 +42,7 @@ def _train_and_evaluate(settings, cohort: str, seed: int, preset: str, telemetry
     train_id, agent = run_id, None  # rounds = 0: scripted arms only, nothing to train
     if settings.rounds:
         with tqdm(total=settings.rounds, desc=f"{cohort} seed={seed}", unit="round") as bar:
-            train_id, agent = train_and_record(settings, telemetry_root, cohort, run_id=run_id, preset=preset,
-                                               on_round=lambda _: bar.update(1))  # fmt: skip
+            train_id, agent = train_and_record(settings, telemetry_root, cohort, run_id=run_id, preset=preset, on_round=lambda _: bar.update(1))
     if settings.eval_episodes:
         batches = settings.eval_episodes // batch_size(settings.eval_episodes, settings.envs)
         with tqdm(total=len(played_arms(settings)) * batches, desc=f"{cohort} seed={seed} held-out", unit="batch") as bar:

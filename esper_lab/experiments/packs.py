@@ -96,9 +96,17 @@ def load_pack(name_or_path: str | Path) -> Pack:
     gates = data.get("gates", "seed002")
     if gates not in GATE_SETS:
         raise ValueError(f"{where}: gates={gates!r} is not one of: {', '.join(GATE_SETS)}")
-    pack = Pack(name=data["name"], title=data["title"], notebook=data["notebook"], seeds=tuple(data["seeds"]),
-                control=data["control"], presets=dict(data["presets"]), cohorts=dict(data["cohorts"]), path=path.resolve(),
-                gates=gates)  # fmt: skip
+    pack = Pack(
+        name=data["name"],
+        title=data["title"],
+        notebook=data["notebook"],
+        seeds=tuple(data["seeds"]),
+        control=data["control"],
+        presets=dict(data["presets"]),
+        cohorts=dict(data["cohorts"]),
+        path=path.resolve(),
+        gates=gates,
+    )
     for preset in pack.presets:
         seeds = pack.preset_seeds(preset)
         if not (seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):

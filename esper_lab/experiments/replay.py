@@ -30,8 +30,12 @@ from esper_lab.telemetry.schema import POLICY_COLUMNS
 # What a replay must reproduce exactly: every recorded column except the policy's internals
 # (log-probs, entropies, masks, value), which a replay without the policy cannot know.
 COMPARED: dict[str, tuple[str, ...]] = {"steps": (), "slots": (), "events": (), "decisions": POLICY_COLUMNS}
-_SORT = {"steps": ["env", "episode", "step"], "slots": ["env", "episode", "step", "slot"],
-         "events": ["env", "episode", "step", "seq"], "decisions": ["env", "episode", "step"]}  # fmt: skip
+_SORT = {
+    "steps": ["env", "episode", "step"],
+    "slots": ["env", "episode", "step", "slot"],
+    "events": ["env", "episode", "step", "seq"],
+    "decisions": ["env", "episode", "step"],
+}
 
 
 class ReplayError(RuntimeError):
@@ -97,8 +101,7 @@ def episode_seeds(store: Store, run_id: str) -> dict[tuple[int, int], int]:
     return {(e, k): seed for e, k, seed in frame.select("env", "episode", "episode_seed").iter_rows()}
 
 
-def _play(config: RunConfig, env_index: int, episode: int, seed: int, decisions: pl.DataFrame,
-          recorder: Recorder) -> tuple[MorphEnv, StepResult]:  # fmt: skip
+def _play(config: RunConfig, env_index: int, episode: int, seed: int, decisions: pl.DataFrame, recorder: Recorder) -> tuple[MorphEnv, StepResult]:
     """Reset env `env_index` to episode seed `seed` and re-apply one episode's recorded actions,
     recording each step."""
     env = MorphEnv(config, env_index)
@@ -154,8 +157,10 @@ def _compare(table: str, store: Store, run_id: str, replayed: Store, replay_id: 
         if differs.any():
             i = int(differs.arg_max())
             where = ", ".join(f"{k}={recorded[k][i]}" for k in _SORT[table])
-            lines.append(f"{table}.{column}: {int(differs.sum())} rows differ, first at {where} "
-                         f"(recorded {recorded[column][i]!r}, replayed {again[column][i]!r})")  # fmt: skip
+            lines.append(
+                f"{table}.{column}: {int(differs.sum())} rows differ, first at {where} "
+                f"(recorded {recorded[column][i]!r}, replayed {again[column][i]!r})"
+            )
     return lines
 
 
@@ -177,9 +182,7 @@ def branch(
     manifest, config = recorded_run(store, run_id)
     if not (isinstance(step, int) and 1 <= step <= config.episode_length):
         raise ReplayError(f"step={step!r} must be an integer in 1..{config.episode_length} (the episode length)")
-    decisions = store.rows("decisions", run=run_id).filter(
-        (pl.col("env") == env) & (pl.col("episode") == episode) & (pl.col("step") < step)
-    )
+    decisions = store.rows("decisions", run=run_id).filter((pl.col("env") == env) & (pl.col("episode") == episode) & (pl.col("step") < step))
     if decisions.height != step - 1:
         raise ReplayError(f"run {run_id!r} env {env} episode {episode} has {decisions.height} recorded steps before step {step}")
     seed = episode_seeds(store, run_id).get((env, episode))
@@ -187,8 +190,9 @@ def branch(
         raise ReplayError(f"run {run_id!r} has no env {env} episode {episode}")
     branch_id = f"{run_id}-b{step}-{secrets.token_hex(3)}"
     with recorded_threads(manifest["torch_threads"]):
-        with Recorder(root, cohort or manifest["cohort"], config, run_id=branch_id, parent_run=run_id,
-                      branch_step=step, flush_every=flush_every, kind="branch") as recorder:  # fmt: skip
+        with Recorder(
+            root, cohort or manifest["cohort"], config, run_id=branch_id, parent_run=run_id, branch_step=step, flush_every=flush_every, kind="branch"
+        ) as recorder:
             morph, result = _play(config, env, episode, seed, decisions, recorder)
             while not result.done:
                 result = morph.step(action)

@@ -23,13 +23,16 @@ from esper_lab.telemetry import Store
 
 VERDICT_COLOURS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "INCONCLUSIVE": "#9a6700"}
 PAGE_WIDTH = 1100  # px: plots and scrolling tables share it
-CSS = """
+CSS = (
+    """
 .esper-table { overflow-x: auto; max-width: %dpx; }
 .esper-table table { border-collapse: collapse; font-size: 13px; }
 .esper-table th, .esper-table td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; white-space: nowrap; }
 .esper-table td.evidence { white-space: normal; min-width: 420px; }
 .verdict { font-weight: bold; color: white; border-radius: 3px; padding: 1px 6px; }
-""" % PAGE_WIDTH
+"""
+    % PAGE_WIDTH
+)
 
 
 def report_path(reports_dir: Path, pack: Pack, preset: str, root: Path) -> Path:
@@ -73,14 +76,13 @@ def write_report(pack: Pack, root: str | Path, preset: str, path: Path) -> Path:
         pn.pane.HTML(f"<style>{CSS}</style>"),
         pn.pane.Markdown(report.header, width=PAGE_WIDTH),
         pn.pane.Markdown(f"## Exit gates ({pack.gates}), on held-out episodes", width=PAGE_WIDTH),
-        pn.pane.HTML(_gate_table(report.gates) if report.gates else "<p>No held-out evaluation episodes yet: no verdicts.</p>",
-                     width=PAGE_WIDTH),
+        pn.pane.HTML(_gate_table(report.gates) if report.gates else "<p>No held-out evaluation episodes yet: no verdicts.</p>", width=PAGE_WIDTH),
         pn.pane.Markdown("## Held-out outcomes: every arm against the static host on the same episodes", width=PAGE_WIDTH),
         pn.pane.HTML(_table(report.outcomes), width=PAGE_WIDTH),
         pn.pane.Markdown("## Training behaviour (completed training runs)", width=PAGE_WIDTH),
         pn.pane.HTML(_table(report.behaviour), width=PAGE_WIDTH),
         pn.pane.HoloViews(_plots(Store(root, preset=preset), report.evidence.outcomes), width=PAGE_WIDTH),
-    )  # fmt: skip
+    )
     return save_offline(page, path, title=f"{pack.title} · {preset}")
 
 
@@ -97,13 +99,21 @@ def outcome_table(outcomes: pl.DataFrame) -> pl.DataFrame:
                 continue
             gain = paired_estimate(frame, static, "score") if arm != CONTROL else None
             typical = paired_estimate(frame, static, "score", statistic=median) if arm != CONTROL else None
-            rows.append({
-                "cohort": cohort, "arm": arm, "episodes": frame.height, "seeds": frame["seed"].n_unique(),
-                "score": _fmt(estimate(frame, "score")), "gain vs static (mean)": _fmt(gain),
-                "gain vs static (median)": _fmt(typical), "return": _fmt(estimate(frame, "episode_return")),
-                "return vs static": _fmt(paired_estimate(frame, static, "episode_return") if arm != CONTROL else None),
-                "in-forward params": f"{frame['forward_params'].mean():.0f}", "conv_heavy share": f"{frame['conv_heavy_share'].mean():.3f}",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "cohort": cohort,
+                    "arm": arm,
+                    "episodes": frame.height,
+                    "seeds": frame["seed"].n_unique(),
+                    "score": _fmt(estimate(frame, "score")),
+                    "gain vs static (mean)": _fmt(gain),
+                    "gain vs static (median)": _fmt(typical),
+                    "return": _fmt(estimate(frame, "episode_return")),
+                    "return vs static": _fmt(paired_estimate(frame, static, "episode_return") if arm != CONTROL else None),
+                    "in-forward params": f"{frame['forward_params'].mean():.0f}",
+                    "conv_heavy share": f"{frame['conv_heavy_share'].mean():.3f}",
+                }
+            )
     return pl.DataFrame(rows)
 
 
@@ -121,12 +131,14 @@ def _header(pack: Pack, preset: str, root: str | Path, store: Store, runs: pl.Da
     status = ", ".join(f"{r['kind']} {r['status']}: {r['runs']}" for r in store.run_status_counts().iter_rows(named=True))
     bad = ", ".join(map(str, store.bad_parts))
     skipped = f"\n\n**{len(store.bad_parts)} unreadable telemetry part(s) skipped**: {bad}" if store.bad_parts else ""
-    return (f"# {pack.title}\n\n**Preset `{preset}`** ({budget}). Telemetry root `{Path(root).resolve()}`. "
-            f"Control cohort **{pack.control}**; held-out arms paired on each evaluation episode against **{CONTROL}** "
-            f"(always WAIT). Code version {', '.join(shas) or 'unknown'}. Wall time {wall}.\n\n"
-            f"Runs by kind and status (only completed runs count in the tables): {status}.{skipped}\n\n"
-            "Every interval is a 95% two-stage cluster-bootstrap CI (training seeds, then episodes); a gate passes "
-            "only when its whole interval does, fails when none of it does, and is INCONCLUSIVE otherwise.")  # fmt: skip
+    return (
+        f"# {pack.title}\n\n**Preset `{preset}`** ({budget}). Telemetry root `{Path(root).resolve()}`. "
+        f"Control cohort **{pack.control}**; held-out arms paired on each evaluation episode against **{CONTROL}** "
+        f"(always WAIT). Code version {', '.join(shas) or 'unknown'}. Wall time {wall}.\n\n"
+        f"Runs by kind and status (only completed runs count in the tables): {status}.{skipped}\n\n"
+        "Every interval is a 95% two-stage cluster-bootstrap CI (training seeds, then episodes); a gate passes "
+        "only when its whole interval does, fails when none of it does, and is INCONCLUSIVE otherwise."
+    )
 
 
 def _gate_table(gates: list[Gate]) -> str:
@@ -163,11 +175,13 @@ def _plots(store: Store, outcomes: pl.DataFrame):
 
     training = store.runs(kind="ppo").filter(pl.col("status") == "completed").select("run_id")
     curves = store.learning_curve().join(training, on="run_id")
-    panels = [views.seed_bands(curves, "episode_return", title="training return per episode (median, q25-q75 across seeds)"),
-              views.seed_bands(curves, "wait_share", title="WAIT share of decisions"),
-              views.seed_bands(curves, "churn", title="C_churn per training episode"),
-              views.seed_bands(curves, "forward_params", title="in-forward seed params"),
-              views.seed_bands(curves, "entropy_op", title="op-head entropy (nats)")]  # fmt: skip
+    panels = [
+        views.seed_bands(curves, "episode_return", title="training return per episode (median, q25-q75 across seeds)"),
+        views.seed_bands(curves, "wait_share", title="WAIT share of decisions"),
+        views.seed_bands(curves, "churn", title="C_churn per training episode"),
+        views.seed_bands(curves, "forward_params", title="in-forward seed params"),
+        views.seed_bands(curves, "entropy_op", title="op-head entropy (nats)"),
+    ]
     if not outcomes.is_empty():
         panels.append(views.gain_boxes(outcomes.filter(pl.col("arm") != CONTROL)))
     return hv.Layout(panels).cols(2)

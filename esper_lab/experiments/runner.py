@@ -67,8 +67,12 @@ def members(pack: Pack, preset: str, reports_dir: Path = REPORTS_DIR, telemetry_
     """Every (cohort, seed) of the preset: its notebook under `<reports>/<pack>/<preset>/`, its
     status under the telemetry root it writes to (so a run into another root is new work)."""
     return [
-        Member(cohort, seed, reports_dir / pack.name / preset / cohort / f"seed={seed}.ipynb",
-               Path(telemetry_root) / MEMBERS_DIR / pack.name / preset / cohort / f"seed={seed}.status.json")  # fmt: skip
+        Member(
+            cohort,
+            seed,
+            reports_dir / pack.name / preset / cohort / f"seed={seed}.ipynb",
+            Path(telemetry_root) / MEMBERS_DIR / pack.name / preset / cohort / f"seed={seed}.status.json",
+        )
         for cohort in pack.cohorts
         for seed in pack.preset_seeds(preset)
     ]
@@ -163,10 +167,15 @@ def run_pack(
     with exclusive([Path(telemetry_root), reports_dir / pack.name], token):
         mark_stale_runs(telemetry_root)  # runs a killed runner left `running` say `killed` from now on
         tasks = {
-            m: {"notebook": pack.notebook, "output": str(m.output), "status_file": str(m.status_file),
-                "parameters": {**shared, "cohort": m.cohort, "seed": m.seed}, "cores": share}
+            m: {
+                "notebook": pack.notebook,
+                "output": str(m.output),
+                "status_file": str(m.status_file),
+                "parameters": {**shared, "cohort": m.cohort, "seed": m.seed},
+                "cores": share,
+            }
             for m in everyone
-        }  # fmt: skip
+        }
         statuses = {m: m.status() for m in everyone}
         todo = [m for m, s in statuses.items() if s["status"] != "completed" or s.get("parameters") != tasks[m]["parameters"]]
         if todo:
@@ -174,8 +183,9 @@ def run_pack(
     return {(m.cohort, m.seed): m.status() for m in everyone}
 
 
-def _execute(pack: Pack, preset: str, todo: list[Member], tasks: dict, scheduler: str | None, jobs: int, token: str,
-             total: int, folders: list[Path]) -> None:  # fmt: skip
+def _execute(
+    pack: Pack, preset: str, todo: list[Member], tasks: dict, scheduler: str | None, jobs: int, token: str, total: int, folders: list[Path]
+) -> None:
     """Submit the members, show their progress as they finish, and stop them on Ctrl-C."""
     label = f"{pack.name} {preset}"
     with engine(scheduler, jobs, token) as cluster, tqdm(total=total, initial=total - len(todo), desc=label, unit="run") as bar:
@@ -193,8 +203,10 @@ def _execute(pack: Pack, preset: str, todo: list[Member], tasks: dict, scheduler
                 else:  # the member killed every worker it was given (Dask's allowed-failures), or was lost
                     done = _failed(member, tasks[member], f"{type(future.exception()).__name__}: {future.exception()}")
                 where = f" on {done['host']}" if done.get("host") else ""
-                bar.write(f"{label}: {member.cohort} seed={member.seed} {done['status']} in {done['seconds']:.0f} s{where}"
-                          + (f": {done['error'][:300]}" if done["error"] else ""))  # fmt: skip
+                bar.write(
+                    f"{label}: {member.cohort} seed={member.seed} {done['status']} in {done['seconds']:.0f} s{where}"
+                    + (f": {done['error'][:300]}" if done["error"] else "")
+                )
         except KeyboardInterrupt:
             with _ctrl_c_ignored():
                 cluster.stop(token, list(futures))

@@ -100,8 +100,10 @@ class Settings:
                 raise ValueError("decay.learned=true trains Emrakul's heads: arms must include ppo_greedy or ppo_sampled")
             rules = [a for a in arms or () if a.startswith("planter")]
             if rules:
-                raise ValueError(f"arms {rules} play Tamiyo's script beside a learned Emrakul that never acts; "
-                                 "with decay.learned=true the ppo arms play the planter beside the trained Emrakul")  # fmt: skip
+                raise ValueError(
+                    f"arms {rules} play Tamiyo's script beside a learned Emrakul that never acts; "
+                    "with decay.learned=true the ppo arms play the planter beside the trained Emrakul"
+                )
         if policy_values.get("encoder", PolicyConfig.encoder) == "flat" and "max_slots" not in policy_values:
             policy_values = {**policy_values, "max_slots": slot_count(run)}  # the flat encoder's fixed S
         allowed = {b.name.lower(): b for b in run.blueprints}
@@ -122,10 +124,14 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         """The nested values `build` takes back (what a manifest or a report shows)."""
-        return {**dataclasses.asdict(self.run), "ppo": dataclasses.asdict(self.ppo),
-                "policy": dataclasses.asdict(self.policy), **{k: getattr(self, k) for k in LOOP_KEYS},
-                **{k: None if getattr(self, k) is None else getattr(self, k).name.lower() for k in BLUEPRINT_KEYS},
-                ARMS_KEY: None if self.arms is None else list(self.arms)}  # fmt: skip
+        return {
+            **dataclasses.asdict(self.run),
+            "ppo": dataclasses.asdict(self.ppo),
+            "policy": dataclasses.asdict(self.policy),
+            **{k: getattr(self, k) for k in LOOP_KEYS},
+            **{k: None if getattr(self, k) is None else getattr(self, k).name.lower() for k in BLUEPRINT_KEYS},
+            ARMS_KEY: None if self.arms is None else list(self.arms),
+        }
 
 
 def auto_workers(envs: int) -> int:

@@ -48,8 +48,14 @@ class Estimate:
         return f"{self.value:+.4g} [{self.low:+.4g}, {self.high:+.4g}] (n={self.n}, seeds={self.clusters})"
 
 
-def bootstrap(values: Sequence[float], clusters: Sequence | None = None, statistic: Callable = np.mean,
-              resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0) -> Estimate:  # fmt: skip
+def bootstrap(
+    values: Sequence[float],
+    clusters: Sequence | None = None,
+    statistic: Callable = np.mean,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> Estimate:
     """`statistic` of `values` with a percentile CI from a two-stage cluster bootstrap (clusters,
     then values within each drawn cluster); without `clusters` every value is its own cluster."""
     values = np.asarray(values, dtype=float)
@@ -77,8 +83,13 @@ SAME_EPISODE = ("seed", "parent_run", "episode_seed")
 SAME_SEED_EPISODE = ("seed", "episode_seed")
 
 
-def bootstrap_rows(frame: pl.DataFrame, statistic: Callable[[pl.DataFrame], float], resamples: int = BOOTSTRAP_RESAMPLES,
-                   confidence: float = CONFIDENCE, seed: int = 0) -> Estimate:  # fmt: skip
+def bootstrap_rows(
+    frame: pl.DataFrame,
+    statistic: Callable[[pl.DataFrame], float],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> Estimate:
     """A statistic of a whole frame (a correlation, say) with the same two-stage cluster bootstrap:
     resample training seeds, then rows within each drawn seed."""
     groups = frame.partition_by("seed")
@@ -109,8 +120,9 @@ def paired(a: pl.DataFrame, b: pl.DataFrame, column: str, on: Sequence[str] = SA
     return left.join(right, on=on).select(*on, (pl.col("a") - pl.col("b")).alias("diff")).sort(on)
 
 
-def paired_estimate(a: pl.DataFrame, b: pl.DataFrame, column: str, statistic: Callable = np.mean,
-                    on: Sequence[str] = SAME_EPISODE) -> Estimate | None:  # fmt: skip
+def paired_estimate(
+    a: pl.DataFrame, b: pl.DataFrame, column: str, statistic: Callable = np.mean, on: Sequence[str] = SAME_EPISODE
+) -> Estimate | None:
     """The bootstrap estimate of `statistic` over the paired differences, clustered by training
     seed; None when the two sides share no episode (or seed, with `on=("seed",)`)."""
     diffs = paired(a, b, column, on)

@@ -37,12 +37,21 @@ def train_and_record(
         if checkpoint is not None and checkpoint.is_file():
             trainer = PPOTrainer.resume(checkpoint, vec, partner=settings.partner())
             where = trainer.metadata
-            recorder = Recorder.resume(where["root"], where["cohort"], where["run_id"],
-                                       episodes=trainer.round * trainer.config.episodes_per_round, updates=trainer.round)  # fmt: skip
+            recorder = Recorder.resume(
+                where["root"], where["cohort"], where["run_id"], episodes=trainer.round * trainer.config.episodes_per_round, updates=trainer.round
+            )
         else:
             trainer = PPOTrainer(vec, Agent(settings.policy, seed=settings.run.seed), settings.ppo, partner=settings.partner())
-            recorder = Recorder(root, cohort, settings.run, run_id=run_id, kind="ppo", preset=preset,
-                                ppo_config=dataclasses.asdict(settings.ppo), policy_config=dataclasses.asdict(settings.policy))  # fmt: skip
+            recorder = Recorder(
+                root,
+                cohort,
+                settings.run,
+                run_id=run_id,
+                kind="ppo",
+                preset=preset,
+                ppo_config=dataclasses.asdict(settings.ppo),
+                policy_config=dataclasses.asdict(settings.policy),
+            )
         trainer.recorder = recorder
         with recorder:
             while trainer.round < settings.rounds:

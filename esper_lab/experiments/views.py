@@ -122,13 +122,10 @@ def level_bands(frame: pl.DataFrame, title: str = "delta_l2_norm per ladder leve
         panels.append(hv.Area(data, "internal_level", ["q25", "q75"], label=label).opts(alpha=0.2))
         panels.append(hv.Curve(data, "internal_level", ["median", "n"], label=label).opts(tools=["hover"]))
         panels.append(hv.Scatter(data, "internal_level", ["median", "n"], label=label).opts(size=6, tools=["hover"]))
-    return hv.Overlay(panels).opts(
-        title=title, width=WIDTH, height=HEIGHT, legend_position="right", xlabel="internal level", ylabel="delta_l2_norm"
-    )
+    return hv.Overlay(panels).opts(title=title, width=WIDTH, height=HEIGHT, legend_position="right", xlabel="internal level", ylabel="delta_l2_norm")
 
 
-def slot_timeline(series: pl.DataFrame, events: pl.DataFrame | None = None, value: str = "internal_level",
-                  title: str | None = None) -> hv.Element:  # fmt: skip
+def slot_timeline(series: pl.DataFrame, events: pl.DataFrame | None = None, value: str = "internal_level", title: str | None = None) -> hv.Element:
     """One env's episode as a grid, step x surface (slot_series rows), coloured by `value`, with
     each event (event_log rows: lifecycle transitions, level changes, vetoes) written on its cell.
 
@@ -163,14 +160,14 @@ def focus_levels(slots: pl.DataFrame, title: str = "focused subtarget level (mul
     names = {int(s): s.name for s in Subtarget}
     hover = ["env", "episode", "slot", "internal_level_mean_norm", "internal_level_max_norm"]
     subtarget = pl.col("focus_subtarget").cast(pl.Int64).replace_strict(names, return_dtype=pl.String).alias("subtarget")
-    data = hv.Dataset(_pandas(slots.select("step", "focus_internal_level_norm", *hover, subtarget)),
-                      ["subtarget", "step"], ["focus_internal_level_norm", *hover])  # fmt: skip
+    data = hv.Dataset(
+        _pandas(slots.select("step", "focus_internal_level_norm", *hover, subtarget)), ["subtarget", "step"], ["focus_internal_level_norm", *hover]
+    )
     points = data.to(hv.Scatter, "step", ["focus_internal_level_norm", *hover], groupby="subtarget").overlay("subtarget")
     return points.opts(
         hv.opts.Scatter(size=9, alpha=0.6, tools=["hover"], jitter=0.3),
         hv.opts.NdOverlay(title=title, width=WIDTH, height=HEIGHT, legend_position="right", ylim=(-0.05, 1.05)),
     )
-
 
 
 def seed_bands(frame: pl.DataFrame, y: str, x: str = "episode", by: str = "cohort", title: str | None = None) -> hv.Element:
@@ -180,9 +177,9 @@ def seed_bands(frame: pl.DataFrame, y: str, x: str = "episode", by: str = "cohor
     frame = frame.drop_nulls(y)
     if frame.is_empty():
         return _empty(title)
-    bands = frame.group_by(by, x).agg(
-        median=pl.col(y).median(), q25=pl.col(y).quantile(0.25), q75=pl.col(y).quantile(0.75), runs=pl.len()
-    ).sort(by, x)
+    bands = (
+        frame.group_by(by, x).agg(median=pl.col(y).median(), q25=pl.col(y).quantile(0.25), q75=pl.col(y).quantile(0.75), runs=pl.len()).sort(by, x)
+    )
     layers = []
     for (name,), part in bands.partition_by(by, as_dict=True).items():
         data = _pandas(part)
@@ -220,7 +217,9 @@ def budget(settings: Settings) -> str:
     episode), the host's batches per step, the held-out episodes per arm and the encoder."""
     run, ppo = settings.run, settings.ppo
     steps = settings.rounds * ppo.episodes_per_round * settings.envs * run.episode_length
-    return (f"{settings.rounds} PPO round(s) × {ppo.episodes_per_round} episode(s) × {settings.envs} envs × "
-            f"{run.episode_length} steps = {steps} training env steps, {run.batches_per_step or 'all'} batches of "
-            f"{run.batch_size} per step on {run.data_fraction:.0%} of the training split; then {settings.eval_episodes} "
-            f"held-out episodes per arm; encoder `{settings.policy.encoder}`")
+    return (
+        f"{settings.rounds} PPO round(s) × {ppo.episodes_per_round} episode(s) × {settings.envs} envs × "
+        f"{run.episode_length} steps = {steps} training env steps, {run.batches_per_step or 'all'} batches of "
+        f"{run.batch_size} per step on {run.data_fraction:.0%} of the training split; then {settings.eval_episodes} "
+        f"held-out episodes per arm; encoder `{settings.policy.encoder}`"
+    )

@@ -111,6 +111,7 @@ def die_with(parent: int) -> None:
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     else:
+
         def watch() -> None:
             while os.getppid() == parent:
                 time.sleep(0.2)
@@ -147,9 +148,13 @@ def execute(task: dict) -> dict:
         for _ in range(1 + KERNEL_START_RETRIES):
             try:
                 papermill.execute_notebook(
-                    str(notebook), task["output"], parameters=task["parameters"], kernel_name="python3",
-                    progress_bar=False, cwd=str(notebook.parent),
-                )  # fmt: skip
+                    str(notebook),
+                    task["output"],
+                    parameters=task["parameters"],
+                    kernel_name="python3",
+                    progress_bar=False,
+                    cwd=str(notebook.parent),
+                )
                 error = None
                 break
             except Exception as exc:  # noqa: BLE001 - a failed run is data: it is recorded, not raised

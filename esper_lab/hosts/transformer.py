@@ -55,9 +55,7 @@ class TransformerConfig:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
         allowed = [d.value for d in _SURFACES]
         if self.density not in allowed:
-            raise ValueError(
-                f"density={self.density!r} is not valid for the Transformer host; allowed: {allowed}"
-            )
+            raise ValueError(f"density={self.density!r} is not valid for the Transformer host; allowed: {allowed}")
         object.__setattr__(self, "density", SurfaceDensity(self.density))
 
 
@@ -143,11 +141,7 @@ class TransformerHost(nn.Module):
             layers.append(TransformerLayer(config, surfaces))
             for site, role in per_layer:
                 out_width, in_width = widths[site, role]
-                specs.append(
-                    InjectionSpec.build(
-                        HostKind.TRANSFORMER, depth, config.n_layer, site, out_width, role, in_width
-                    )
-                )
+                specs.append(InjectionSpec.build(HostKind.TRANSFORMER, depth, config.n_layer, site, out_width, role, in_width))
         self.layers = nn.ModuleList(layers)
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.vocab_size, bias=False)

@@ -10,6 +10,17 @@ from esper_lab.policy.features import GLOBAL_FIELDS, SLOT_FIELDS, Observation, O
 from esper_lab.policy.heads import Decision
 
 __all__ = [
-    "Agent", "Decision", "GLOBAL_FIELDS", "HeuristicPolicy", "Observation", "Observer", "OraclePolicy", "PlanterPolicy", "PPOPolicy",
-    "PolicyConfig", "RandomPolicy", "SLOT_FIELDS", "StaticPolicy",
-]  # fmt: skip
+    "Agent",
+    "Decision",
+    "GLOBAL_FIELDS",
+    "HeuristicPolicy",
+    "Observation",
+    "Observer",
+    "OraclePolicy",
+    "PlanterPolicy",
+    "PPOPolicy",
+    "PolicyConfig",
+    "RandomPolicy",
+    "SLOT_FIELDS",
+    "StaticPolicy",
+]

@@ -145,8 +145,9 @@ class PPOPolicy:
         self.generators: list[torch.Generator] = []
         self.state: State = None
 
-    def decide(self, results: list[StepResult], update_norm: bool = False,
-               ops: torch.Tensor | None = None) -> tuple[Observation, Decision, torch.Tensor]:  # fmt: skip
+    def decide(
+        self, results: list[StepResult], update_norm: bool = False, ops: torch.Tensor | None = None
+    ) -> tuple[Observation, Decision, torch.Tensor]:
         """(normalised observation, decision, value) for one step of every environment. The
         policy's own op set (`PolicyConfig.ops`) and `ops` [n_ops] (a training curriculum) narrow
         the legal ops further; WAIT stays legal."""

@@ -48,7 +48,7 @@ class OraclePolicy:
 
     def _one(self, result: StepResult) -> Action:
         slot = len(result.report.values) - 1 if self.slot is None else self.slot
-        legal = lambda op: bool(result.masks.op[slot, op])  # noqa: E731
+        legal = lambda op: bool(result.masks.op[slot, op])
         stage = Stage(int(result.report.column("stage")[slot]))
         if stage is Stage.DORMANT and legal(Op.GERMINATE) and result.masks.blueprint[slot, self.blueprint]:
             return Action(Op.GERMINATE, slot, self.blueprint, tempo=Tempo.FAST, target=AlphaTarget.FULL)
@@ -139,10 +139,18 @@ HOLDING_STEPS = 2  # watch a blended seed this long before fossilising or prunin
 HARM_TOLERANCE = 0.02  # prune a seed whose blending lost more metric than this since germination
 # Preference when germinating: cheap dials first, then the heavy module seeds.
 PREFERENCE = (
-    Blueprint.CONV_CHANNEL_LADDER, Blueprint.LORA_PROJ_LADDER, Blueprint.LORA_RANK_LADDER,
-    Blueprint.CONV_MULTI_LADDER, Blueprint.LORA_MULTI_LADDER, Blueprint.CONV_HEAVY,
-    Blueprint.MLP, Blueprint.LORA_LARGE, Blueprint.CONV_LIGHT, Blueprint.LORA, Blueprint.ATTENTION,
-)  # fmt: skip
+    Blueprint.CONV_CHANNEL_LADDER,
+    Blueprint.LORA_PROJ_LADDER,
+    Blueprint.LORA_RANK_LADDER,
+    Blueprint.CONV_MULTI_LADDER,
+    Blueprint.LORA_MULTI_LADDER,
+    Blueprint.CONV_HEAVY,
+    Blueprint.MLP,
+    Blueprint.LORA_LARGE,
+    Blueprint.CONV_LIGHT,
+    Blueprint.LORA,
+    Blueprint.ATTENTION,
+)
 
 
 @dataclass
@@ -176,7 +184,7 @@ class HeuristicPolicy:
         for slot, stage in enumerate(stages):
             if memory.stage.get(slot) != stage:
                 memory.stage[slot], memory.entered[slot] = stage, step
-        legal = lambda op, slot: bool(op_mask[slot, op])  # noqa: E731
+        legal = lambda op, slot: bool(op_mask[slot, op])
 
         for slot, stage in enumerate(map(Stage, stages)):
             age = step - memory.entered[slot]

@@ -27,10 +27,19 @@ from esper_lab.plane import EMBARGO_STEPS
 
 # Global fields read straight from `StepResult.metrics`, then the ones derived here.
 METRIC_FIELDS: tuple[str, ...] = (
-    "progress", "train_loss", "val_loss", "metric", "metric_gain", "metric_since_start",
-    "active_param_budget_util", "active_flops_budget_util", "veto", "rollback",
-    "level_change_rate", "net_level_change",
-)  # fmt: skip
+    "progress",
+    "train_loss",
+    "val_loss",
+    "metric",
+    "metric_gain",
+    "metric_since_start",
+    "active_param_budget_util",
+    "active_flops_budget_util",
+    "veto",
+    "rollback",
+    "level_change_rate",
+    "net_level_change",
+)
 # over_static: the metric minus the static twin's (0 without a twin): what the seeds have done so far
 DERIVED_GLOBALS: tuple[str, ...] = ("val_loss_delta", "occupied_share", "log_slot_count", "over_static")
 GLOBAL_FIELDS = METRIC_FIELDS + DERIVED_GLOBALS
@@ -39,24 +48,46 @@ _METRICS_READ = METRIC_FIELDS + ("occupied_slots", "n_slots", "host_params", "st
 # Per-slot fields: report columns as they are, heavy-tailed ones through log1p, derived ones,
 # then one legal bit per op (WAIT is always legal, so it carries no information).
 RAW_COLUMNS: tuple[str, ...] = (
-    "depth_norm", "alpha", "alpha_target", "internal_level_norm", "focus_internal_level_norm",
-    "internal_level_mean_norm", "internal_level_max_norm", "in_forward",
+    "depth_norm",
+    "alpha",
+    "alpha_target",
+    "internal_level_norm",
+    "focus_internal_level_norm",
+    "internal_level_mean_norm",
+    "internal_level_max_norm",
+    "in_forward",
     "contribution",  # the last measured counterfactual contribution (0 until measured)
-    "sedation", "scar_contribution",  # a phage's sedation mask; what a scar's removed phage last contributed
-    "debt", "lock_remaining",  # Emrakul's ledger of a phage: what it owes, the steps its criticality lock has left
-    "roi_estimate_ema", "churn_ema",  # the economy's view of a slot: what its seed earns per param, how often it changes
-)  # fmt: skip
-LOG_COLUMNS: tuple[str, ...] = ("delta_l2_norm", "output_l2_norm", "seed_grad_norm", "grad_ratio", "germinations", "scar_age", "antibodies",
-                                "governor_vetoes", "governor_rollbacks")  # fmt: skip
+    "sedation",
+    "scar_contribution",  # a phage's sedation mask; what a scar's removed phage last contributed
+    "debt",
+    "lock_remaining",  # Emrakul's ledger of a phage: what it owes, the steps its criticality lock has left
+    "roi_estimate_ema",
+    "churn_ema",  # the economy's view of a slot: what its seed earns per param, how often it changes
+)
+LOG_COLUMNS: tuple[str, ...] = (
+    "delta_l2_norm",
+    "output_l2_norm",
+    "seed_grad_norm",
+    "grad_ratio",
+    "germinations",
+    "scar_age",
+    "antibodies",
+    "governor_vetoes",
+    "governor_rollbacks",
+)
 DERIVED_SLOT_FIELDS: tuple[str, ...] = ("is_ladder", "param_share", "flop_share", "embargo_left")
 LEGAL_FIELDS = (*(f"legal_{op.name.lower()}" for op in Op if op is not Op.WAIT), "legal_sedate")
 SLOT_FIELDS = RAW_COLUMNS + LOG_COLUMNS + DERIVED_SLOT_FIELDS + LEGAL_FIELDS
 
 # Categorical per-slot ids and their vocabulary sizes. Blueprint -1 (no seed) is shifted to 0.
 ID_VOCAB: dict[str, int] = {
-    "stage": len(Stage), "blueprint": len(Blueprint) + 1, "blend": len(BlendAlgorithm),
-    "site": len(Site), "role": len(Role), "slot_kind": len(SlotKind),
-}  # fmt: skip
+    "stage": len(Stage),
+    "blueprint": len(Blueprint) + 1,
+    "blend": len(BlendAlgorithm),
+    "site": len(Site),
+    "role": len(Role),
+    "slot_kind": len(SlotKind),
+}
 SLOT_ID_FIELDS = tuple(ID_VOCAB)
 
 NORM_CLIP = 5.0  # normalised features are clipped to +-5 std: one outlier cannot swamp a layer
@@ -142,12 +173,13 @@ class Observer:
             phage_mask=phage_mask,
         )
         if obs.globals.shape[-1] != len(GLOBAL_FIELDS) or obs.slots.shape[-1] != len(SLOT_FIELDS):
-            raise AssertionError(f"feature widths {obs.globals.shape[-1]}/{obs.slots.shape[-1]} != field lists "
-                                 f"{len(GLOBAL_FIELDS)}/{len(SLOT_FIELDS)}")  # fmt: skip
+            raise AssertionError(
+                f"feature widths {obs.globals.shape[-1]}/{obs.slots.shape[-1]} != field lists {len(GLOBAL_FIELDS)}/{len(SLOT_FIELDS)}"
+            )
         return obs
 
     def _globals(self, metrics: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        column = lambda name: metrics[:, _METRICS_READ.index(name)]  # noqa: E731
+        column = lambda name: metrics[:, _METRICS_READ.index(name)]
         val_loss = column("val_loss")
         if self.last_val_loss is None or len(self.last_val_loss) != len(val_loss):
             self.last_val_loss = val_loss.clone()
@@ -170,17 +202,26 @@ def _pad(tensors: list[torch.Tensor], n_slots: int) -> torch.Tensor:
     return out
 
 
-def _slot_features(values: torch.Tensor, op_mask: torch.Tensor, phage_mask: torch.Tensor, host_params: torch.Tensor,
-                   slot_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def _slot_features(
+    values: torch.Tensor, op_mask: torch.Tensor, phage_mask: torch.Tensor, host_params: torch.Tensor, slot_mask: torch.Tensor
+) -> torch.Tensor:
     flops = values[..., _FLOPS] * slot_mask
-    derived = torch.stack([
-        (values[..., _LADDER] > 0).float(),
-        values[..., _PARAMS] / host_params[:, None].float(),
-        flops / flops.sum(-1, keepdim=True).clamp(min=SHARE_EPS),
-        values[..., _EMBARGO] / EMBARGO_STEPS,
-    ], dim=-1)  # fmt: skip
-    parts = [values[..., _RAW_INDEX], torch.log1p(values[..., _LOG_INDEX].clamp(min=0)), derived, op_mask[..., 1:].float(),
-             phage_mask[..., None].float()]  # fmt: skip
+    derived = torch.stack(
+        [
+            (values[..., _LADDER] > 0).float(),
+            values[..., _PARAMS] / host_params[:, None].float(),
+            flops / flops.sum(-1, keepdim=True).clamp(min=SHARE_EPS),
+            values[..., _EMBARGO] / EMBARGO_STEPS,
+        ],
+        dim=-1,
+    )
+    parts = [
+        values[..., _RAW_INDEX],
+        torch.log1p(values[..., _LOG_INDEX].clamp(min=0)),
+        derived,
+        op_mask[..., 1:].float(),
+        phage_mask[..., None].float(),
+    ]
     return torch.nan_to_num(torch.cat(parts, dim=-1) * slot_mask[..., None], nan=0.0, posinf=0.0, neginf=0.0)
 
 

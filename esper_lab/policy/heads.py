@@ -40,8 +40,7 @@ from esper_lab.contracts import (
 from esper_lab.policy.features import Observation
 
 STYLE_HEADS = ("blend", "curve", "tempo", "target")
-CHOICES = {"op": Op, "blueprint": Blueprint, "blend": BlendAlgorithm, "curve": AlphaCurve, "tempo": Tempo, "target": AlphaTarget,
-           "decay": Decay}  # fmt: skip
+CHOICES = {"op": Op, "blueprint": Blueprint, "blend": BlendAlgorithm, "curve": AlphaCurve, "tempo": Tempo, "target": AlphaTarget, "decay": Decay}
 SLOT_HEADS = ("slot", "phage")  # heads that choose among the plane's slots
 ROLES = {"tamiyo": TAMIYO_HEADS, "emrakul": EMRAKUL_HEADS, "both": HEADS}  # the head sets a policy learns
 _DEFAULT_ACTION = Action(Op.WAIT)  # what an unused head's field holds: Action's own defaults

@@ -53,8 +53,14 @@ class KnownAnswerEnv:
     """N planes stepped in lockstep; `reset`/`step` return `StepResult`s like `VecEnv`. The
     default host is digits_cnn's (widths 8, 16) at density a1: 6 surfaces, 8 fitting blueprints."""
 
-    def __init__(self, n_envs: int, episode_length: int = EPISODE_LENGTH, density: SurfaceDensity = SurfaceDensity.A1,
-                 widths: tuple[int, ...] = (8, 16), max_seeds: int = MAX_SEEDS):  # fmt: skip
+    def __init__(
+        self,
+        n_envs: int,
+        episode_length: int = EPISODE_LENGTH,
+        density: SurfaceDensity = SurfaceDensity.A1,
+        widths: tuple[int, ...] = (8, 16),
+        max_seeds: int = MAX_SEEDS,
+    ):
         if episode_length < MIN_EPISODE_LENGTH:
             raise ValueError(f"episode_length={episode_length} < {MIN_EPISODE_LENGTH}: the optimum would not fit")
         with torch.random.fork_rng():  # host weights are never used; keep the global RNG untouched
@@ -110,14 +116,29 @@ class KnownAnswerEnv:
         value = self.previous[i] + reward
         forward = int(sum(slot.param_count_active() for slot in plane.slots if slot.in_forward))
         metrics = {
-            "progress": self.steps / self.episode_length, "train_loss": 0.0, "val_loss": 0.0, "val_accuracy": 0.0,
-            "metric": value, "metric_gain": reward, "metric_since_start": value, "full_metric": value, "static_metric": 0.0,
-            "host_params": self.host_params, "forward_params": forward, "incubating_params": active_params - forward,
-            "forward_flops": 0.0, "incubating_flops": active_flops,
-            "active_param_budget_util": active_params / self.host_params, "active_flops_budget_util": active_flops / self.host_flops,
-            "occupied_slots": sum(Stage(s) in SEED_STAGES for s in stage), "n_slots": len(plane), "veto": 0.0,
-            "rollback": 0.0, "level_change_rate": 0.0, "net_level_change": 0.0,
-        }  # fmt: skip
+            "progress": self.steps / self.episode_length,
+            "train_loss": 0.0,
+            "val_loss": 0.0,
+            "val_accuracy": 0.0,
+            "metric": value,
+            "metric_gain": reward,
+            "metric_since_start": value,
+            "full_metric": value,
+            "static_metric": 0.0,
+            "host_params": self.host_params,
+            "forward_params": forward,
+            "incubating_params": active_params - forward,
+            "forward_flops": 0.0,
+            "incubating_flops": active_flops,
+            "active_param_budget_util": active_params / self.host_params,
+            "active_flops_budget_util": active_flops / self.host_flops,
+            "occupied_slots": sum(Stage(s) in SEED_STAGES for s in stage),
+            "n_slots": len(plane),
+            "veto": 0.0,
+            "rollback": 0.0,
+            "level_change_rate": 0.0,
+            "net_level_change": 0.0,
+        }
         parts = RewardParts(task=reward, rent=0.0, churn=0.0, intervention=0.0, total=reward)
         masks = plane.action_masks() if masks is None else masks
         return StepResult(self.steps, report, masks, metrics, parts, events, self.steps >= self.episode_length, 0)
@@ -135,8 +156,7 @@ class ImmuneAnswerEnv(KnownAnswerEnv):
 
     def __init__(self, n_envs: int, episode_length: int = IMMUNE_EPISODE_LENGTH):
         super().__init__(n_envs, episode_length=episode_length)
-        self.config = DecayConfig(enabled=True, learned=True, probe_steps=2, settle_steps=2, baseline_steps=2, harm_tolerance=0.01,
-                                   watch_steps=1)
+        self.config = DecayConfig(enabled=True, learned=True, probe_steps=2, settle_steps=2, baseline_steps=2, harm_tolerance=0.01, watch_steps=1)
 
     def reset(self, episode: int = 0, seeds=None) -> list[StepResult]:
         self.planes = [SeedPlane(self.host, run_seed=i) for i in range(self.n_envs)]

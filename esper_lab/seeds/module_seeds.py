@@ -191,10 +191,7 @@ class CausalAttentionSeed(Seed):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
-        q, k, v = (
-            t.reshape(batch, length, self.heads, width // self.heads).transpose(1, 2)
-            for t in F.linear(x, self.qkv).chunk(3, dim=-1)
-        )
+        q, k, v = (t.reshape(batch, length, self.heads, width // self.heads).transpose(1, 2) for t in F.linear(x, self.qkv).chunk(3, dim=-1))
         mixed = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return F.linear(mixed.transpose(1, 2).reshape(batch, length, width), self.out)
 

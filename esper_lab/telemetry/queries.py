@@ -54,8 +54,7 @@ class Queries:
         """The run manifests: configs, versions, lineage, kind/arm and status."""
         extra = " AND kind = $kind" if kind is not None else ""
         params = {"kind": kind} if kind is not None else {}
-        return self._query("SELECT * EXCLUDE (run) FROM runs WHERE {where}" + extra + " ORDER BY started_at, run_id",
-                           cohort, run, **params)  # fmt: skip
+        return self._query("SELECT * EXCLUDE (run) FROM runs WHERE {where}" + extra + " ORDER BY started_at, run_id", cohort, run, **params)
 
     def rows(self, table: str, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """One table's rows in key order (what replay compares)."""
@@ -67,9 +66,13 @@ class Queries:
 
     def episodes(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """Each run's (env, episode) pairs, their seed, recorded steps and whether they finished."""
-        return self._query(f"""
+        return self._query(
+            f"""
             SELECT {_EPISODE}, any_value(episode_seed) AS episode_seed, count(*) AS steps, bool_or(done) AS done
-            FROM steps WHERE {{where}} GROUP BY {_EPISODE} ORDER BY {_EPISODE}""", cohort, run)  # fmt: skip
+            FROM steps WHERE {{where}} GROUP BY {_EPISODE} ORDER BY {_EPISODE}""",
+            cohort,
+            run,
+        )
 
     # --- outcomes -----------------------------------------------------------------------------
     def episode_outcomes(self, cohort: str | None = None, run: str | None = None, kind: str | None = None) -> pl.DataFrame:
@@ -77,26 +80,32 @@ class Queries:
         seed: final metric (whole validation split), return and its parts, in-forward params at
         the end and on average, conv_heavy's in-forward params at the end, vetoes and rollbacks.
         Held-out evaluation arms pair up on (cohort, seed, episode_seed)."""
-        return self._query(_OUTCOMES + " ORDER BY cohort, run_id, env, episode", cohort, run, kind=kind,
-                           conv_heavy=int(Blueprint.CONV_HEAVY))
+        return self._query(_OUTCOMES + " ORDER BY cohort, run_id, env, episode", cohort, run, kind=kind, conv_heavy=int(Blueprint.CONV_HEAVY))
 
     def arm_summary(self, cohort: str | None = None) -> pl.DataFrame:
         """Per cohort and held-out arm, across its evaluation episodes: how many (and seeds), the
         final metric's median with q25 and q75, the mean return and in-forward params (the
         dashboards' view; the report's paired CIs come from `experiments.stats`)."""
-        return self._query(f"""
+        return self._query(
+            f"""
             WITH o AS ({_OUTCOMES})
             SELECT cohort, arm, count(*) AS episodes, count(DISTINCT seed) AS seeds, median(final_metric) AS final_metric_median,
                    quantile_cont(final_metric, 0.25) AS final_metric_q25, quantile_cont(final_metric, 0.75) AS final_metric_q75,
                    avg(episode_return) AS return_mean, avg(forward_params) AS forward_params_mean
-            FROM o GROUP BY cohort, arm ORDER BY cohort, arm""", cohort, None, conv_heavy=int(Blueprint.CONV_HEAVY), kind="eval")  # fmt: skip
+            FROM o GROUP BY cohort, arm ORDER BY cohort, arm""",
+            cohort,
+            None,
+            conv_heavy=int(Blueprint.CONV_HEAVY),
+            kind="eval",
+        )
 
     def learning_curve(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """Per training episode of each PPO run (one round plays one per env), means over envs:
         return, final metric, C_rent and C_churn summed over the episode, WAIT share of decisions,
         in-forward and incubating params, and each head's entropy over the decisions that used it."""
         entropy = ", ".join(f"avg({h}_entropy) AS entropy_{h}" for h in HEADS)
-        return self._query(f"""
+        return self._query(
+            f"""
             WITH s AS (SELECT cohort, run_id, episode, avg(ret) AS episode_return, avg(final_metric) AS final_metric,
                               avg(rent) AS rent, avg(churn) AS churn, avg(fwd) AS forward_params, avg(inc) AS incubating_params,
                               count(*) AS envs
@@ -108,30 +117,38 @@ class Queries:
                  d AS (SELECT cohort, run_id, episode, avg((op = $wait)::DOUBLE) AS wait_share, {entropy}
                        FROM decisions WHERE {{where}} GROUP BY ALL)
             SELECT * FROM s LEFT JOIN d USING (cohort, run_id, episode) ORDER BY cohort, run_id, episode""",
-            cohort, run, wait=int(Op.WAIT))  # fmt: skip
+            cohort,
+            run,
+            wait=int(Op.WAIT),
+        )
 
     # --- economy ------------------------------------------------------------------------------
     def rent_churn(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """Per step (mean over envs): C_rent, C_churn, total reward, in-forward and incubating seed
         params and FLOPs."""
-        return self._query("""
+        return self._query(
+            """
             SELECT cohort, run_id, episode, step, avg(reward_rent) AS rent, avg(reward_churn) AS churn,
                    avg(reward_total) AS reward, avg(forward_params) AS forward_params,
                    avg(incubating_params) AS incubating_params, avg(forward_flops) AS forward_flops,
                    avg(incubating_flops) AS incubating_flops, count(*) AS envs
-            FROM steps WHERE {where} GROUP BY ALL ORDER BY cohort, run_id, episode, step""", cohort, run)
+            FROM steps WHERE {where} GROUP BY ALL ORDER BY cohort, run_id, episode, step""",
+            cohort,
+            run,
+        )
 
     def economy(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """Per step (mean over envs), seed 000 Phase 5's economy: the budget utilisations, the
         slots' mean churn EMA, the mean ROI EMA of the in-forward seeds that have one (null when
         none), and the buds, consolidations and their vetoes that step (sums over envs)."""
-        return self._query(f"""
+        return self._query(
+            f"""
             WITH sl AS (SELECT cohort, run_id, env, episode, step, avg(churn_ema) AS churn_ema,
                                avg(roi_estimate_ema) FILTER (WHERE in_forward = 1 AND NOT isnan(roi_estimate_ema)) AS roi_ema
                         FROM slots WHERE {{where}} GROUP BY ALL),
                  st AS (SELECT cohort, run_id, env, episode, step, active_param_budget_util, active_flops_budget_util
                         FROM steps WHERE {{where}}),
-                 ev AS (SELECT cohort, run_id, episode, step, {_ADJACENCY_COUNTS.format(count='count(*)')}
+                 ev AS (SELECT cohort, run_id, episode, step, {_ADJACENCY_COUNTS.format(count="count(*)")}
                         FROM events WHERE {{where}} GROUP BY ALL)
             SELECT cohort, run_id, episode, step, avg(st.active_param_budget_util) AS active_param_budget_util,
                    avg(st.active_flops_budget_util) AS active_flops_budget_util, avg(sl.churn_ema) AS churn_ema,
@@ -140,35 +157,46 @@ class Queries:
                    any_value(coalesce(ev.adjacency_budget_vetoes + ev.roi_vetoes, 0)) AS adjacency_vetoes, count(*) AS envs
             FROM st JOIN sl USING (cohort, run_id, env, episode, step) LEFT JOIN ev USING (cohort, run_id, episode, step)
             GROUP BY ALL ORDER BY cohort, run_id, episode, step""",
-            cohort, run, **_ADJACENCY_PARAMS)
+            cohort,
+            run,
+            **_ADJACENCY_PARAMS,
+        )
 
     def conv_heavy_share(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """`conv_heavy_forward_param_share` per step: conv_heavy's share of the in-forward seed
         params, summed over envs and slots (0 when none is in forward). `run_step` counts env steps
         from the run's start (episodes, then steps), so seeds of one preset line up."""
-        return self._query(_CONV_HEAVY_SHARE + " ORDER BY cohort, run_id, episode, step", cohort, run,
-                           conv_heavy=int(Blueprint.CONV_HEAVY))  # fmt: skip
+        return self._query(_CONV_HEAVY_SHARE + " ORDER BY cohort, run_id, episode, step", cohort, run, conv_heavy=int(Blueprint.CONV_HEAVY))
 
     def conv_heavy_share_bands(self, cohort: str | None = None) -> pl.DataFrame:
         """Per cohort and `run_step`, across its completed training runs (seeds): median, q25 and
         q75 of the conv_heavy share: reliability across seeds, not the lucky run (seed 003)."""
-        return self._query(f"""
+        return self._query(
+            f"""
             SELECT cohort, run_step, min(episode) AS episode, min(step) AS step, count(*) AS runs,
                    median(conv_heavy_forward_param_share) AS median,
                    quantile_cont(conv_heavy_forward_param_share, 0.25) AS q25,
                    quantile_cont(conv_heavy_forward_param_share, 0.75) AS q75
             FROM ({_CONV_HEAVY_SHARE}) WHERE run_id IN (SELECT run_id FROM runs WHERE kind = 'ppo' AND status = 'completed')
-            GROUP BY cohort, run_step ORDER BY cohort, run_step""", cohort, None, conv_heavy=int(Blueprint.CONV_HEAVY))  # fmt: skip
+            GROUP BY cohort, run_step ORDER BY cohort, run_step""",
+            cohort,
+            None,
+            conv_heavy=int(Blueprint.CONV_HEAVY),
+        )
 
     def adjacency_counts(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """Per finished (run, env, episode), seed 000 Phase 5's adjacency economy: buds and
         consolidations executed, and the governor's vetoes of them (for the budget, or for ROI)."""
-        return self._query(f"""
+        return self._query(
+            f"""
             WITH ep AS (SELECT {_EPISODE} FROM steps WHERE {{where}} GROUP BY ALL HAVING bool_or(done)),
             ev AS (SELECT {_EPISODE}, kind, name FROM events WHERE kind IN ($adjacency, $veto) AND {{where}})
-            SELECT ep.*, {_ADJACENCY_COUNTS.format(count='count(name)')}
+            SELECT ep.*, {_ADJACENCY_COUNTS.format(count="count(name)")}
             FROM ep LEFT JOIN ev USING ({_EPISODE}) GROUP BY ALL ORDER BY {_EPISODE}""",
-            cohort, run, **_ADJACENCY_PARAMS)
+            cohort,
+            run,
+            **_ADJACENCY_PARAMS,
+        )
 
     def fossils(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """One row per slot fossilised in a finished (run, env, episode): its blueprint, the step
@@ -176,7 +204,8 @@ class Queries:
         rollback or a lysis removes one), its in-forward params then, and the last contribution
         measured while it was a fossil (null when none was: seed 000 Phase 5 "are fossilised
         slots stable and beneficial")."""
-        return self._query(f"""
+        return self._query(
+            f"""
             WITH ep AS (SELECT {_EPISODE}, max(step) AS last_step FROM steps WHERE {{where}} GROUP BY ALL HAVING bool_or(done)),
             f AS (SELECT {_EPISODE}, slot, any_value(surface_uid) AS surface_uid, min(step) AS fossilised_at,
                          max(step) AS last_fossil_step, arg_min(blueprint, step) AS blueprint,
@@ -186,14 +215,19 @@ class Queries:
                   FROM slots WHERE stage = $fossilized AND {{where}} GROUP BY ALL)
             SELECT f.* EXCLUDE (last_fossil_step), b.name AS blueprint_name, f.last_fossil_step = ep.last_step AS kept
             FROM f JOIN ep USING ({_EPISODE}) LEFT JOIN blueprint_names b ON b.value = f.blueprint
-            ORDER BY {_EPISODE}, slot""", cohort, run, fossilized=int(Stage.FOSSILIZED))  # fmt: skip
+            ORDER BY {_EPISODE}, slot""",
+            cohort,
+            run,
+            fossilized=int(Stage.FOSSILIZED),
+        )
 
     # --- decisions ----------------------------------------------------------------------------
     def lifecycle_op_counts(self, cohort: str | None = None, run: str | None = None, by_episode: bool = False) -> pl.DataFrame:
         """Every op (GROW/SHRINK/FOCUS included, zeros too): times chosen and times executed."""
         by = _by(by_episode)
         same = " AND ".join(f"c.{k} = k.{k}" for k in by.split(", "))
-        return self._query(f"""
+        return self._query(
+            f"""
             WITH counts AS (
                 SELECT {by}, op, count(*) AS chosen, count(*) FILTER (WHERE NOT vetoed) AS executed
                 FROM decisions WHERE {{where}} GROUP BY ALL)
@@ -201,18 +235,27 @@ class Queries:
                    coalesce(c.chosen, 0) AS chosen, coalesce(c.executed, 0) AS executed
             FROM (SELECT DISTINCT {by} FROM counts) k CROSS JOIN op_names n
             LEFT JOIN counts c ON {same} AND c.op = n.value
-            ORDER BY {by}, op""", cohort, run)  # fmt: skip
+            ORDER BY {by}, op""",
+            cohort,
+            run,
+        )
 
     def grow_shrink_share(self, cohort: str | None = None, run: str | None = None, by_episode: bool = False) -> pl.DataFrame:
         """GROW_INTERNAL + SHRINK_INTERNAL as a share of chosen non-WAIT ops (seed 002 gate: >= 10%),
         and the WAIT share of all decisions."""
         by = _by(by_episode)
-        return self._query(f"""
+        return self._query(
+            f"""
             SELECT {by}, count(*) AS decisions, count(*) FILTER (WHERE op = $grow) AS grow,
                    count(*) FILTER (WHERE op = $shrink) AS shrink, count(*) FILTER (WHERE op <> $wait) AS non_wait,
                    (grow + shrink) / nullif(non_wait, 0) AS grow_shrink_share, 1 - non_wait / count(*) AS wait_share
             FROM decisions WHERE {{where}} GROUP BY ALL ORDER BY {by}""",
-            cohort, run, grow=int(Op.GROW_INTERNAL), shrink=int(Op.SHRINK_INTERNAL), wait=int(Op.WAIT))  # fmt: skip
+            cohort,
+            run,
+            grow=int(Op.GROW_INTERNAL),
+            shrink=int(Op.SHRINK_INTERNAL),
+            wait=int(Op.WAIT),
+        )
 
     def policy_entropy(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """Each head's mean entropy per episode over the decisions where the head was used
@@ -233,16 +276,21 @@ class Queries:
     def invalid_action_rate(self, cohort: str | None = None, run: str | None = None, by_episode: bool = False) -> pl.DataFrame:
         """Share of decisions with masks where some head's sampled value is outside its mask."""
         by = _by(by_episode)
-        return self._query(f"""
+        return self._query(
+            f"""
             SELECT {by}, count(sampled_legal) AS masked_decisions, count(*) FILTER (WHERE NOT sampled_legal) AS invalid,
                    invalid / nullif(masked_decisions, 0) AS invalid_action_rate
-            FROM decisions WHERE {{where}} GROUP BY ALL ORDER BY {by}""", cohort, run)  # fmt: skip
+            FROM decisions WHERE {{where}} GROUP BY ALL ORDER BY {by}""",
+            cohort,
+            run,
+        )
 
     def governor_counts(self, cohort: str | None = None, run: str | None = None, by_episode: bool = False) -> pl.DataFrame:
         """Governor vetoes (all, internal-grow, germinate, and of buds and consolidations for the
         budget or for ROI) and rollbacks, with the veto rate."""
         by = _by(by_episode)
-        return self._query(f"""
+        return self._query(
+            f"""
             WITH s AS (SELECT {by}, count(*) AS steps, count(*) FILTER (WHERE veto) AS vetoes,
                               count(*) FILTER (WHERE rollback) AS rollbacks
                        FROM steps WHERE {{where}} GROUP BY ALL),
@@ -255,23 +303,35 @@ class Queries:
                    coalesce(e.adjacency_budget_vetoes, 0) AS adjacency_budget_vetoes, coalesce(e.roi_vetoes, 0) AS roi_vetoes,
                    vetoes / steps AS veto_rate
             FROM s LEFT JOIN e USING ({by}) ORDER BY {by}""",
-            cohort, run, grow=VETO_INTERNAL_GROW, germinate=VETO_GERMINATE, bud=VETO_BUD, consolidate=VETO_CONSOLIDATE,
-            low_roi=VETO_LOW_ROI, veto=int(EventKind.VETO))  # fmt: skip
+            cohort,
+            run,
+            grow=VETO_INTERNAL_GROW,
+            germinate=VETO_GERMINATE,
+            bud=VETO_BUD,
+            consolidate=VETO_CONSOLIDATE,
+            low_roi=VETO_LOW_ROI,
+            veto=int(EventKind.VETO),
+        )
 
     # --- ladders, lifecycle and credit --------------------------------------------------------
     def level_change(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """`level_change_rate` and `net_level_change` per step (mean over envs; seed 002 anti-thrash)."""
-        return self._query("""
+        return self._query(
+            """
             SELECT cohort, run_id, episode, step, avg(level_change_rate) AS level_change_rate,
                    avg(net_level_change) AS net_level_change
-            FROM steps WHERE {where} GROUP BY ALL ORDER BY cohort, run_id, episode, step""", cohort, run)
+            FROM steps WHERE {where} GROUP BY ALL ORDER BY cohort, run_id, episode, step""",
+            cohort,
+            run,
+        )
 
     def oscillation(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """Per finished (run, env, episode), the thrash seed 003 §5.1's churn is meant to price:
         `regerminations` (a slot germinated again after a prune in the same episode), `alpha_reversals`
         (a slot's alpha turning from rising to falling or back) and `level_flips` (a GROW followed by
         a SHRINK on the same slot, or the reverse)."""
-        return self._query(f"""
+        return self._query(
+            f"""
             WITH ep AS (SELECT {_EPISODE} FROM steps WHERE {{where}} GROUP BY ALL HAVING bool_or(done)),
             g AS (SELECT {_EPISODE}, slot, step, value AS stage,
                          count(*) FILTER (WHERE value = $pruned) OVER w AS prunes_before
@@ -290,20 +350,28 @@ class Queries:
                    coalesce(level_flips, 0) AS level_flips
             FROM ep LEFT JOIN regerm USING ({_EPISODE}) LEFT JOIN rev USING ({_EPISODE}) LEFT JOIN flips USING ({_EPISODE})
             ORDER BY {_EPISODE}""",
-            cohort, run, transition=int(EventKind.TRANSITION), level_changed=int(EventKind.LEVEL_CHANGED),
-            pruned=int(Stage.PRUNED), germinated=int(Stage.GERMINATED))  # fmt: skip
+            cohort,
+            run,
+            transition=int(EventKind.TRANSITION),
+            level_changed=int(EventKind.LEVEL_CHANGED),
+            pruned=int(Stage.PRUNED),
+            germinated=int(Stage.GERMINATED),
+        )
 
     def contributions(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """Every measured counterfactual contribution (seed 003 §8.2): the metric as is minus the
         metric with that seed's alpha forced to 0, signed so helping is > 0, with the seed's
         in-forward params and ROI = contribution per 1,000 of them."""
-        return self._query(f"""
+        return self._query(
+            f"""
             SELECT s.cohort, s.run_id, s.env, s.episode, s.step, s.slot, s.surface_uid, s.blueprint, b.name AS blueprint_name,
                    s.stage, s.alpha, s.internal_level, s.contribution::DOUBLE AS contribution, s.seed_param_count_active AS params,
                    {ROI_PARAMS} * s.contribution / nullif(s.seed_param_count_active, 0) AS roi_per_kparam
             FROM slots s LEFT JOIN blueprint_names b ON b.value = s.blueprint
             WHERE s.contribution_measured = 1 AND {{where}} ORDER BY {", ".join(f"s.{k}" for k in _KEYS.split(", "))}, s.slot""",
-            cohort, run)  # fmt: skip
+            cohort,
+            run,
+        )
 
     def audits(self, cohort: str | None = None, run: str | None = None, audited_run: str | None = None) -> pl.DataFrame:
         """Every seed an audit credited (esper_lab.audit): exact Shapley `phi` with its 95% CI,
@@ -312,11 +380,15 @@ class Queries:
         run it audited."""
         extra = " AND a.audited_run = $audited_run" if audited_run is not None else ""
         params = {"audited_run": audited_run} if audited_run is not None else {}
-        return self._query(f"""
+        return self._query(
+            f"""
             SELECT a.cohort, a.* EXCLUDE (cohort, run), b.name AS blueprint_name, o.name AS fate_name
             FROM audits a LEFT JOIN blueprint_names b ON b.value = a.blueprint LEFT JOIN op_names o ON o.value = a.fate_op
             WHERE {{where}}{extra} ORDER BY a.cohort, a.audited_run, a.env, a.episode, a.step, a.run_id, a.slot""",
-            cohort, run, **params)  # fmt: skip
+            cohort,
+            run,
+            **params,
+        )
 
     def grow_lagged_correlation(self, cohort: str | None = None, run: str | None = None, lags: tuple[int, ...] = LAGS) -> pl.DataFrame:
         """Correlation between "a grow event (an executed GROW_INTERNAL) at step t" and the task
@@ -336,29 +408,39 @@ class Queries:
         per_lag = " UNION ALL ".join(
             f"SELECT cohort, run_id, {k} AS lag, n{k} AS n, grows{k}::BIGINT AS grows, c{k} AS correlation FROM a" for k in lags
         )
-        return self._query(f"""
+        return self._query(
+            f"""
             WITH g AS (SELECT DISTINCT {_KEYS} FROM events WHERE kind = $level_changed AND name = $grow AND {{where}}),
                  s AS (SELECT {_KEYS}, metric_gain{leads} FROM steps WHERE {{where}}),
                  f AS (SELECT cohort, run_id, (g.step IS NOT NULL)::DOUBLE AS grew, {sums} FROM s LEFT JOIN g USING ({_KEYS})),
                  a AS MATERIALIZED (SELECT cohort, run_id, {stats} FROM f GROUP BY cohort, run_id)
             SELECT * FROM ({per_lag}) ORDER BY cohort, run_id, lag""",
-            cohort, run, level_changed=int(EventKind.LEVEL_CHANGED), grow=Op.GROW_INTERNAL.name)  # fmt: skip
+            cohort,
+            run,
+            level_changed=int(EventKind.LEVEL_CHANGED),
+            grow=Op.GROW_INTERNAL.name,
+        )
 
     def delta_norm_by_level(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """`delta_l2_norm` distribution per ladder blueprint and internal level (ladder seeds whose
         module runs, so their sensors are live)."""
         stages = ", ".join(str(int(s)) for s in sorted(MODULE_STAGES))
-        return self._query(f"""
+        return self._query(
+            f"""
             SELECT cohort, blueprint, any_value(b.name) AS blueprint_name, internal_level, count(*) AS n,
                    avg(delta) AS mean, quantile_cont(delta, 0.25) AS q25, median(delta) AS median,
                    quantile_cont(delta, 0.75) AS q75
             FROM (SELECT *, delta_l2_norm::DOUBLE AS delta FROM slots) JOIN blueprint_names b ON b.value = blueprint
             WHERE max_level > 0 AND stage IN ({stages}) AND {{where}}
-            GROUP BY cohort, blueprint, internal_level ORDER BY cohort, blueprint, internal_level""", cohort, run)  # fmt: skip
+            GROUP BY cohort, blueprint, internal_level ORDER BY cohort, blueprint, internal_level""",
+            cohort,
+            run,
+        )
 
     def fossilisation_ratio(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """Seeds fossilised per seed germinated (and pruned), from lifecycle transition events."""
-        return self._query("""
+        return self._query(
+            """
             SELECT r.cohort, r.run_id,
                    count(e.value) FILTER (WHERE e.value = $germinated) AS germinated,
                    count(e.value) FILTER (WHERE e.value = $fossilized) AS fossilized,
@@ -367,17 +449,22 @@ class Queries:
             FROM (SELECT cohort, run, run_id FROM runs WHERE {where}) r
             LEFT JOIN events e ON e.run = r.run AND e.cohort = r.cohort AND e.kind = $transition
             GROUP BY ALL ORDER BY r.cohort, r.run_id""",
-            cohort, run, germinated=int(Stage.GERMINATED), fossilized=int(Stage.FOSSILIZED),
-            pruned=int(Stage.PRUNED), transition=int(EventKind.TRANSITION))  # fmt: skip
+            cohort,
+            run,
+            germinated=int(Stage.GERMINATED),
+            fossilized=int(Stage.FOSSILIZED),
+            pruned=int(Stage.PRUNED),
+            transition=int(EventKind.TRANSITION),
+        )
 
     # --- dashboards ---------------------------------------------------------------------------
-    def slot_series(self, cohort: str | None = None, run: str | None = None, env: int | None = None,
-                    episode: int | None = None) -> pl.DataFrame:  # fmt: skip
+    def slot_series(self, cohort: str | None = None, run: str | None = None, env: int | None = None, episode: int | None = None) -> pl.DataFrame:
         """Per step and slot, with names: stage, blueprint, alpha, ladder level, sensors, whether
         the seed is in forward, its contribution, the params/FLOPs rent is charged on, and the
         slot's kind (seed, phage, scar) with a phage's sedation."""
         extra, params = _env_episode(env, episode)
-        return self._query(f"""
+        return self._query(
+            f"""
             SELECT s.cohort, s.run_id, s.env, s.episode, s.step, s.slot, s.surface_uid,
                    concat_ws(' · ', 'slot ' || s.slot, si.name, CASE WHEN s.role <> 0 THEN ro.name END,
                              printf('depth %.2f', s.depth_norm)) AS surface,
@@ -388,17 +475,24 @@ class Queries:
                  LEFT JOIN blueprint_names b ON b.value = s.blueprint LEFT JOIN site_names si ON si.value = s.site
                  LEFT JOIN role_names ro ON ro.value = s.role
             WHERE {{where}}{extra} ORDER BY s.cohort, s.run_id, s.env, s.episode, s.step, s.slot""",
-            cohort, run, **params)  # fmt: skip
+            cohort,
+            run,
+            **params,
+        )
 
-    def event_log(self, cohort: str | None = None, run: str | None = None, env: int | None = None,
-                  episode: int | None = None) -> pl.DataFrame:  # fmt: skip
+    def event_log(self, cohort: str | None = None, run: str | None = None, env: int | None = None, episode: int | None = None) -> pl.DataFrame:
         """Events in order with their kind's name (lifecycle transitions, level changes, vetoes...)."""
         extra, params = _env_episode(env, episode)
-        return self._query(f"""
+        return self._query(
+            f"""
             SELECT e.cohort, e.run_id, e.env, e.episode, e.step, e.seq, e.slot, e.surface_uid,
                    k.name AS kind_name, e.name, e.value
             FROM events e JOIN event_kind_names k ON k.value = e.kind
-            WHERE {{where}}{extra} ORDER BY e.cohort, e.run_id, e.env, e.episode, e.step, e.seq""", cohort, run, **params)  # fmt: skip
+            WHERE {{where}}{extra} ORDER BY e.cohort, e.run_id, e.env, e.episode, e.step, e.seq""",
+            cohort,
+            run,
+            **params,
+        )
 
     # --- pack reports (esper_lab.experiments.report) ------------------------------------------
     def cohort_behaviour(self, cohort: str | None = None, kind: str = "ppo") -> pl.DataFrame:
@@ -406,7 +500,8 @@ class Queries:
         counted): how many runs; decisions (non-WAIT count, grow/shrink share, WAIT share);
         germinations and conv_heavy's share of them; op-head entropy in each run's first and last
         episode (averaged over runs); vetoes, rollbacks and the level-change rate."""
-        return self._query("""
+        return self._query(
+            """
             WITH r AS (SELECT cohort, run FROM runs WHERE kind = $kind AND status = 'completed' AND {where}),
             d AS (SELECT decisions.* FROM decisions JOIN r USING (cohort, run)),
             s AS (SELECT steps.* FROM steps JOIN r USING (cohort, run)),
@@ -429,21 +524,40 @@ class Queries:
                 FROM s GROUP BY cohort)
             SELECT * FROM runs_ LEFT JOIN ops USING (cohort) LEFT JOIN entropy USING (cohort)
                  LEFT JOIN governor USING (cohort) ORDER BY cohort""",
-            cohort, None, kind=kind, wait=int(Op.WAIT), grow=int(Op.GROW_INTERNAL), shrink=int(Op.SHRINK_INTERNAL),
-            germinate=int(Op.GERMINATE), conv_heavy=int(Blueprint.CONV_HEAVY))  # fmt: skip
+            cohort,
+            None,
+            kind=kind,
+            wait=int(Op.WAIT),
+            grow=int(Op.GROW_INTERNAL),
+            shrink=int(Op.SHRINK_INTERNAL),
+            germinate=int(Op.GERMINATE),
+            conv_heavy=int(Blueprint.CONV_HEAVY),
+        )
 
     # --- decay (Emrakul) ---------------------------------------------------------------------------
     def decay_counts(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """Per finished (run, env, episode): Emrakul's sedation probes started, restored (they
         hurt) and cleared, the phages physically lysed, and the scars regrown or expired."""
-        counts = {"probes": PROBE_STARTED, "restored": PROBE_RESTORED, "cleared": PROBE_CLEARED, "lyses": LYSIS_PHYSICAL,
-                  "regrown": SCAR_REGROWN, "expired": SCAR_EXPIRED}  # fmt: skip
+        counts = {
+            "probes": PROBE_STARTED,
+            "restored": PROBE_RESTORED,
+            "cleared": PROBE_CLEARED,
+            "lyses": LYSIS_PHYSICAL,
+            "regrown": SCAR_REGROWN,
+            "expired": SCAR_EXPIRED,
+        }
         columns = ", ".join(f"count(name) FILTER (WHERE name = ${key}) AS {key}" for key in counts)
-        return self._query(f"""
+        return self._query(
+            f"""
             WITH ep AS (SELECT {_EPISODE} FROM steps WHERE {{where}} GROUP BY ALL HAVING bool_or(done)),
             ev AS (SELECT {_EPISODE}, name FROM events WHERE kind IN ($probe, $lysis) AND {{where}})
             SELECT ep.*, {columns} FROM ep LEFT JOIN ev USING ({_EPISODE}) GROUP BY ALL ORDER BY {_EPISODE}""",
-            cohort, run, probe=int(EventKind.PROBE), lysis=int(EventKind.LYSIS), **counts)  # fmt: skip
+            cohort,
+            run,
+            probe=int(EventKind.PROBE),
+            lysis=int(EventKind.LYSIS),
+            **counts,
+        )
 
     def probes(self, cohort: str | None = None, run: str | None = None) -> pl.DataFrame:
         """One row per judged sedation probe: the phage's slot, the steps it started and was
@@ -452,7 +566,8 @@ class Queries:
         (the default for runs recorded before it), and `recovery_steps`: steps after the judgement
         until the step metric was back within the tolerance of the baseline (null: not within
         the episode), the measure of a permanent loss spike."""
-        return self._query(f"""
+        return self._query(
+            f"""
             WITH st AS (SELECT {_EPISODE}, slot, step AS started, value AS baseline FROM events
                         WHERE kind = $probe AND name = $started AND {{where}}),
             ju AS (SELECT {_EPISODE}, slot, step AS judged, name = $restored AS restored, value AS drop FROM events
@@ -474,16 +589,22 @@ class Queries:
                     GROUP BY p.cohort, p.run_id, p.env, p.episode, p.judged)
             SELECT p.*, rec.recovery_steps FROM p LEFT JOIN rec USING (cohort, run_id, env, episode, judged)
             ORDER BY cohort, run_id, env, episode, judged""",
-            cohort, run, probe=int(EventKind.PROBE), started=PROBE_STARTED, restored=PROBE_RESTORED, cleared=PROBE_CLEARED)  # fmt: skip
+            cohort,
+            run,
+            probe=int(EventKind.PROBE),
+            started=PROBE_STARTED,
+            restored=PROBE_RESTORED,
+            cleared=PROBE_CLEARED,
+        )
 
-    def immune_ledger(self, cohort: str | None = None, run: str | None = None, env: int | None = None,
-                      episode: int | None = None) -> pl.DataFrame:  # fmt: skip
+    def immune_ledger(self, cohort: str | None = None, run: str | None = None, env: int | None = None, episode: int | None = None) -> pl.DataFrame:
         """Per step and slot that is a phage or a scar (seed 004 Stage 2): its kind, sedation
         mask, Emrakul's ledger (debt in reward units, antibodies, lock left), the blueprint there
         (or, for a scar, the one removed), its age as a scar and its last contribution; `phage`
         labels the slot and its blueprint for plots."""
         extra, params = _env_episode(env, episode)
-        return self._query(f"""
+        return self._query(
+            f"""
             SELECT s.cohort, s.run_id, s.env, s.episode, s.step, s.slot, s.surface_uid, s.slot_kind,
                    CASE s.slot_kind WHEN $phage THEN 'PHAGE' ELSE 'SCAR' END AS kind_name, s.sedation, s.debt, s.antibodies,
                    s.lock_remaining, coalesce(b.name, r.name) AS blueprint_name, s.scar_age, s.contribution, s.scar_contribution,
@@ -491,12 +612,16 @@ class Queries:
             FROM (SELECT * FROM slots WHERE slot_kind IN ($phage, $scar) AND {{where}}{extra}) s
             LEFT JOIN blueprint_names b ON b.value = s.blueprint LEFT JOIN blueprint_names r ON r.value = s.scar_blueprint
             ORDER BY {", ".join(f"s.{k}" for k in _KEYS.split(", "))}, s.slot""",
-            cohort, run, phage=int(SlotKind.PHAGE), scar=int(SlotKind.SCAR), **params)  # fmt: skip
+            cohort,
+            run,
+            phage=int(SlotKind.PHAGE),
+            scar=int(SlotKind.SCAR),
+            **params,
+        )
 
     def run_status_counts(self) -> pl.DataFrame:
         """Runs per (kind, status): the report shows failed, killed and running ones apart."""
-        return self._query("SELECT kind, status, count(*) AS runs FROM runs WHERE {where} GROUP BY ALL ORDER BY kind, status",
-                           None, None)  # fmt: skip
+        return self._query("SELECT kind, status, count(*) AS runs FROM runs WHERE {where} GROUP BY ALL ORDER BY kind, status", None, None)
 
 
 def _by(by_episode: bool) -> str:
@@ -549,6 +674,13 @@ _ADJACENCY_COUNTS = """{count} FILTER (WHERE kind = $adjacency AND name IN ($bud
     {count} FILTER (WHERE kind = $adjacency AND name = $consolidate_op) AS consolidations,
     {count} FILTER (WHERE kind = $veto AND name IN ($bud, $consolidate)) AS adjacency_budget_vetoes,
     {count} FILTER (WHERE kind = $veto AND name = $low_roi) AS roi_vetoes"""
-_ADJACENCY_PARAMS = dict(adjacency=int(EventKind.ADJACENCY), veto=int(EventKind.VETO), bud=VETO_BUD, consolidate=VETO_CONSOLIDATE,
-                         low_roi=VETO_LOW_ROI, bud_next=Op.BUD_NEXT_SURFACE.name, bud_prev=Op.BUD_PREV_SURFACE.name,
-                         consolidate_op=Op.CONSOLIDATE_WITH_NEXT.name)  # fmt: skip
+_ADJACENCY_PARAMS = dict(
+    adjacency=int(EventKind.ADJACENCY),
+    veto=int(EventKind.VETO),
+    bud=VETO_BUD,
+    consolidate=VETO_CONSOLIDATE,
+    low_roi=VETO_LOW_ROI,
+    bud_next=Op.BUD_NEXT_SURFACE.name,
+    bud_prev=Op.BUD_PREV_SURFACE.name,
+    consolidate_op=Op.CONSOLIDATE_WITH_NEXT.name,
+)

@@ -94,12 +94,25 @@ class Recorder:
         self._steps_recorded = 0
         sha, dirty = _git_state()
         self._manifest = {
-            "run_id": self.run_id, "kind": kind, "arm": arm, "preset": preset, "task": config.task, "seed": config.seed,
-            "config_json": config.to_json(), "ppo_config_json": _json(ppo_config), "policy_config_json": _json(policy_config),
-            "versions": json.dumps(_versions(), sort_keys=True), "git_sha": sha, "git_dirty": dirty,
-            "torch_threads": torch.get_num_threads(), "parent_run": parent_run, "branch_step": branch_step,
-            "started_at": datetime.now(UTC), "ended_at": None, "error": None,
-        }  # fmt: skip
+            "run_id": self.run_id,
+            "kind": kind,
+            "arm": arm,
+            "preset": preset,
+            "task": config.task,
+            "seed": config.seed,
+            "config_json": config.to_json(),
+            "ppo_config_json": _json(ppo_config),
+            "policy_config_json": _json(policy_config),
+            "versions": json.dumps(_versions(), sort_keys=True),
+            "git_sha": sha,
+            "git_dirty": dirty,
+            "torch_threads": torch.get_num_threads(),
+            "parent_run": parent_run,
+            "branch_step": branch_step,
+            "started_at": datetime.now(UTC),
+            "ended_at": None,
+            "error": None,
+        }
         self._start()
 
     @classmethod
@@ -117,8 +130,10 @@ class Recorder:
         self.config = RunConfig.from_json(row["config_json"])
         self._manifest = {k: v for k, v in row.items() if k not in ("schema_version", "status", "steps_recorded", "pid", "host")}
         self._manifest.update(ended_at=None, error=None)
-        self._parts = {table: truncate_table(self.folder / table, "update" if table == "updates" else "episode",
-                                             updates if table == "updates" else episodes) for table in TABLES[1:]}  # fmt: skip
+        self._parts = {
+            table: truncate_table(self.folder / table, "update" if table == "updates" else "episode", updates if table == "updates" else episodes)
+            for table in TABLES[1:]
+        }
         steps = sorted((self.folder / "steps").glob("part-*.parquet"))
         self._steps_recorded = sum(pq.read_metadata(p).num_rows for p in steps)
         self._start()
@@ -166,8 +181,10 @@ class Recorder:
             if wrong:
                 raise ValueError(f"audit row has missing or unknown columns {wrong} (expected {schema.names[1:]})")
         with self._critical():
-            write_part(self.folder / "audits" / f"part-{self._parts['audits']}.parquet",
-                       pa.Table.from_pylist([{"run_id": self.run_id, **row} for row in rows], schema=schema))
+            write_part(
+                self.folder / "audits" / f"part-{self._parts['audits']}.parquet",
+                pa.Table.from_pylist([{"run_id": self.run_id, **row} for row in rows], schema=schema),
+            )
             self._parts["audits"] += 1
 
     def _slot_values(self, result: StepResult) -> np.ndarray:
@@ -224,8 +241,14 @@ class Recorder:
             self._write_manifest()
 
     def _write_manifest(self) -> None:
-        row = {**self._manifest, "schema_version": SCHEMA_VERSION, "status": self.status, "steps_recorded": self._steps_recorded,
-               "pid": os.getpid(), "host": socket.gethostname()}  # fmt: skip
+        row = {
+            **self._manifest,
+            "schema_version": SCHEMA_VERSION,
+            "status": self.status,
+            "steps_recorded": self._steps_recorded,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
         replace_single_part(self.folder / "runs", pa.Table.from_pylist([row], schema=SCHEMAS["runs"]))
 
     def close(self, status: str = "completed", error: str | None = None) -> None:
@@ -374,10 +397,13 @@ def _json(config: dict | None) -> str | None:
 
 def _versions() -> dict[str, str]:
     return {
-        "esper_lab": metadata.version("esper_lab"), "python": platform.python_version(),
-        "torch": torch.__version__, "numpy": np.__version__, "pyarrow": pa.__version__,
+        "esper_lab": metadata.version("esper_lab"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pyarrow": pa.__version__,
         "platform": platform.platform(),
-    }  # fmt: skip
+    }
 
 
 def _git_state() -> tuple[str | None, bool | None]:

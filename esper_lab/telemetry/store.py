@@ -145,11 +145,15 @@ class Store(Queries):
             self.con.register(name, empty.empty_table())
             return name
         listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-        source = (f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true, "
-                  "hive_types = {'cohort': VARCHAR, 'run': VARCHAR}" + (", filename = true" if table == "runs" else "") + ")")  # fmt: skip
+        source = (
+            f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true, "
+            "hive_types = {'cohort': VARCHAR, 'run': VARCHAR}" + (", filename = true" if table == "runs" else "") + ")"
+        )
         if table == "runs":  # a manifest update writes the new part before it removes the old: keep each run's newest
-            source = (f"(SELECT * EXCLUDE (filename) FROM {source} QUALIFY row_number() OVER (PARTITION BY cohort, run "
-                      r"ORDER BY CAST(regexp_extract(filename, 'part-(\d+)\.parquet$', 1) AS BIGINT) DESC) = 1)")  # fmt: skip
+            source = (
+                f"(SELECT * EXCLUDE (filename) FROM {source} QUALIFY row_number() OVER (PARTITION BY cohort, run "
+                r"ORDER BY CAST(regexp_extract(filename, 'part-(\d+)\.parquet$', 1) AS BIGINT) DESC) = 1)"
+            )
         present = {c for f in files for c in self._columns.get(f, ())}
         missing = [f for f in SCHEMAS[table] if f.name not in present]
         if not missing:

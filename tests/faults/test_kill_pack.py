@@ -60,9 +60,7 @@ GONE_WITHIN = 5.0  # seconds for a killed run's workers and kernels to be gone (
 
 
 def write_pack(tmp_path: Path, member_code: str) -> Path:
-    params = nbformat.v4.new_code_cell(
-        'pack = "tiny"\npreset = "smoke"\ncohort = "base"\nseed = 0\ntelemetry_root = ""\noverrides = {}'
-    )
+    params = nbformat.v4.new_code_cell('pack = "tiny"\npreset = "smoke"\ncohort = "base"\nseed = 0\ntelemetry_root = ""\noverrides = {}')
     params.metadata["tags"] = ["parameters"]
     notebook = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(member_code)])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -74,9 +72,20 @@ def write_pack(tmp_path: Path, member_code: str) -> Path:
 
 def command(tmp_path: Path) -> list[str]:
     return [
-        sys.executable, "-m", "esper_lab.cli", "pack", "run", str(tmp_path / "tiny.toml"), "--jobs", "2", "--no-report",
-        "--telemetry", str(tmp_path / "telemetry"), "--reports", str(tmp_path / "reports"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "esper_lab.cli",
+        "pack",
+        "run",
+        str(tmp_path / "tiny.toml"),
+        "--jobs",
+        "2",
+        "--no-report",
+        "--telemetry",
+        str(tmp_path / "telemetry"),
+        "--reports",
+        str(tmp_path / "reports"),
+    ]
 
 
 def start(tmp_path: Path, log: str = "runner.log") -> subprocess.Popen:
@@ -84,9 +93,12 @@ def start(tmp_path: Path, log: str = "runner.log") -> subprocess.Popen:
     (a shell running pytest in the background passes SIGINT ignored to its children)."""
     with (tmp_path / log).open("w") as out:
         return subprocess.Popen(
-            command(tmp_path), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            command(tmp_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )  # fmt: skip
+        )
 
 
 def rerun(tmp_path: Path) -> subprocess.CompletedProcess:
@@ -94,8 +106,10 @@ def rerun(tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 def statuses(tmp_path: Path) -> dict[str, dict]:
-    return {p.parent.name + "/" + p.name.split(".")[0]: json.loads(p.read_text())
-            for p in (tmp_path / "telemetry" / ".members" / "tiny" / "smoke").glob("*/*.status.json")}  # fmt: skip
+    return {
+        p.parent.name + "/" + p.name.split(".")[0]: json.loads(p.read_text())
+        for p in (tmp_path / "telemetry" / ".members" / "tiny" / "smoke").glob("*/*.status.json")
+    }
 
 
 def wait_for(condition, timeout: float, what: str):
@@ -140,8 +154,9 @@ def kernels(pids: set[int]) -> set[int]:
 def check_resumed(tmp_path: Path, before: dict[str, dict]) -> None:
     """A rerun completes every member, redoes none that had completed, and leaves one completed
     run per member in the telemetry (a killed member's partial telemetry replaced)."""
-    done_before = {m: tmp_path.joinpath("reports", "tiny", "smoke", m + ".ipynb").stat().st_mtime_ns
-                   for m, s in before.items() if s["status"] == "completed"}  # fmt: skip
+    done_before = {
+        m: tmp_path.joinpath("reports", "tiny", "smoke", m + ".ipynb").stat().st_mtime_ns for m, s in before.items() if s["status"] == "completed"
+    }
     result = rerun(tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"{MEMBERS}/{MEMBERS} runs completed" in result.stdout
@@ -211,6 +226,7 @@ def test_ctrl_c_stops_promptly_marks_members_in_flight_interrupted_and_a_rerun_r
     write_pack(tmp_path, REAL_MEMBER)
     runner = start(tmp_path)
     try:
+
         def in_flight():
             now = statuses(tmp_path)
             states = [s["status"] for s in now.values()]
@@ -251,8 +267,9 @@ def test_a_live_runner_keeps_its_folders_and_a_dead_ones_leftovers_are_killed_be
         wait_for(lambda: len(list((tmp_path / "telemetry").glob("leftover-*"))) == 2, 120, "two members in flight")
         second = rerun(tmp_path)
         assert second.returncode == 2
-        assert second.stderr.strip() == (f"esper-lab: error: another pack run (pid {first.pid}) is using "
-                                         f"{tmp_path / 'telemetry'}: wait for it to end or stop it")  # fmt: skip
+        assert second.stderr.strip() == (
+            f"esper-lab: error: another pack run (pid {first.pid}) is using {tmp_path / 'telemetry'}: wait for it to end or stop it"
+        )
         first.kill()
         first.wait()
     finally:

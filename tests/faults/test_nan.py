@@ -21,9 +21,12 @@ CONFIG = RunConfig(task="digits_cnn", density="a1", batches_per_step=2, data_fra
 INNOCENT, CULPRIT = 1, 4
 HEALTHY_STEPS = 3  # steps after the rollback that must train normally
 # The main line to each stage; BLENDING -> HOLDING waits for the alpha ramp (FAST tempo).
-PATH = {Stage.TRAINING: (Op.GERMINATE, Op.ADVANCE), Stage.BLENDING: (Op.GERMINATE, Op.ADVANCE, Op.ADVANCE),
-        Stage.HOLDING: (Op.GERMINATE, Op.ADVANCE, Op.ADVANCE, Op.ADVANCE),
-        Stage.FOSSILIZED: (Op.GERMINATE, Op.ADVANCE, Op.ADVANCE, Op.ADVANCE, Op.FOSSILIZE)}  # fmt: skip
+PATH = {
+    Stage.TRAINING: (Op.GERMINATE, Op.ADVANCE),
+    Stage.BLENDING: (Op.GERMINATE, Op.ADVANCE, Op.ADVANCE),
+    Stage.HOLDING: (Op.GERMINATE, Op.ADVANCE, Op.ADVANCE, Op.ADVANCE),
+    Stage.FOSSILIZED: (Op.GERMINATE, Op.ADVANCE, Op.ADVANCE, Op.ADVANCE, Op.FOSSILIZE),
+}
 
 
 def drive(env: MorphEnv, slot: int, stage: Stage) -> None:

@@ -37,8 +37,12 @@ train_and_record(settings, sys.argv[1], "resume", run_id="r", checkpoint=sys.arg
 
 
 def train(root, checkpoint, rounds: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", TRAIN, str(root), str(checkpoint), str(rounds)],
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", TRAIN, str(root), str(checkpoint), str(rounds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_a_killed_training_resumes_into_the_same_run_with_every_episode_once(tmp_path):
@@ -67,8 +71,10 @@ def test_a_killed_training_resumes_into_the_same_run_with_every_episode_once(tmp
 
 
 def test_a_stale_running_manifest_is_marked_killed(tmp_path):
-    child = "import sys, time\nfrom esper_lab.config import RunConfig\nfrom esper_lab.telemetry import Recorder\n" \
-            "r = Recorder(sys.argv[1], 'c', RunConfig(), run_id='gone')\nprint('ready', flush=True)\ntime.sleep(600)"  # fmt: skip
+    child = (
+        "import sys, time\nfrom esper_lab.config import RunConfig\nfrom esper_lab.telemetry import Recorder\n"
+        "r = Recorder(sys.argv[1], 'c', RunConfig(), run_id='gone')\nprint('ready', flush=True)\ntime.sleep(600)"
+    )
     process = subprocess.Popen([sys.executable, "-c", child, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "ready"
     assert mark_stale_runs(tmp_path) == []  # alive: left alone
