@@ -325,7 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--slots", default=None, help="comma-separated slots to audit (default: every seed live at --step)")
     audit.add_argument("--replicates", type=_at_least(2), default=None, help="episode seeds per coalition (default 3)")
     audit.add_argument("--max-candidates", type=_at_least(1), default=None, help="refuse more seeds than this (default 3, at most 4)")
-    audit.add_argument("--workers", type=_at_least(0), default=0, help="processes training coalitions in parallel (0: in this process)")
+    audit.add_argument(
+        "--workers", type=_at_least(0), default=0, help="workers of a local Dask cluster training coalitions in parallel (0: in this process)"
+    )
+    audit.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT", help="train the coalitions on this Dask cluster instead")
     audit.add_argument("--seed", type=_at_least(0), default=0, help="with --demo: the demo run's seed")
     audit.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
     audit.set_defaults(handler=_audit)

@@ -191,3 +191,16 @@ def test_a_worker_that_cannot_see_the_telemetry_root_is_refused_before_anything_
     assert "every Dask worker must see the telemetry root and the reports folder" in result.stderr
     assert f"does not see {hidden / 'telemetry'}" in result.stderr
     assert not (hidden / "telemetry" / ".members").exists()  # nothing was submitted
+
+
+def test_an_audit_on_a_dask_cluster_credits_what_one_in_process_credits(cluster, tmp_path):
+    def audit(root: Path, *flags: str) -> list:
+        command = [sys.executable, "-m", "esper_lab.cli", "audit", "--demo", "smoke", "--root", str(root), *flags]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        store = Store(root)
+        rows = store.sql("SELECT slot, phi, phi_replicates, subset_values FROM audits ORDER BY slot").rows()
+        store.close()
+        return rows
+
+    assert audit(tmp_path / "remote", "--scheduler", cluster.address) == audit(tmp_path / "here")

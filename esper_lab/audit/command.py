@@ -42,7 +42,7 @@ def audit_command(args: argparse.Namespace) -> int:
         except ReplayError as error:  # an unknown run or episode: bad input, one line
             raise ValueError(str(error)) from None
         with tqdm(total=protocol.trainings, desc=f"audit {run}", unit="training", leave=False) as bar:
-            audit = run_audit(protocol, args.workers, on_job=lambda: bar.update(1))
+            audit = run_audit(protocol, args.workers, on_job=lambda: bar.update(1), scheduler=args.scheduler)
         audit_id = write_audit(audit, args.root)
         print(summary(audit, audit_id, store))
     finally:

@@ -2,9 +2,9 @@
 under the protocol, credit each seed, set the credit beside what the run measured and decided,
 and record it all as labels a critic can learn from (the `audits` table).
 
-The subset trainings are independent jobs. With `workers` > 0 they run in a pool of spawned
-processes that die with this one (`experiments.workers.die_with`, as the pack runner's do), each
-on one torch thread.
+The subset trainings are independent jobs. With `workers` > 0 they run on a local Dask cluster
+of that many single-threaded worker processes, which die with this one, and with a `scheduler`
+on that Dask cluster (the pack runner's engine, `experiments.cluster`); each on one torch thread.
 
 The interval: each replicate's credits are an exact Shapley decomposition of one draw of the
 protocol's randomness (its coalitions share an episode seed), so the R per-replicate values of a
@@ -15,24 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
 import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
+from distributed import as_completed
 from scipy import stats
 
 from esper_lab.audit.protocol import AUDIT_THREADS, DEFAULT_CANDIDATES, DEFAULT_REPLICATES, Protocol, Training, from_run, train
 from esper_lab.audit.shapley import coalitions, exact_shapley, leave_one_out, t_interval
 from esper_lab.contracts import Blueprint, Op
-from esper_lab.experiments.workers import die_with
+from esper_lab.experiments.cluster import engine
 from esper_lab.telemetry import Recorder, Store
 
 CI_METHOD = "95% Student-t interval over the per-replicate exact values"
@@ -131,41 +130,41 @@ class Audit:
         return rows
 
 
-def run_audit(protocol: Protocol, workers: int = 0, on_job: Callable[[], None] | None = None) -> Audit:
-    """Train every (coalition, replicate) of the protocol, in `workers` processes (0: here, one
-    after another); `on_job()` after each."""
+def run_audit(protocol: Protocol, workers: int = 0, on_job: Callable[[], None] | None = None, scheduler: str | None = None) -> Audit:
+    """Train every (coalition, replicate) of the protocol: on `scheduler`'s Dask cluster, or on
+    a local one of `workers` processes (0: here, one after another); `on_job()` after each."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers={workers!r} must be an integer >= 0 (0: in this process)")
     jobs = [(c, r) for r in range(protocol.replicates) for c in coalitions(protocol.players)]
     started = time.perf_counter()
-    results = _run_jobs(protocol, jobs, workers, on_job or (lambda: None))
+    results = _run_jobs(protocol, jobs, workers, scheduler, on_job or (lambda: None))
     return Audit(protocol, {job: r.value for job, r in zip(jobs, results)}, sum(r.skipped for r in results), time.perf_counter() - started, workers)
 
 
-def _run_jobs(protocol: Protocol, jobs: list[tuple[frozenset, int]], workers: int, on_job: Callable[[], None]) -> list[Training]:
-    if workers == 0:
+def _run_jobs(protocol: Protocol, jobs: list[tuple[frozenset, int]], workers: int, scheduler: str | None, on_job: Callable[[], None]) -> list:
+    if workers == 0 and scheduler is None:
         with _threads(AUDIT_THREADS):
             results = []
             for coalition, replicate in jobs:
                 results.append(train(protocol, coalition, replicate))
                 on_job()
             return results
-    context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
-    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_start_worker, initargs=(os.getpid(),))
-    try:
-        futures = {pool.submit(train, protocol, c, r): i for i, (c, r) in enumerate(jobs)}
-        results: list[Training | None] = [None] * len(jobs)
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            on_job()
-        return results
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # after an error: nothing queued starts
+    with engine(scheduler, min(workers, len(jobs)) or 1, f"{os.getpid()}.{time.time_ns()}") as cluster:
+        futures = {cluster.client.submit(_train, protocol, c, r, pure=False): i for i, (c, r) in enumerate(jobs)}
+        try:
+            results: list[Training | None] = [None] * len(jobs)
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()  # a training's error is raised here
+                on_job()
+            return results
+        finally:
+            cluster.client.cancel(list(futures))  # after an error (or Ctrl-C): nothing queued starts
 
 
-def _start_worker(parent: int) -> None:
-    die_with(parent)
-    torch.set_num_threads(AUDIT_THREADS)
+def _train(protocol: Protocol, coalition: frozenset, replicate: int) -> Training:
+    """One subset training on a Dask worker, on the audit's thread count."""
+    with _threads(AUDIT_THREADS):
+        return train(protocol, coalition, replicate)
 
 
 @contextlib.contextmanager

@@ -12,14 +12,11 @@ can kill the leftovers of a killed run before it starts.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import json
 import os
 import signal
 import socket
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +26,6 @@ RUN_TAG = "ESPER_LAB_PACK_RUN"  # environment variable: "<run token>/"
 # Cores one study may use when something above it shares the machine out (each of the runner's
 # --jobs members gets cores // jobs for its env workers); unset: every core this process may use.
 CORES_ENV_VAR = "ESPER_LAB_CORES"
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 KERNEL_START_RETRIES = 2  # kernel launches can race for a port when several start at once
 _KERNEL_START_ERRORS = ("Kernel died before replying", "Address already in use", "Kernel didn't respond")
 # Kernel log lines a pack's user cannot act on, dropped from the workers' output (they break the
@@ -104,22 +100,6 @@ def held(path: Path) -> Iterator[None]:
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
-
-
-def die_with(parent: int) -> None:
-    """Make this process die as soon as its parent does (the audit's subset trainings)."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    else:
-
-        def watch() -> None:
-            while os.getppid() == parent:
-                time.sleep(0.2)
-            os._exit(1)
-
-        threading.Thread(target=watch, daemon=True).start()
-    if os.getppid() != parent:  # the parent died before the watch was armed
-        os._exit(1)
 
 
 def execute(task: dict) -> dict:
