@@ -28,11 +28,6 @@ RUN_TAG = "ESPER_LAB_PACK_RUN"  # environment variable: "<run token>/"
 CORES_ENV_VAR = "ESPER_LAB_CORES"
 KERNEL_START_RETRIES = 2  # kernel launches can race for a port when several start at once
 _KERNEL_START_ERRORS = ("Kernel died before replying", "Address already in use", "Kernel didn't respond")
-# Kernel log lines a pack's user cannot act on, dropped from the workers' output (they break the
-# progress bar): ipykernel warns on every start that its loopback TCP sockets are unencrypted
-# (jupyter_client picks the transport), and jupyter_client interrupts every kernel it shuts down,
-# which ipykernel sometimes logs as an error. A user's Ctrl-C never reaches a kernel (see above).
-KERNEL_NOISE = (b"Kernel is running over TCP without encryption", b"KeyboardInterrupt caught in kernel")
 
 
 def cores() -> int:
