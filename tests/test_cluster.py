@@ -1,8 +1,9 @@
 """The pack runner on a real Dask cluster: a `dask scheduler` and two `dask worker` processes on
 127.0.0.1, started as a lab would start them, running Pack 0 at the smoke preset through
 `esper-lab pack run --scheduler`. Its telemetry must equal a local run's; a worker killed mid-pack
-must cost nothing but time; and a worker that cannot see the telemetry root is refused before
-anything is submitted.
+must cost nothing but time; a worker that cannot see the telemetry root is refused before
+anything is submitted; an audit credits what it credits in process; and a member submitted
+twice runs once.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import nbformat
 import pytest
 
+from esper_lab.experiments.workers import execute
 from esper_lab.telemetry import Store
 
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -204,3 +208,27 @@ def test_an_audit_on_a_dask_cluster_credits_what_one_in_process_credits(cluster,
         return rows
 
     assert audit(tmp_path / "remote", "--scheduler", cluster.address) == audit(tmp_path / "here")
+
+
+def test_a_member_submitted_twice_at_once_runs_once(tmp_path):
+    """Two copies of one member (a rerun racing a remote worker still on the first): the second
+    waits on the member's lock, then finds it completed and runs nothing."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time\nopen(marker, 'a').write('ran\\n')\ntime.sleep(2)")])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "member.ipynb")
+    marker = tmp_path / "runs.txt"
+    task = {
+        "notebook": str(tmp_path / "member.ipynb"),
+        "output": str(tmp_path / "out.ipynb"),
+        "status_file": str(tmp_path / "member.status.json"),
+        "parameters": {"preset": "smoke", "marker": str(marker)},
+        "cores": None,
+    }
+    results = []
+    copies = [threading.Thread(target=lambda: results.append(execute(task))) for _ in range(2)]
+    for copy in copies:
+        copy.start()
+    for copy in copies:
+        copy.join()
+    assert [r["status"] for r in results] == ["completed", "completed"]
+    assert marker.read_text() == "ran\n"
