@@ -232,3 +232,10 @@ def test_a_member_submitted_twice_at_once_runs_once(tmp_path):
         copy.join()
     assert [r["status"] for r in results] == ["completed", "completed"]
     assert marker.read_text() == "ran\n"
+
+
+def test_a_scheduler_address_that_is_not_one_is_one_error_line(tmp_path):
+    result = subprocess.run(pack_run(tmp_path, "--scheduler", "tcp://127.0.0.1"), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "esper-lab: error: --scheduler tcp://127.0.0.1: missing port number in address '127.0.0.1'"
+    assert not (tmp_path / "telemetry" / ".members").exists()

@@ -88,7 +88,11 @@ def engine(scheduler: str | None, jobs: int, token: str) -> Iterator[Engine]:
     kernels carry this run's tag; close what was started on the way out, with anything the
     members left running."""
     if scheduler is not None:
-        with Client(scheduler, timeout=CONNECT_TIMEOUT) as client:
+        try:
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
+        except (OSError, ValueError) as error:  # unreachable, or not an address
+            raise ValueError(f"--scheduler {scheduler}: {error}") from None
+        with client:
             try:
                 client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
             except TimeoutError:
