@@ -127,7 +127,7 @@ def check_folders(client: Client, folders: list[Path], token: str) -> None:
         probe.write_text(token)
         probes.append(str(probe))
     try:
-        answers = client.run(_probe, probes, token)
+        answers = client.run(_probe, probes)
     finally:
         for probe in probes:
             Path(probe).unlink()
@@ -139,17 +139,15 @@ def check_folders(client: Client, folders: list[Path], token: str) -> None:
         )
 
 
-def _probe(probes: list[str], token: str) -> str | None:
-    """On a worker: None if it reads each of the runner's probe files and can write beside it."""
+def _probe(probes: list[str]) -> str | None:
+    """On a worker: None if it sees each of the runner's probe files and can write beside it."""
     for probe in map(Path, probes):
-        try:
-            if probe.read_text() != token:
-                return f"{probe.parent} holds another run's probe"
-            mine = probe.with_name(f"{probe.name}-{socket.gethostname()}-{os.getpid()}")
-            mine.write_text(token)
-            mine.unlink()
-        except FileNotFoundError:
+        if not probe.is_file():
             return f"does not see {probe.parent} (not the runner's storage)"
+        try:
+            mine = probe.with_name(f"{probe.name}-{socket.gethostname()}-{os.getpid()}")
+            mine.touch()
+            mine.unlink()
         except OSError as error:
             return f"cannot write in {probe.parent} ({error.strerror or error})"
     return None
