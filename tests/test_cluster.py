@@ -21,6 +21,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from processes import assert_every_row_once, wait_for
 
 from esper_lab.experiments.workers import execute
 from esper_lab.telemetry import Store
@@ -30,15 +31,6 @@ WORKER_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ESPER_LAB_CORES": "1"}
 # Columns that say when, how fast or by whom, not what: they differ between any two runs.
 TIMING = {"updates": ["rollout_seconds", "update_seconds"]}
 TABLES = ("steps", "slots", "decisions", "events", "updates")
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-    return value
 
 
 class Cluster:
@@ -114,14 +106,6 @@ def telemetry_hashes(root: Path) -> dict[str, str]:
 
 def statuses(root: Path) -> dict[str, dict]:
     return {f"{p.parent.name}/{p.name}": json.loads(p.read_text()) for p in (root / ".members").rglob("*.status.json")}
-
-
-def assert_every_row_once(root: Path) -> None:
-    store = Store(root)
-    for table in ("steps", "decisions"):
-        twice = store.sql(f"SELECT run_id, env, episode, step, count(*) AS n FROM {table} GROUP BY ALL HAVING n > 1")
-        assert twice.is_empty(), f"{table} rows written twice: {twice}"
-    store.close()
 
 
 @pytest.fixture(scope="module")

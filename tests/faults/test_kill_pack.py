@@ -22,6 +22,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from processes import assert_every_row_once, wait_for
 
 from esper_lab.experiments.workers import tagged
 from esper_lab.telemetry import Store
@@ -112,15 +113,6 @@ def statuses(tmp_path: Path) -> dict[str, dict]:
     }
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return value
-
-
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -186,15 +178,6 @@ def test_kill_9_of_the_runner_takes_its_workers_and_kernels_along_then_a_rerun_r
     before = statuses(tmp_path)
     assert "running" in {s["status"] for s in before.values()}  # readable: these were in flight
     check_resumed(tmp_path, before)
-
-
-def assert_every_row_once(root: Path) -> None:
-    """No (run, env, episode, step) of any table was written twice."""
-    store = Store(root)
-    for table in ("steps", "decisions"):
-        twice = store.sql(f"SELECT run_id, env, episode, step, count(*) AS n FROM {table} GROUP BY ALL HAVING n > 1")
-        assert twice.is_empty(), f"{table} rows written twice: {twice}"
-    store.close()
 
 
 @pytest.mark.parametrize("seed", [3, 4])
