@@ -218,6 +218,21 @@ MAX_WAIT_SHARE = 0.9  # no NOOP collapse
 MIN_OPEN_ENTROPY = 0.05  # nats, for every head over decisions where it had >= 2 legal choices
 
 
+def _not_stuck(ev: Evidence, cohort: str) -> tuple[list[str], str]:
+    """The monitors every no-collapse gate reads, over the sampled arm's held-out decisions: the
+    WAIT share, and every head's entropy where it had a choice. Their verdicts, and what they saw."""
+    wait = estimate(ev.usage.filter(pl.col("cohort") == cohort), "wait_share")
+    heads = ev.heads.filter(pl.col("cohort") == cohort)
+    floor = heads["open_entropy"].min() if not heads.is_empty() else None
+    dead = heads.filter(pl.col("open_entropy") < MIN_OPEN_ENTROPY)["head"].to_list()
+    parts = [verdict(wait, MAX_WAIT_SHARE, higher_passes=False), PASS if floor is not None and not dead else FAIL]
+    return parts, (
+        f"WAIT share of decisions {_say(wait)} (gate <= {MAX_WAIT_SHARE}; {SAMPLED}); lowest head entropy over "
+        f"open decisions {floor if floor is None else f'{floor:.3f}'} nats (gate >= {MIN_OPEN_ENTROPY}; "
+        f"below: {', '.join(dead) or 'none'})"
+    )
+
+
 def stage1_gates(pack: Pack, ev: Evidence) -> list[Gate]:
     """Seed 004 Stage 1's exit per cohort, on held-out episodes paired with the static host."""
     gates: list[Gate] = []
@@ -246,20 +261,8 @@ def stage1_gates(pack: Pack, ev: Evidence) -> list[Gate]:
                 "; ".join(f"return minus {name}'s {_say(e)} (gate > 0)" for name, e in returns.items()),
             )
         )
-        wait = estimate(ev.usage.filter(pl.col("cohort") == cohort), "wait_share")
-        heads = ev.heads.filter(pl.col("cohort") == cohort)
-        floor = heads["open_entropy"].min() if not heads.is_empty() else None
-        dead = heads.filter(pl.col("open_entropy") < MIN_OPEN_ENTROPY)["head"].to_list()
-        gates.append(
-            Gate(
-                "3 no collapse",
-                cohort,
-                combine([verdict(wait, MAX_WAIT_SHARE, higher_passes=False), PASS if floor is not None and not dead else FAIL]),
-                f"WAIT share of decisions {_say(wait)} (gate <= {MAX_WAIT_SHARE}; {SAMPLED}); lowest head entropy over "
-                f"open decisions {floor if floor is None else f'{floor:.3f}'} nats (gate >= {MIN_OPEN_ENTROPY}; "
-                f"below: {', '.join(dead) or 'none'})",
-            )
-        )
+        parts, said = _not_stuck(ev, cohort)
+        gates.append(Gate("3 no collapse", cohort, combine(parts), said))
         cycles = estimate(sampled, "regerminations")
         gates.append(
             Gate(
@@ -507,26 +510,17 @@ def phase5_gates(pack: Pack, ev: Evidence) -> list[Gate]:
             )
         )
         kept_entropy = estimate(ev.entropy.filter(pl.col("cohort") == cohort), "kept")
-        wait = estimate(ev.usage.filter(pl.col("cohort") == cohort), "wait_share")
-        heads = ev.heads.filter(pl.col("cohort") == cohort)
-        dead = heads.filter(pl.col("open_entropy") < MIN_OPEN_ENTROPY)["head"].to_list()
+        stuck, said = _not_stuck(ev, cohort)
         top = tops.filter(pl.col("cohort") == cohort)
         top_share = estimate(top, "share")
-        parts = [
-            verdict(kept_entropy, ENTROPY_KEPT),
-            verdict(wait, MAX_WAIT_SHARE, higher_passes=False),
-            PASS if heads.height and not dead else FAIL,
-            verdict(top_share, MAX_TOP_OP_SHARE, higher_passes=False),
-        ]
         gates.append(
             Gate(
                 "6 no collapse",
                 cohort,
-                combine(parts),
-                f"op entropy last/first training episode {_say(kept_entropy)} (gate > {ENTROPY_KEPT}); WAIT share "
-                f"{_say(wait)} (gate <= {MAX_WAIT_SHARE}); heads below {MIN_OPEN_ENTROPY} nats over open decisions: "
-                f"{', '.join(dead) or 'none'} of {heads.height}; top non-WAIT op's share per seed {_say(top_share)} "
-                f"(gate <= {MAX_TOP_OP_SHARE}; most often {', '.join(sorted(set(top['top_op']))) or '-'}); {SAMPLED}",
+                combine([verdict(kept_entropy, ENTROPY_KEPT), *stuck, verdict(top_share, MAX_TOP_OP_SHARE, higher_passes=False)]),
+                f"op entropy last/first training episode {_say(kept_entropy)} (gate > {ENTROPY_KEPT}); {said}; top non-WAIT op's "
+                f"share per seed {_say(top_share)} (gate <= {MAX_TOP_OP_SHARE}; most often "
+                f"{', '.join(sorted(set(top['top_op']))) or '-'}; {SAMPLED})",
             )
         )
         score = paired_estimate(greedy, static, "score")
