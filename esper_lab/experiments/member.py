@@ -33,18 +33,14 @@ def run_member(pack: str | Path, cohort: str, seed: int, preset: str, telemetry_
     run_id = member_run_id(cohort, seed, preset, settings.policy.encoder)
     # One writer at a time: the kernel of a killed attempt may outlive its worker by a moment.
     with held(Path(telemetry_root) / f"cohort={cohort}" / f".{run_id}.lock"):
-        return _train_and_evaluate(settings, cohort, seed, preset, telemetry_root, run_id)
-
-
-def _train_and_evaluate(settings, cohort: str, seed: int, preset: str, telemetry_root: str | Path, run_id: str) -> str:
-    for folder in Path(telemetry_root).glob(f"cohort={cohort}/run={run_id}*"):
-        shutil.rmtree(folder)  # a failed or killed earlier attempt (and its eval runs): the runner only retries those
-    train_id, agent = run_id, None  # rounds = 0: scripted arms only, nothing to train
-    if settings.rounds:
-        with tqdm(total=settings.rounds, desc=f"{cohort} seed={seed}", unit="round") as bar:
-            train_id, agent = train_and_record(settings, telemetry_root, cohort, run_id=run_id, preset=preset, on_round=lambda _: bar.update(1))
-    if settings.eval_episodes:
-        batches = settings.eval_episodes // batch_size(settings.eval_episodes, settings.envs)
-        with tqdm(total=len(played_arms(settings)) * batches, desc=f"{cohort} seed={seed} held-out", unit="batch") as bar:
-            evaluate_arms(settings, agent, telemetry_root, cohort, train_id, preset, on_episode=lambda _: bar.update(1))
-    return train_id
+        for folder in Path(telemetry_root).glob(f"cohort={cohort}/run={run_id}*"):
+            shutil.rmtree(folder)  # a failed or killed earlier attempt (and its eval runs): the runner only retries those
+        train_id, agent = run_id, None  # rounds = 0: scripted arms only, nothing to train
+        if settings.rounds:
+            with tqdm(total=settings.rounds, desc=f"{cohort} seed={seed}", unit="round") as bar:
+                train_id, agent = train_and_record(settings, telemetry_root, cohort, run_id=run_id, preset=preset, on_round=lambda _: bar.update(1))
+        if settings.eval_episodes:
+            batches = settings.eval_episodes // batch_size(settings.eval_episodes, settings.envs)
+            with tqdm(total=len(played_arms(settings)) * batches, desc=f"{cohort} seed={seed} held-out", unit="batch") as bar:
+                evaluate_arms(settings, agent, telemetry_root, cohort, train_id, preset, on_episode=lambda _: bar.update(1))
+        return train_id
