@@ -12,9 +12,10 @@ def _tour(args: argparse.Namespace) -> int:
     import papermill
 
     from esper_lab.experiments.packs import NOTEBOOKS_DIR
+    from esper_lab.experiments.runner import REPORTS_DIR
 
     source = NOTEBOOKS_DIR / "00_organism_tour.ipynb"
-    output = Path(args.output)
+    output = Path(args.output or REPORTS_DIR / source.name)
     output.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(source), str(output), parameters={"preset": args.preset}, kernel_name="python3", progress_bar=False)
     print(f"organism tour executed: {output}")
@@ -216,10 +217,11 @@ def _export(args: argparse.Namespace) -> int:
     """Rebuild a recorded run's organism at a step, compact it to a plain module (no plane),
     check it against the live organism and write it with torch.save."""
     from esper_lab.experiments.replay import ReplayError
+    from esper_lab.experiments.runner import REPORTS_DIR
     from esper_lab.export import export_run, summary
 
     _set_threads(args)
-    output = args.output or Path("reports") / "exports"
+    output = args.output or REPORTS_DIR / "exports"
     try:
         export = export_run(args.root, args.run, output, args.step, args.env, args.episode, args.fossils_only)
     except ReplayError as error:  # an unknown run or episode: bad input, one line
@@ -239,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     tour = commands.add_parser("tour", help="run the organism tour notebook headlessly")
     tour.add_argument("--preset", choices=("smoke", "full"), default="full", help="smoke: seconds; full: the tour's real budget")
-    tour.add_argument("--output", default=str(Path("reports") / "00_organism_tour.ipynb"), help="the executed notebook (default under ./reports)")
+    tour.add_argument("--output", default=None, help="the executed notebook (default under ./reports)")
     tour.set_defaults(handler=_tour)
 
     run = commands.add_parser("run", help="play episodes with a baseline policy (heuristic or random)")
