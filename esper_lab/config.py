@@ -188,6 +188,9 @@ class RunConfig:
     # the validation subsample per in-forward seed; every 4th step (and the last) keeps that at a
     # few percent of a digits_cnn episode (see the README's benchmark table)
     contribution_every: int = 4
+    # env steps between reads of the whole test split (0: only at the episode's last step); the
+    # reports' area under the test curve is the mean over these reads (digits: 360 images, cheap)
+    test_every: int = 4
     cifar_folder: str | None = None
     device: str = "cpu"  # where host, seeds and data live: "cpu", "cuda" or "cuda:N"
     economy: EconomyConfig = field(default_factory=EconomyConfig)
@@ -227,8 +230,10 @@ class RunConfig:
         for name in ("batches_per_step", "val_samples"):
             if getattr(self, name) is not None:
                 _positive_int(self, name)
-        if isinstance(self.contribution_every, bool) or not isinstance(self.contribution_every, int) or self.contribution_every < 0:
-            raise ValueError(f"contribution_every={self.contribution_every!r} must be an integer >= 0 (0: never)")
+        for name in ("contribution_every", "test_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} must be an integer >= 0 (0: {'never' if name == 'contribution_every' else 'at the end only'})")
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise ValueError(f"seed={self.seed!r} must be an integer >= 0")
         for name in ("lr", "param_budget"):
@@ -254,6 +259,15 @@ class RunConfig:
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+    def widened(self, scale: float) -> RunConfig:
+        """The same run on a static host `scale` times as wide (every CNN block's width, or the
+        Transformer's d_model, rounded to a whole number of heads): a point of the static frontier."""
+        host = self.host_config()
+        if self.spec.host_kind is HostKind.CNN:
+            return self.replace(host={**self.host, "widths": tuple(round(w * scale) for w in host["widths"])})
+        heads = host["n_head"]
+        return self.replace(host={**self.host, "d_model": heads * round(host["d_model"] * scale / heads)})
 
 
 def _device(value: Any) -> str:

@@ -389,6 +389,7 @@ class Stream(enum.IntEnum):
     VALIDATION = 9  # the per-step validation subsample
     EVALUATION = 10  # policies' sampling on held-out evaluation episodes
     AUDIT = 11  # an audit's replicate episodes (host init, data order, seed inits) beyond the recorded one
+    SCHEDULE_SEARCH = 12  # the fixed growth schedules a schedule search draws (`experiments.search`)
 
 
 def stream_seed(seed: int, index: int, stream: Stream) -> int:
@@ -495,6 +496,9 @@ STEP_METRIC_TYPES: dict[str, str] = {
     "metric_gain": "float64",
     "metric_since_start": "float64",
     "full_metric": "float64",
+    # on the whole test split every `test_every` steps and at the last (NaN between): the only read
+    # of the test split, for reports; no reward, observation or decision reads it
+    "test_metric": "float64",
     # the static twin's metric on the same subsample (the `gain_over_static` reward; NaN without it)
     "static_metric": "float64",
     "host_params": "int64",
@@ -502,6 +506,9 @@ STEP_METRIC_TYPES: dict[str, str] = {
     "incubating_params": "int64",
     "forward_flops": "float64",
     "incubating_flops": "float64",
+    # forward + backward FLOPs this step's training spent on the host and every seed module that
+    # ran (TRAINING included; the static twin is an instrument, not counted): `env.train_flops`
+    "train_flops": "float64",
     "active_param_budget_util": "float64",
     "active_flops_budget_util": "float64",
     "occupied_slots": "int32",

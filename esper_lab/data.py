@@ -1,6 +1,10 @@
 """Data: digits (CNN default), a pydoc character corpus (char LM), CIFAR-10 from the user's copy,
 and the training loop's minibatch iterators. Deterministic given the arguments (design rule 7):
-splits take a seed, iterators a `torch.Generator`."""
+splits take a seed, iterators a `torch.Generator`.
+
+Every task has three parts (DESIGN rule 10): **train** (the host's batches), **validation** (the
+reward and every decision signal read it) and **test** (only the reported final metric reads it;
+no reward, observation or decision ever does)."""
 
 from __future__ import annotations
 
@@ -43,8 +47,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensors have no single truth value
 class Split:
-    """A classification train/validation split kept compact: raw pixels (uint8) and labels, with
-    the per-channel standardisation of the training pixels, applied per batch (`standardise`).
+    """A classification train/validation/test split kept compact: raw pixels (uint8) and labels,
+    with the per-channel standardisation of the training pixels, applied per batch (`standardise`).
 
     One copy serves every environment of a process (CIFAR-10's 50k images are 150 MiB as bytes,
     600 MiB as floats); an environment keeps row indices into it, never a copy."""
@@ -53,6 +57,8 @@ class Split:
     train_y: torch.Tensor  # int64 [N]
     val_pixels: torch.Tensor
     val_y: torch.Tensor
+    test_pixels: torch.Tensor  # read only for reported metrics (module docstring)
+    test_y: torch.Tensor
     num_classes: int
     name: str
     pixel_max: float  # the raw value of a full pixel: x = pixels / pixel_max is in [0, 1]
@@ -89,18 +95,19 @@ class Split:
 
     def to(self, device: torch.device | str) -> Split:
         """The same split with its tensors on `device`."""
-        moved = {f: getattr(self, f).to(device) for f in ("train_pixels", "train_y", "val_pixels", "val_y")}
+        moved = {f: getattr(self, f).to(device) for f in ("train_pixels", "train_y", "val_pixels", "val_y", "test_pixels", "test_y")}
         return dataclasses.replace(self, **moved)
 
 
 @dataclass(frozen=True, eq=False)
 class CharCorpus:
-    """A character corpus with a fixed vocabulary and a fixed train (first) / val (last) id split."""
+    """A character corpus with a fixed vocabulary and a fixed train (first) / val / test (last) id split."""
 
     text: str
     vocab: tuple[str, ...]  # sorted characters; a token id is an index into it
     train_ids: torch.Tensor
     val_ids: torch.Tensor
+    test_ids: torch.Tensor
 
     @property
     def vocab_size(self) -> int:
@@ -124,35 +131,42 @@ def data_root() -> Path:
     return Path(override).expanduser() if override else Path(__file__).resolve().parents[1] / "data"
 
 
-def load_digits(seed: int = 0, val_fraction: float = 0.2) -> Split:
-    """The 8x8 sklearn digits (1797 images, shipped with sklearn): a seeded stratified split."""
+def load_digits(seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2) -> Split:
+    """The 8x8 sklearn digits (1797 images, shipped with sklearn): seeded stratified train,
+    validation and test parts (each fraction of all the images)."""
     _check_int("seed", seed, 0, SEED_LIMIT)
     _check_fraction("val_fraction", val_fraction)
+    _check_fraction("test_fraction", test_fraction)
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction + test_fraction = {val_fraction + test_fraction} must be below 1: nothing would be left to train on")
     from sklearn import datasets  # imported here: sklearn costs ~1.4 s, and only digits needs it
 
     bunch = datasets.load_digits()
     pixels = torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1)  # whole counts 0..16
     y = torch.from_numpy(bunch.target).long()
-    train, val = _stratified_split(y, val_fraction, seed)
-    return _split(pixels[train], y[train], pixels[val], y[val], DIGITS_CLASSES, "digits", DIGITS_MAX_PIXEL)
+    rest, test = _stratified_split(y, test_fraction, seed)
+    train, val = (rest[i] for i in _stratified_split(y[rest], val_fraction / (1 - test_fraction), seed))
+    return _split(pixels[train], y[train], pixels[val], y[val], pixels[test], y[test], DIGITS_CLASSES, "digits", DIGITS_MAX_PIXEL)
 
 
-def load_pydoc_corpus(val_fraction: float = 0.1, max_chars: int | None = None) -> CharCorpus:
-    """The pydoc topics text of this Python (cached under data/cache), as a character corpus.
+def load_pydoc_corpus(val_fraction: float = 0.1, test_fraction: float = 0.1, max_chars: int | None = None) -> CharCorpus:
+    """The pydoc topics text of this Python (cached under data/cache), as a character corpus:
+    train is the first part, then validation, then test (contiguous, so no window spans two).
 
     `max_chars` keeps the first characters only (smoke presets); the vocabulary still comes
     from the whole text, so a model's vocabulary size does not depend on the preset.
     """
     _check_fraction("val_fraction", val_fraction)
+    _check_fraction("test_fraction", test_fraction)
     if max_chars is not None:
-        _check_int("max_chars", max_chars, minimum=2)
+        _check_int("max_chars", max_chars, minimum=3)
     full = _pydoc_text()
     text, vocab = full[:max_chars], tuple(sorted(set(full)))
-    split_at = int(len(text) * (1 - val_fraction))
-    if not 0 < split_at < len(text):
-        raise ValueError(f"val_fraction={val_fraction} leaves a part of {len(text)} characters empty")
+    val_at, test_at = int(len(text) * (1 - val_fraction - test_fraction)), int(len(text) * (1 - test_fraction))
+    if not 0 < val_at < test_at < len(text):
+        raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} leave a part of {len(text)} characters empty")
     ids = _encode(text, vocab)
-    return CharCorpus(text, vocab, ids[:split_at], ids[split_at:])
+    return CharCorpus(text, vocab, ids[:val_at], ids[val_at:test_at], ids[test_at:])
 
 
 def check_cifar10_folder(folder: str | Path | None = None) -> Path:
@@ -171,25 +185,21 @@ def check_cifar10_folder(folder: str | Path | None = None) -> Path:
     return folder
 
 
-def load_cifar10(folder: str | Path | None = None, val_fraction: float | None = None, seed: int = 0) -> Split:
+def load_cifar10(folder: str | Path | None = None, val_fraction: float = 0.1, seed: int = 0) -> Split:
     """CIFAR-10 from the official python batches in `folder` (default data/cifar-10-batches-py).
 
-    Validation is `test_batch`; with `val_fraction` it is instead a seeded stratified part of the
-    training batches (for model selection that never looks at the test set). The batches are
+    Test is `test_batch`; validation is a seeded stratified `val_fraction` of the training
+    batches (so model selection and rewards never look at the test set). The batches are
     decoded once into a byte cache under the data root (`cifar10_cache`); every later load, in
     any process, maps that cache, so processes share one copy of the pixels through the page cache.
     """
-    if val_fraction is not None:
-        _check_fraction("val_fraction", val_fraction)
+    _check_fraction("val_fraction", val_fraction)
     _check_int("seed", seed, 0, SEED_LIMIT)
     cache = cifar10_cache(folder)
-    train_x, train_y, val_x, val_y = (_map_bytes(cache / name) for name in CIFAR10_CACHE_FILES)
-    train_x, val_x = train_x.view(-1, *CIFAR10_IMAGE), val_x.view(-1, *CIFAR10_IMAGE)
-    train_y, val_y = train_y.long(), val_y.long()
-    if val_fraction is not None:
-        train, val = _stratified_split(train_y, val_fraction, seed)
-        train_x, train_y, val_x, val_y = train_x[train], train_y[train], train_x[val], train_y[val]
-    return _split(train_x, train_y, val_x, val_y, CIFAR10_CLASSES, "cifar10", PIXEL_MAX)
+    pixels, labels, test_x, test_y = (_map_bytes(cache / name) for name in CIFAR10_CACHE_FILES)
+    pixels, test_x, labels = pixels.view(-1, *CIFAR10_IMAGE), test_x.view(-1, *CIFAR10_IMAGE), labels.long()
+    train, val = _stratified_split(labels, val_fraction, seed)
+    return _split(pixels[train], labels[train], pixels[val], labels[val], test_x, test_y.long(), CIFAR10_CLASSES, "cifar10", PIXEL_MAX)
 
 
 def cifar10_cache(folder: str | Path | None = None) -> Path:
@@ -300,8 +310,8 @@ def _stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[
     return torch.from_numpy(train), torch.from_numpy(val)
 
 
-def _split(train_pixels, train_y, val_pixels, val_y, num_classes: int, name: str, pixel_max: float) -> Split:
-    """A split standardised per channel with train statistics only (no val leakage), computed
+def _split(train_pixels, train_y, val_pixels, val_y, test_pixels, test_y, num_classes: int, name: str, pixel_max: float) -> Split:
+    """A split standardised per channel with train statistics only (no val or test leakage), computed
     exactly from each channel's pixel histogram (no float copy of the images is ever made)."""
     means, stds = [], []
     for channel in train_pixels.unbind(1):
@@ -310,7 +320,7 @@ def _split(train_pixels, train_y, val_pixels, val_y, num_classes: int, name: str
         mean = float((counts * values).sum() / counts.sum())
         means.append(mean)
         stds.append(math.sqrt(float((counts * (values - mean) ** 2).sum() / counts.sum())))
-    return Split(train_pixels, train_y, val_pixels, val_y, num_classes, name, pixel_max, tuple(means), tuple(stds))
+    return Split(train_pixels, train_y, val_pixels, val_y, test_pixels, test_y, num_classes, name, pixel_max, tuple(means), tuple(stds))
 
 
 def _pydoc_text() -> str:

@@ -8,7 +8,9 @@ replays exactly on the same machine; training episodes get a new seed each, held
 episodes get seeds from a disjoint range (`contracts.eval_episode_seed`).
 
 Per step the task metric is read on a fixed, seeded validation subsample (the reward uses it);
-at the episode's last step, on the whole validation split (`full_metric`, what outcomes report).
+at the episode's last step, on the whole validation split (`full_metric`). The test split is read
+only for what reports state (`test_metric`, every `test_every` steps and at the last): nothing the
+policy observes or is rewarded for reads it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from esper_lab import economy
 from esper_lab.config import RunConfig
 from esper_lab.contracts import (
+    MODULE_STAGES,
     SEED_STAGES,
     Action,
     ActionMasks,
@@ -54,14 +57,18 @@ if TYPE_CHECKING:
     from esper_lab.distributed import World
 
 LM_BATCHES_PER_STEP = 40  # an LM "epoch" has no natural end: this many random windows per step
+# A training sample's backward costs about twice its forward (gradients for inputs and for weights):
+# forward + backward = 3 x forward FLOPs (Kaplan et al. 2020, "6N" per token = 3 x "2N"). A frozen
+# fossil still passes gradients down to the host, so it is counted the same (an upper bound).
+TRAIN_FLOPS_PER_FORWARD = 3.0
 STRUCTURAL_OPS = frozenset({Op.GERMINATE, Op.PRUNE, Op.FOSSILIZE, *ADJACENCY_OPS})  # change what the optimizer holds
 
 
 @functools.cache
 def _images(data: str, seed: int, cifar_folder: str | None, device: str) -> Split:
-    """One copy of a task's images per process and device, shared by every env in it (digits'
-    split depends on the run seed; CIFAR-10's is the official one, mapped from its byte cache)."""
-    split = load_digits(seed=seed) if data == "digits" else load_cifar10(cifar_folder)
+    """One copy of a task's images per process and device, shared by every env in it (the
+    validation rows depend on the run seed; CIFAR-10's test split is the official test batch)."""
+    split = load_digits(seed=seed) if data == "digits" else load_cifar10(cifar_folder, seed=seed)
     return split if device == "cpu" else split.to(device)
 
 
@@ -71,9 +78,9 @@ def _corpus() -> CharCorpus:
 
 
 @functools.cache
-def _corpus_on(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _corpus_on(device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     corpus = _corpus()
-    return corpus.train_ids.to(device), corpus.val_ids.to(device)
+    return corpus.train_ids.to(device), corpus.val_ids.to(device), corpus.test_ids.to(device)
 
 
 def build_host(config: RunConfig, vocab_size: int | None = None) -> torch.nn.Module:
@@ -119,11 +126,10 @@ class MorphEnv:
         # episode and every arm of an evaluation reads the same rows
         val_seed = stream_seed(config.seed, 0, Stream.VALIDATION)
         if task.data == "pydoc":
-            train_ids, val_ids = _corpus_on(config.device)
+            train_ids, val_ids, test_ids = _corpus_on(config.device)
             self.vocab_size = _corpus().vocab_size
             self.train_ids = train_ids[: max(int(len(train_ids) * config.data_fraction), 2 * self._context)]
-            n = (len(val_ids) - 1) // self._context * self._context
-            self.val_x, self.val_y = val_ids[:n].view(-1, self._context), val_ids[1 : n + 1].view(-1, self._context)
+            (self.val_x, self.val_y), (self.test_x, self.test_y) = self._windows(val_ids), self._windows(test_ids)
             self.prepare = None
         else:
             self.split = split = _images(task.data, config.seed, config.cifar_folder, config.device)
@@ -131,6 +137,7 @@ class MorphEnv:
             order = torch.randperm(len(split.train_y), generator=torch.Generator().manual_seed(self._seed(Stream.DATA)))[:keep]
             self.train_rows = order.to(config.device)
             self.val_x, self.val_y, self.prepare = split.val_pixels, split.val_y, split.standardise
+            self.test_x, self.test_y = split.test_pixels, split.test_y
         rows = _subsample(len(self.val_y), config.val_samples or task.val_samples, val_seed)
         self.probe_x, self.probe_y = self.val_x, self.val_y
         if rows is not None:
@@ -138,6 +145,11 @@ class MorphEnv:
             self.probe_x, self.probe_y = self.val_x[rows], self.val_y[rows]
         if self.prepare is not None:
             self.probe_x = self.prepare(self.probe_x)
+
+    def _windows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Consecutive, non-overlapping context windows of `ids` and their next-token targets."""
+        n = (len(ids) - 1) // self._context * self._context
+        return ids[:n].view(-1, self._context), ids[1 : n + 1].view(-1, self._context)
 
     @property
     def _context(self) -> int:
@@ -197,6 +209,8 @@ class MorphEnv:
         if self.twin is None and self.config.economy.reward_signal == "gain_over_static" and plane.forward_slots():
             self.twin = StaticTwin(self.host, self.optimizer)  # the host is still the static one: copy it now
 
+        running = sum(slot.flops_active() for slot in plane.slots if slot.stage in MODULE_STAGES and slot.sedation > 0)
+        train_flops = TRAIN_FLOPS_PER_FORWARD * self._samples_per_step() * (plane.host_flops + running)
         train_loss = self._train()
         rollback = self.governor.diverged(train_loss)
         if rollback:  # the ROLLBACK event, then the culprit's removal (e.g. BLENDING->PRUNED)
@@ -241,6 +255,8 @@ class MorphEnv:
             rollback,
             full=self._full_metric() if done else math.nan,
             static=static if prices.reward_signal == "gain_over_static" else math.nan,
+            test=self.test_metric() if self._test_due(done) else math.nan,
+            train_flops=train_flops,
         )
         return StepResult(self.step_count, report, self._masks(), metrics, reward, events, done, self.episode_seed)
 
@@ -253,6 +269,14 @@ class MorphEnv:
             masks = dataclasses.replace(masks, phage=self.emrakul.phage_mask(len(self.plane.slots), steps_left))
         self.masks = masks
         return masks
+
+    def _samples_per_step(self) -> int:
+        """Training samples (images, or windows of `context` tokens) one step's epoch trains on."""
+        config = self.config
+        if config.spec.data == "pydoc":
+            return (config.batches_per_step or LM_BATCHES_PER_STEP) * config.batch_size
+        rows = len(self.train_rows)
+        return rows if config.batches_per_step is None else min(rows, config.batches_per_step * config.batch_size)
 
     def _train(self) -> float:
         """One epoch; the mean training loss (averaged over ranks when data-parallel)."""
@@ -286,6 +310,14 @@ class MorphEnv:
 
     def _full_metric(self) -> float:
         return self._metric(self.full_evaluation())
+
+    def test_metric(self) -> float:
+        """The task metric on the whole test split: what reports state, never what the policy sees."""
+        return self._metric(evaluate(self.host, self.plane, self.test_x, self.test_y, self.prepare))
+
+    def _test_due(self, done: bool) -> bool:
+        every = self.config.test_every
+        return done or (bool(every) and self.step_count % every == 0)
 
     def _metric(self, evaluation: Evaluation) -> float:
         return evaluation.accuracy if self.config.spec.metric == "accuracy" else evaluation.loss
@@ -321,7 +353,16 @@ class MorphEnv:
         return total
 
     def _metrics(
-        self, train_loss: float, evaluation: Evaluation, gain: float, veto: bool, rollback: bool, full: float = math.nan, static: float = math.nan
+        self,
+        train_loss: float,
+        evaluation: Evaluation,
+        gain: float,
+        veto: bool,
+        rollback: bool,
+        full: float = math.nan,
+        static: float = math.nan,
+        test: float = math.nan,
+        train_flops: float = 0.0,
     ) -> dict[str, float]:
         plane = self.plane
         forward = [slot.in_forward for slot in plane.slots]
@@ -339,12 +380,14 @@ class MorphEnv:
             "metric_gain": gain,
             "metric_since_start": self._signed(metric - self.first_metric),
             "full_metric": full,
+            "test_metric": test,
             "static_metric": static,
             "host_params": plane.host_param_count,
             "forward_params": forward_params,
             "incubating_params": sum(params) - forward_params,
             "forward_flops": forward_flops,
             "incubating_flops": sum(flops) - forward_flops,
+            "train_flops": train_flops,
             # the budget holds every allocated seed, in forward or not (it bounds memory)
             "active_param_budget_util": sum(params) / self.param_budget,
             "active_flops_budget_util": sum(flops) / self.flops_budget,

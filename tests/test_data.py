@@ -23,7 +23,7 @@ from esper_lab.data import (
     write_cifar10_batches,
 )
 
-CIFAR_PER_BATCH = 20  # small generated batches: 100 train images, 20 validation images
+CIFAR_PER_BATCH = 20  # small generated batches: 90 train, 10 validation and 20 test images
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -36,8 +36,8 @@ def _generator(seed: int) -> torch.Generator:
 def test_digits_shapes_dtypes_and_standardisation():
     split = load_digits()
     assert split.name == "digits" and split.num_classes == 10 and split.input_shape == (1, 8, 8)
-    assert len(split.train_x) + len(split.val_x) == 1797
-    assert len(split.val_x) == 360  # ceil(0.2 * 1797)
+    assert len(split.train_x) + len(split.val_x) + len(split.test_pixels) == 1797
+    assert len(split.val_x) == len(split.test_pixels) == 360  # ceil(0.2 * 1797) each
     assert split.train_x.dtype == split.val_x.dtype == torch.float32
     assert split.train_y.dtype == split.val_y.dtype == torch.int64
     assert abs(split.train_x.mean().item()) < 1e-5
@@ -62,6 +62,8 @@ def test_digits_split_is_seeded_and_stratified():
         ({"val_fraction": 0.0}, "val_fraction"),
         ({"val_fraction": 1}, "val_fraction"),
         ({"val_fraction": 0.001}, "val_fraction"),
+        ({"test_fraction": 0.0}, "test_fraction"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "test_fraction"),
         ({"seed": -1}, "seed"),
         ({"seed": 1.5}, "seed"),
     ],
@@ -95,9 +97,9 @@ def test_pydoc_corpus_is_cached_printable_and_round_trips(data_dir):
     assert len(corpus.text) > 100_000
     assert set(corpus.text) <= set(string.printable[:95]) | {"\n"}  # printable ASCII minus \t etc.
     assert list(corpus.vocab) == sorted(set(corpus.text)) and corpus.vocab_size == len(corpus.vocab)
-    ids = torch.cat([corpus.train_ids, corpus.val_ids])
+    ids = torch.cat([corpus.train_ids, corpus.val_ids, corpus.test_ids])
     assert ids.dtype == torch.int64 and torch.equal(ids, corpus.encode(corpus.text))
-    assert len(corpus.train_ids) == int(len(corpus.text) * 0.9)
+    assert (len(corpus.train_ids), len(corpus.train_ids) + len(corpus.val_ids)) == (int(len(corpus.text) * 0.8), int(len(corpus.text) * 0.9))
     assert corpus.decode(ids[:5000]) == corpus.text[:5000]
     assert corpus.decode(corpus.encode("")) == ""
 
@@ -106,15 +108,15 @@ def test_pydoc_corpus_reuses_the_cache(data_dir):
     cache = data_dir / "cache" / data.CORPUS_FILE
     cache.parent.mkdir()
     cache.write_text("abc\nabc\nxyz!")
-    corpus = load_pydoc_corpus(val_fraction=0.25)
+    corpus = load_pydoc_corpus(val_fraction=0.25, test_fraction=0.25)
     assert corpus.text == "abc\nabc\nxyz!" and corpus.vocab == ("\n", "!", "a", "b", "c", "x", "y", "z")
-    assert corpus.decode(corpus.val_ids) == "yz!"  # the last 25%: 3 of 12 characters
+    assert (corpus.decode(corpus.val_ids), corpus.decode(corpus.test_ids)) == ("c\nx", "yz!")  # the last 25%: 3 of 12 characters
 
 
 def test_pydoc_corpus_max_chars_keeps_the_full_vocabulary(data_dir):
     full, small = load_pydoc_corpus(), load_pydoc_corpus(max_chars=1000)
     assert small.text == full.text[:1000] and small.vocab == full.vocab
-    assert (len(small.train_ids), len(small.val_ids)) == (900, 100)
+    assert (len(small.train_ids), len(small.val_ids), len(small.test_ids)) == (800, 100, 100)
 
 
 def test_pydoc_corpus_rejects_bad_input(data_dir):
@@ -128,7 +130,8 @@ def test_pydoc_corpus_rejects_bad_input(data_dir):
     for kwargs, name in [
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"max_chars": 1}, "max_chars"),
-        ({"max_chars": 2, "val_fraction": 0.6}, "val_fraction"),
+        ({"max_chars": 3, "val_fraction": 0.6}, "val_fraction"),
+        ({"test_fraction": 0.0}, "test_fraction"),
     ]:
         with pytest.raises(ValueError, match=name):
             load_pydoc_corpus(**kwargs)
@@ -151,19 +154,20 @@ def test_cifar10_loads_generated_batches_as_compact_pixels(data_dir):
     batches = _write_cifar(data_dir / "cifar")
     split = load_cifar10(data_dir / "cifar")
     assert split.name == "cifar10" and split.num_classes == 10 and split.input_shape == (3, 32, 32)
-    assert split.train_pixels.shape == (5 * CIFAR_PER_BATCH, 3, 32, 32) and split.train_pixels.dtype == torch.uint8
-    assert split.val_pixels.shape == (CIFAR_PER_BATCH, 3, 32, 32)
+    # test is the official test batch; validation a seeded stratified tenth of the training batches
+    assert split.train_pixels.shape == (4.5 * CIFAR_PER_BATCH, 3, 32, 32) and split.train_pixels.dtype == torch.uint8
+    assert split.val_pixels.shape == (CIFAR_PER_BATCH / 2, 3, 32, 32) and split.test_pixels.shape == (CIFAR_PER_BATCH, 3, 32, 32)
     train_labels = sum((batches[name][1] for name in CIFAR10_FILES[:5]), [])
-    assert split.train_y.tolist() == train_labels and split.train_y.dtype == torch.int64
-    assert split.val_y.tolist() == batches["test_batch"][1]
+    assert sorted(split.train_y.tolist() + split.val_y.tolist()) == sorted(train_labels) and split.train_y.dtype == torch.int64
+    assert split.test_y.tolist() == batches["test_batch"][1]
     # a row is 1024 red, 1024 green, 1024 blue bytes
-    assert split.val_pixels[0].flatten().tolist() == batches["test_batch"][0][0].tolist()
+    assert split.test_pixels[0].flatten().tolist() == batches["test_batch"][0][0].tolist()
     x = split.train_x  # standardised with the train statistics, computed exactly from histograms
     assert x.dtype == torch.float32 and x.mean(dim=(0, 2, 3)).abs().max() < 1e-5
     assert torch.allclose(x.std(dim=(0, 2, 3), correction=0), torch.ones(3), atol=1e-4)
     mean, std = torch.tensor(split.mean).view(3, 1, 1), torch.tensor(split.std).view(3, 1, 1)
     raw = torch.from_numpy(batches["test_batch"][0][0]).view(3, 32, 32).float() / 255
-    assert torch.allclose(split.val_x[0] * std + mean, raw, atol=1e-5)
+    assert torch.allclose(split.standardise(split.test_pixels[:1])[0] * std + mean, raw, atol=1e-5)
 
 
 def test_cifar10_is_decoded_once_into_a_byte_cache_that_later_loads_map(data_dir, monkeypatch):
@@ -196,7 +200,7 @@ def test_cifar10_val_fraction_splits_the_training_batches(data_dir):
 def test_split_batches_standardise_the_rows_they_draw(data_dir):
     _write_cifar(data_dir / "cifar")
     split = load_cifar10(data_dir / "cifar")
-    rows = torch.tensor([3, 17, 42, 64, 99, 5, 8])
+    rows = torch.tensor([3, 17, 42, 64, 89, 5, 8])
     batches = list(split.batches(rows, 3, _generator(0)))
     order = data.batch_indices(len(rows), 3, _generator(0))
     assert [len(y) for _, y in batches] == [3, 3, 1]

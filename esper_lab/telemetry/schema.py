@@ -34,7 +34,9 @@ from esper_lab.contracts import (
 
 # 2: in-forward/incubating params, contributions, full_metric, episode seeds, the run's three
 # configs and its eval arm; head entropies null where the head was not used
-SCHEMA_VERSION = 5  # bump when a column changes type or meaning; readers union parts by name (4: Emrakul's heads; 5: the economy's slot columns)
+# bump when a column changes type or meaning; readers union parts by name (4: Emrakul's heads; 5: the economy's slot
+# columns; 6: the test split's metric and the training FLOPs per step)
+SCHEMA_VERSION = 6
 TABLES = ("runs", "steps", "slots", "decisions", "events", "updates", "audits")
 METADATA_KEY = b"esper_lab.schema_version"  # written into every part's Parquet metadata
 
