@@ -8,7 +8,10 @@ through `Store._query` and returns a polars frame. One definition per metric:
 - params and FLOPs are split into *in forward* (the seed's output reaches the host: alpha > 0 or
   fossilised) and *incubating*; conv_heavy share and ROI count in-forward params only;
 - a seed's contribution is measured, not inferred (the env's counterfactual probe);
-- outcomes are read at each finished episode's last step on the whole validation split.
+- outcomes are read at each finished episode's last step on the whole validation split;
+- no column is a Decimal: DuckDB sums an integer column into a HUGEINT, which polars reads as
+  Decimal(38, 0) and divides without the fraction (a 0.47 share came out 0), so such sums are
+  cast to BIGINT, and ratios are DOUBLE (DuckDB's `/` is a float division).
 """
 
 from __future__ import annotations
@@ -77,9 +80,11 @@ class Queries:
     # --- outcomes -----------------------------------------------------------------------------
     def episode_outcomes(self, cohort: str | None = None, run: str | None = None, kind: str | None = None) -> pl.DataFrame:
         """One row per finished episode of a completed run, with the run's kind, arm, parent and
-        seed: final metric (whole validation split), return and its parts, in-forward params at
-        the end and on average, conv_heavy's in-forward params at the end, vetoes and rollbacks.
-        Held-out evaluation arms pair up on (cohort, seed, episode_seed)."""
+        seed: final metric (whole validation split), the test split's metric at the end and its
+        mean over the episode's test reads (the area under the test curve per step), the training
+        FLOPs summed over the episode, return and its parts, in-forward params at the end and on
+        average, conv_heavy's in-forward params at the end, vetoes and rollbacks. Held-out
+        evaluation arms pair up on (cohort, seed, episode_seed)."""
         return self._query(_OUTCOMES + " ORDER BY cohort, run_id, env, episode", cohort, run, kind=kind, conv_heavy=int(Blueprint.CONV_HEAVY))
 
     def arm_summary(self, cohort: str | None = None) -> pl.DataFrame:
@@ -652,6 +657,8 @@ _OUTCOMES = """
                        WHERE status = 'completed' AND {where} AND (CAST($kind AS VARCHAR) IS NULL OR kind = $kind)),
             e AS (SELECT cohort, run, run_id, env, episode, any_value(episode_seed) AS episode_seed, max(step) AS last_step,
                          arg_max(full_metric, step) AS final_metric, sum(reward_total) AS episode_return,
+                         arg_max(test_metric, step) AS test_metric,
+                         avg(test_metric) FILTER (WHERE NOT isnan(test_metric)) AS test_metric_mean, sum(train_flops) AS train_flops,
                          sum(reward_task) AS reward_task, sum(reward_rent) AS rent, sum(reward_churn) AS churn,
                          arg_max(forward_params, step) AS forward_params, avg(forward_params) AS forward_params_mean,
                          avg(incubating_params) AS incubating_params_mean, any_value(host_params) AS host_params,
@@ -659,7 +666,7 @@ _OUTCOMES = """
                          count(*) FILTER (WHERE veto) AS vetoes, count(*) FILTER (WHERE rollback) AS rollbacks
                   FROM steps WHERE {where} GROUP BY cohort, run, run_id, env, episode HAVING bool_or(done)),
             h AS (SELECT cohort, run, env, episode,
-                         coalesce(sum(s.seed_param_count_active) FILTER (WHERE s.in_forward = 1 AND s.blueprint = $conv_heavy), 0)
+                         coalesce(sum(s.seed_param_count_active) FILTER (WHERE s.in_forward = 1 AND s.blueprint = $conv_heavy), 0)::BIGINT
                              AS conv_heavy_params
                   FROM slots s JOIN e USING (cohort, run, env, episode)
                   WHERE s.step = e.last_step AND {where} GROUP BY ALL)
