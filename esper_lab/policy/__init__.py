@@ -8,10 +8,13 @@ from esper_lab.policy.agent import Agent, PolicyConfig, PPOPolicy
 from esper_lab.policy.baselines import HeuristicPolicy, OraclePolicy, PlanterPolicy, RandomPolicy, StaticPolicy
 from esper_lab.policy.features import GLOBAL_FIELDS, SLOT_FIELDS, Observation, Observer
 from esper_lab.policy.heads import Decision
+from esper_lab.policy.schedules import SchedulePolicy
+from esper_lab.policy.trigger import GainTriggerPolicy
 
 __all__ = [
     "Agent",
     "Decision",
+    "GainTriggerPolicy",
     "GLOBAL_FIELDS",
     "HeuristicPolicy",
     "Observation",
@@ -22,5 +25,6 @@ __all__ = [
     "PolicyConfig",
     "RandomPolicy",
     "SLOT_FIELDS",
+    "SchedulePolicy",
     "StaticPolicy",
 ]
