@@ -68,6 +68,14 @@ def _at_least(minimum: int):
     return integer
 
 
+def _seed_list(text: str) -> list[int]:
+    """An argparse type: comma-separated episode seeds (integers), at least one."""
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+
+
 def _set_threads(args: argparse.Namespace) -> None:
     import torch
 
@@ -161,6 +169,39 @@ def _train(args: argparse.Namespace) -> int:
     if settings.eval_episodes:
         ids = evaluate_arms(settings, agent, args.telemetry, args.cohort, run_id)
         print(f"held-out evaluation ({settings.eval_episodes} episodes per arm): runs {', '.join(ids)}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Play episodes with a saved member policy (`policy.pt` in its training run's folder) under its
+    own settings or changed ones, recorded as eval runs `<run>-<name>-<arm>` of its training run."""
+    import dataclasses
+
+    from esper_lab.experiments.evaluation import evaluate_arms, played_arms
+    from esper_lab.experiments.saved import load_policy
+    from esper_lab.experiments.settings import Settings, merge, parse_assignments
+    from esper_lab.telemetry.parts import run_folder
+
+    _set_threads(args)
+    saved = load_policy(args.policy)
+    changes = parse_assignments(args.set)
+    if "policy" in changes:
+        raise ValueError("--set policy.* cannot apply: the policy is the saved one")
+    if args.episodes is not None:
+        changes["eval_episodes"] = args.episodes
+    settings = Settings.build(merge(saved.settings, changes))
+    if args.seeds is None and not settings.eval_episodes:
+        raise ValueError("the saved settings hold no held-out episodes (eval_episodes=0): pass --episodes N or --seeds")
+    arms = tuple(args.arms.split(","))
+    played_arms(dataclasses.replace(settings, arms=arms))  # an unknown or unplayable arm fails here, naming it
+    cohort = args.cohort or saved.cohort
+    for arm in arms:
+        folder = run_folder(args.telemetry, cohort, f"{saved.run_id}-{args.name}-{arm}")
+        if (folder / "runs").exists():
+            raise ValueError(f"{folder} already holds a re-evaluation: pass another --name or --cohort")
+    ids = evaluate_arms(settings, saved.agent, args.telemetry, cohort, saved.run_id, saved.preset, arms, seeds=args.seeds, name=args.name)
+    episodes = settings.eval_episodes if args.seeds is None else len(args.seeds)
+    print(f"{args.policy} (run {saved.run_id}) played {episodes} episodes per arm: runs {', '.join(ids)} in {args.telemetry}")
     return 0
 
 
@@ -304,6 +345,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cohort", default="default", help="cohort name the run is filed under")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="play a saved member policy again on any episodes, host or data (recorded as eval runs)")
+    evaluate.add_argument("policy", help="a saved policy file: <telemetry>/cohort=<c>/run=<training run>/policy.pt of a pack member")
+    episodes = evaluate.add_mutually_exclusive_group()
+    episodes.add_argument(
+        "--episodes", type=_at_least(1), default=None, help="play the run's first N held-out episodes (default: the saved eval_episodes)"
+    )
+    episodes.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...", help="play these episode seeds instead")
+    evaluate.add_argument("--arms", default="ppo_greedy", help="comma-separated arms to play (default ppo_greedy; e.g. ppo_greedy,static)")
+    evaluate.add_argument("--telemetry", default="telemetry", help="telemetry root the eval runs are recorded in (default ./telemetry)")
+    evaluate.add_argument(
+        "--cohort", default=None, help="cohort the eval runs are filed under (default: the saved run's; in the pack's root, its report reads them)"
+    )
+    evaluate.add_argument(
+        "--name", default="reeval", help="eval runs are <training run>-<name>-<arm> (default reeval; a member's own: eval); a new name each time"
+    )
+    evaluate.add_argument("--threads", type=_at_least(1), default=1, help=THREADS_HELP)
+    evaluate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a saved setting, repeatable, e.g. host='{widths=[10,20]}', data_fraction=0.5, workers=0 (not policy.*)",
+    )
+    evaluate.set_defaults(handler=_evaluate)
 
     dashboard = commands.add_parser("dashboard", help="serve the Panel dashboards over a telemetry root")
     dashboard.add_argument("--root", default="telemetry", help="telemetry root folder")

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from esper_lab.experiments.evaluation import batch_size, evaluate_arms, played_arms
 from esper_lab.experiments.packs import load_pack
+from esper_lab.experiments.saved import policy_path, save_policy
 from esper_lab.experiments.train import train_and_record
 from esper_lab.experiments.workers import held
 
@@ -25,9 +26,10 @@ def member_run_id(cohort: str, seed: int, preset: str, encoder: str) -> str:
 
 
 def run_member(pack: str | Path, cohort: str, seed: int, preset: str, telemetry_root: str | Path, overrides: dict[str, Any] | None = None) -> str:
-    """Train for the preset's rounds, evaluate every arm on the held-out episodes (when the preset
-    asks for any), and return the training run's id (the id the arms' runs name as their parent,
-    also when `rounds = 0` left nothing to train)."""
+    """Train for the preset's rounds, save the trained policy in the training run's folder
+    (`saved.policy_path`, for `esper-lab evaluate`), evaluate every arm on the held-out episodes
+    (when the preset asks for any), and return the training run's id (the id the arms' runs name as
+    their parent, also when `rounds = 0` left nothing to train)."""
     spec = load_pack(pack)
     settings = spec.settings(cohort, seed, preset, overrides)
     run_id = member_run_id(cohort, seed, preset, settings.policy.encoder)
@@ -35,10 +37,11 @@ def run_member(pack: str | Path, cohort: str, seed: int, preset: str, telemetry_
     with held(Path(telemetry_root) / f"cohort={cohort}" / f".{run_id}.lock"):
         for folder in Path(telemetry_root).glob(f"cohort={cohort}/run={run_id}*"):
             shutil.rmtree(folder)  # a failed or killed earlier attempt (and its eval runs): the runner only retries those
-        train_id, agent = run_id, None  # rounds = 0: scripted arms only, nothing to train
-        if settings.rounds:
+        train_id, agent = run_id, None  # no ppo arm (or rounds = 0): scripted arms only, nothing to train
+        if settings.rounds and any(arm.startswith("ppo") for arm in played_arms(settings)):
             with tqdm(total=settings.rounds, desc=f"{cohort} seed={seed}", unit="round") as bar:
                 train_id, agent = train_and_record(settings, telemetry_root, cohort, run_id=run_id, preset=preset, on_round=lambda _: bar.update(1))
+            save_policy(policy_path(telemetry_root, cohort, train_id), agent, settings, train_id, cohort, preset)
         if settings.eval_episodes:
             batches = settings.eval_episodes // batch_size(settings.eval_episodes, settings.envs)
             with tqdm(total=len(played_arms(settings)) * batches, desc=f"{cohort} seed={seed} held-out", unit="batch") as bar:
