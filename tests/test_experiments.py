@@ -247,13 +247,18 @@ def test_exit_gates_judge_each_cohort_against_the_control_with_cis(tmp_path):
         rows += outcome_rows("base", arm, rng)
         rows += outcome_rows("ladder", arm, rng, conv_heavy_share=0.2, roi=1.5, level_change_rate=0.9)
     usage = pl.DataFrame(
-        [{"cohort": c, "seed": s, "grow_shrink_share": v} for s in range(5) for c, v in (("base", 0.0), ("ladder", GROW_SHRINK_GATE + 0.05))]
+        [
+            {"cohort": c, "arm": "ppo_sampled", "seed": s, "grow_shrink_share": v}
+            for s in range(5)
+            for c, v in (("base", 0.0), ("ladder", GROW_SHRINK_GATE + 0.05))
+        ]
     )
     entropy = pl.DataFrame([{"cohort": c, "seed": s, "kept": v} for s in range(5) for c, v in (("base", 0.9), ("ladder", ENTROPY_KEPT * 0.5))])
     ev = Evidence(pl.DataFrame(rows), usage, entropy, pl.DataFrame())
     verdicts = {(g.name, g.cohort): g.verdict for g in seed002_gates(pack, ev)}
     assert verdicts == {
         ("3 stability", "base"): "PASS",
+        ("4 anti-thrash", "base"): "PASS",  # no ladder, but it can prune: re-germination is judged
         ("1 usage", "ladder"): "PASS",
         ("2 dominance", "ladder"): "PASS",
         ("3 stability", "ladder"): "FAIL",  # op entropy collapsed below half its first value
@@ -270,15 +275,23 @@ def test_stage1_gates_judge_growth_against_the_static_host_and_the_baselines(tmp
     pack = load_pack(write_pack(tmp_path))
     rng = np.random.default_rng(1)
     common = dict(host_params=5000.0, regerminations=0.1)
+    frontier = dict(frontier_gain_params=1.0, frontier_gain_flops=-0.5)  # above the frontier at its params, below at its FLOPs
     rows = outcome_rows("base", "static", rng, episode_return=10.0, forward_params_mean=0.0, **common)
-    rows += outcome_rows("base", "ppo_greedy", rng, score=82.0, episode_return=12.0, forward_params_mean=1000.0, **common)
+    rows += outcome_rows("base", "ppo_greedy", rng, score=82.0, episode_return=12.0, forward_params_mean=1000.0, **common, **frontier)
     rows += outcome_rows("base", "ppo_sampled", rng, score=81.0, episode_return=11.0, forward_params_mean=1000.0, **common)
     for name in ("heuristic", "random"):
         rows += outcome_rows("base", name, rng, episode_return=9.0, forward_params_mean=500.0, **common)
-    usage = pl.DataFrame([{"cohort": "base", "seed": s, "grow_shrink_share": 0.0, "wait_share": 0.6} for s in range(5)])
+    usage = pl.DataFrame(
+        [
+            {"cohort": "base", "arm": a, "seed": s, "grow_shrink_share": 0.0, "wait_share": 0.6}
+            for a in ("ppo_greedy", "ppo_sampled")
+            for s in range(5)
+        ]
+    )
     heads = pl.DataFrame([{"cohort": "base", "head": h, "open_entropy": e} for h, e in (("op", 1.0), ("blueprint", 0.01))])
     verdicts = {g.name: g.verdict for g in stage1_gates(pack, Evidence(pl.DataFrame(rows), usage, pl.DataFrame(), heads))}
     assert verdicts == {
+        "0 moves the frontier": "FAIL",  # it must beat width at its FLOPs too
         "1 growth pays": "PASS",
         "2 beats baselines": "PASS",
         "3 no collapse": "FAIL",  # the blueprint head is dead (0.01 nats where it had a choice)
@@ -321,7 +334,7 @@ def test_phase5_gates_tell_a_disciplined_economy_from_one_stuck_fossilising(tmp_
     heads = pl.DataFrame([{"cohort": c, "head": "op", "open_entropy": 1.0} for c in ("steady", "stuck")])
     ev = Evidence(
         pl.DataFrame(rows, infer_schema_length=None),
-        per_seed(wait_share=0.6),
+        per_seed(wait_share=0.6).join(pl.DataFrame({"arm": ["ppo_greedy", "ppo_sampled"]}), how="cross"),
         per_seed(kept=0.9),
         heads,
         curves=pl.DataFrame(curves),

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import re
 
+import polars as pl
 import pytest
 
+from esper_lab.experiments.gates import GREEDY, SAMPLED, Evidence, _not_stuck, seed002_gates
 from esper_lab.experiments.member import run_member
 from esper_lab.experiments.packs import load_pack
 from esper_lab.experiments.report import build_report, report_path, write_report
+from esper_lab.experiments.stats import combine
 
 PACK = """
 name = "tiny"
@@ -76,3 +79,73 @@ def test_a_report_of_a_preset_with_no_runs_says_so(root):
     pack = load_pack(root / "tiny.toml")
     with pytest.raises(ValueError, match="no runs of preset 'other'"):
         build_report(pack, root / "telemetry", "other")
+
+
+GATES_PACK = (
+    PACK
+    + """
+[cohorts.growth]   # a growth-only policy: no op of it sends a seed to PRUNED
+task = "digits_cnn"
+blueprints = ["conv_heavy"]
+policy = { ops = ["germinate", "advance"] }
+"""
+)
+
+
+def held_out_rows(cohort: str, arm: str, **values) -> list[dict]:
+    """5 seeds x 4 held-out episodes of one (cohort, arm), every statistic the same on each."""
+    base = dict(
+        score=80.0,
+        episode_return=1.0,
+        conv_heavy_share=0.5,
+        roi=1.0,
+        rollbacks=0.0,
+        level_change_rate=0.0,
+        regerminations=0.0,
+        forward_params_mean=100.0,
+        host_params=5000.0,
+    )
+    return [
+        {"cohort": cohort, "arm": arm, "seed": s, "parent_run": f"{cohort}-{s}", "episode_seed": 100 * s + k, **base, **values}
+        for s in range(5)
+        for k in range(4)
+    ]
+
+
+def test_a_greedy_policy_stuck_on_wait_fails_no_collapse_even_where_the_sampled_one_is_fine():
+    """`_not_stuck` is what Stage 1's "3 no collapse" and Phase 5's "6 no collapse" read."""
+    heads = pl.DataFrame([{"cohort": "base", "head": "op", "open_entropy": 1.0}])
+
+    def no_collapse(greedy_wait: float) -> tuple[str, str]:
+        usage = pl.DataFrame(
+            [
+                {"cohort": "base", "arm": arm, "seed": s, "grow_shrink_share": 0.0, "wait_share": wait}
+                for arm, wait in ((GREEDY, greedy_wait), (SAMPLED, 0.6))
+                for s in range(5)
+            ]
+        )
+        parts, said = _not_stuck(Evidence(pl.DataFrame(), usage, pl.DataFrame(), heads), "base")
+        return combine(parts), said
+
+    stuck, said = no_collapse(1.0)  # WAIT on every held-out step of the arm one would deploy
+    assert stuck == "FAIL" and f"{GREEDY} +1 [" in said and f"{SAMPLED} +0.6 [" in said
+    assert no_collapse(0.6)[0] == "PASS"
+
+
+def test_anti_thrash_judges_re_germination_in_every_cohort_that_can_prune_ladder_or_not(tmp_path):
+    (tmp_path / "tiny.toml").write_text(GATES_PACK)
+    pack = load_pack(tmp_path / "tiny.toml")
+    cycles = {("base", SAMPLED): 1.5}  # 6x the limit
+    outcomes = pl.DataFrame(
+        [
+            row
+            for cohort in ("base", "growth")
+            for arm in (GREEDY, SAMPLED)
+            for row in held_out_rows(cohort, arm, regerminations=cycles.get((cohort, arm), 0.0))
+        ]
+    )
+    entropy = pl.DataFrame([{"cohort": c, "seed": s, "kept": 0.9} for c in ("base", "growth") for s in range(5)])
+    gates = {(g.name, g.cohort): g for g in seed002_gates(pack, Evidence(outcomes, pl.DataFrame(), entropy, pl.DataFrame()))}
+    thrash = gates["4 anti-thrash", "base"]  # no ladder, and every op open: PRUNE too
+    assert thrash.verdict == "FAIL" and "prune->re-germinate per episode +1.5 [" in thrash.evidence and "level changes" not in thrash.evidence
+    assert ("4 anti-thrash", "growth") not in gates  # germinate and advance only, no ladder: nothing can thrash

@@ -19,6 +19,7 @@ from esper_lab.dashboards.pages import (
     conv_heavy_page,
     decay_page,
     economy_page,
+    frontier_page,
     policy_health_page,
     slot_inspector_page,
     swimlane_page,
@@ -35,6 +36,7 @@ PANEL_CSS_LINK = re.compile(
 # `allow_hosts`) they are the only Host headers answered (DNS rebinding, see `_HostGuard`).
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
 PAGES = {
+    "Frontier": frontier_page,
     "Rent & churn economy": economy_page,
     "conv_heavy share": conv_heavy_page,
     "Lifecycle swimlane": swimlane_page,

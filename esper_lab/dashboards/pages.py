@@ -18,6 +18,10 @@ from bokeh.models import BasicTicker
 
 from esper_lab.contracts import HEADS, Stage
 from esper_lab.dashboards.selection import Selection
+from esper_lab.experiments import views
+from esper_lab.experiments.frontier import COST_LABELS
+from esper_lab.experiments.gates import held_out
+from esper_lab.experiments.report import FRONTIER_NOTE, frontier_points, frontier_table
 from esper_lab.telemetry.store import Store
 
 hv.renderer("bokeh")  # load the Bokeh backend so `.opts` validates outside a notebook too
@@ -98,6 +102,29 @@ def economy_page(store: Store, selection: Selection | None = None) -> pn.Column:
         )
 
     return pn.Column(*header, pn.bind(body, selection.param.view))
+
+
+def frontier_page(store: Store, selection: Selection | None = None) -> pn.Column:
+    """The first number of every study: each arm's held-out test score against its parameters and
+    training FLOPs beside the static frontier (hosts of every width that never grow), and the
+    frontier gains table (`experiments.frontier`), for the selected cohort."""
+    selection, header = _own(store, selection)
+    outcomes = held_out(store)
+
+    def body(cohort):
+        mine = outcomes.filter(pl.col("cohort") == cohort) if not outcomes.is_empty() else outcomes
+        if mine.is_empty():
+            return pn.pane.Markdown(f"### Frontier — cohort {cohort}\n\nNo held-out evaluation episodes in this cohort yet.")
+        points = frontier_points(mine)
+        plots = [views.frontier(points, cost, f"{cohort}: test score against {label}") for cost, label in COST_LABELS.items()]
+        return pn.Column(
+            pn.pane.Markdown(f"### Frontier — cohort {cohort}", css_classes=["frontier-caption"]),
+            FRONTIER_NOTE,
+            hv.Layout(plots).cols(1),
+            _table(frontier_table(mine)),
+        )
+
+    return pn.Column(*header, pn.bind(body, selection.cohort))
 
 
 def conv_heavy_page(store: Store, selection: Selection | None = None) -> pn.Column:

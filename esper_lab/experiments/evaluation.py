@@ -1,7 +1,8 @@
 """Held-out, paired evaluation (DESIGN rule 10): every arm plays the same evaluation episodes.
 
-After training, the trained policy (greedy and sampled), the static host (always WAIT), the
-heuristic and the masked random policy each play the run's evaluation episodes: seeds
+After training, the trained policy (greedy and sampled), the static host (always WAIT), static
+hosts of other widths (`static_w<percent>`: the static frontier, DESIGN rule 10), the heuristic
+and the masked random policy each play the run's evaluation episodes: seeds
 `contracts.eval_episode_seed(run seed, k)`, k = 0..n-1, a range no training episode ever draws
 from. Each arm is recorded as a run of kind `eval` with its `arm` and the training run as
 `parent_run`, so the store pairs arms episode by episode on (cohort, seed, episode_seed).
@@ -13,17 +14,41 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from esper_lab.config import RunConfig
 from esper_lab.contracts import Stream, eval_episode_seed, stream_seed
 from esper_lab.env import VecEnv
 from esper_lab.episodes import run_episodes
+from esper_lab.experiments.search import search_schedules, training_env_steps
 from esper_lab.experiments.settings import Settings
-from esper_lab.policy import Agent, HeuristicPolicy, OraclePolicy, PlanterPolicy, PPOPolicy, RandomPolicy, StaticPolicy
+from esper_lab.policy import (
+    Agent,
+    GainTriggerPolicy,
+    HeuristicPolicy,
+    OraclePolicy,
+    PlanterPolicy,
+    PPOPolicy,
+    RandomPolicy,
+    SchedulePolicy,
+    StaticPolicy,
+)
+from esper_lab.policy.schedules import Schedule
 from esper_lab.telemetry import Recorder
 
 # oracle: when the settings name one; the planter arms (the decay studies' scripted Tamiyo, which
 # plants fossils for Emrakul; `planter_regrow` also regrows the scars) when they name `arms`
-ARMS = ("ppo_greedy", "ppo_sampled", "static", "heuristic", "random", "oracle", "planter", "planter_regrow")
-DEFAULT_ARMS = ("ppo_greedy", "ppo_sampled", "static", "heuristic", "random", "oracle")
+# The static frontier's wider hosts: always WAIT on the host with every width (or d_model) times
+# the scale. With the task's own host (`static`) they span the smallest host to twice its width,
+# beyond any organism the param budget allows (1.5x the host's params in seeds: digits_cnn's
+# 5,050-param host grows to at most ~12.6k, its 2x host has 19,562).
+WIDTH_SCALES = {"static_w125": 1.25, "static_w150": 1.5, "static_w200": 2.0}
+STATIC_ARMS = ("static", *WIDTH_SCALES)  # the points of the static frontier, narrowest first
+# best_schedule: the schedule a random search found at the policy's training budget (`search`);
+# a search costs as much env stepping as PPO's training, so a pack names it in `arms` to play it.
+SCHEDULE_ARM = "best_schedule"
+# gain_trigger: germinate where a first-order score of gain per parameter passes a threshold
+# (`policy.GainTriggerPolicy`), the non-learned controller growing-network papers use.
+ARMS = ("ppo_greedy", "ppo_sampled", *STATIC_ARMS, "heuristic", "random", "gain_trigger", SCHEDULE_ARM, "oracle", "planter", "planter_regrow")
+DEFAULT_ARMS = ("ppo_greedy", "ppo_sampled", *STATIC_ARMS, "heuristic", "random", "gain_trigger", "oracle")
 CONTROL = "static"  # the arm every other is paired against
 
 
@@ -50,10 +75,13 @@ def _check_arm(arm: str, settings: Settings) -> None:
         raise ValueError("arms: 'oracle' needs settings that name its blueprint (oracle = ...)")
     if arm.startswith("planter") and settings.planter is None:
         raise ValueError(f"arms: {arm!r} needs settings that name the blueprint to plant (planter = ...)")
+    if arm == SCHEDULE_ARM and settings.rounds < 1:
+        raise ValueError(f"arms: {SCHEDULE_ARM!r} searches at the policy's training budget in env steps: it needs rounds >= 1")
 
 
-def arm_policy(arm: str, agent: Agent | None, settings: Settings):
-    """The policy an arm plays with; sampling draws from the run seed's evaluation stream."""
+def arm_policy(arm: str, agent: Agent | None, settings: Settings, schedule: Schedule | None = None):
+    """The policy an arm plays with; sampling draws from the run seed's evaluation stream;
+    `best_schedule` plays `schedule` (what `search.search_schedules` chose)."""
     run_seed = settings.run.seed
     if arm in ("ppo_greedy", "ppo_sampled"):
         if agent is None:
@@ -61,13 +89,17 @@ def arm_policy(arm: str, agent: Agent | None, settings: Settings):
         return PPOPolicy(agent, seed=stream_seed(run_seed, 0, Stream.EVALUATION), greedy=arm == "ppo_greedy", partner=settings.partner())
     _check_arm(arm, settings)
     makers: dict[str, Callable] = {
-        "static": StaticPolicy,
+        **dict.fromkeys(STATIC_ARMS, StaticPolicy),
         "heuristic": HeuristicPolicy,
+        "gain_trigger": GainTriggerPolicy,
         "random": lambda: RandomPolicy(seed=stream_seed(run_seed, 0, Stream.EVALUATION)),
         "oracle": lambda: OraclePolicy(settings.oracle),
         "planter": lambda: PlanterPolicy(settings.planter),
         "planter_regrow": lambda: PlanterPolicy(settings.planter, regrow=True),
+        SCHEDULE_ARM: lambda: SchedulePolicy(schedule),
     }
+    if arm == SCHEDULE_ARM and schedule is None:
+        raise ValueError(f"arm {SCHEDULE_ARM!r} needs the schedule a search chose")
     return makers[arm]()
 
 
@@ -85,30 +117,41 @@ def evaluate_arms(
     preset: str | None = None,
     arms: tuple[str, ...] | None = None,
     on_episode: Callable[[str], None] | None = None,
+    seeds: list[int] | None = None,
+    name: str = "eval",
 ) -> list[str]:
-    """Play `settings.eval_episodes` held-out episodes with each arm, recorded as eval runs
-    `<parent_run>-eval-<arm>`; returns their run ids. `on_episode(arm)` after each batch.
-    `arms`: default, every arm of the settings (`played_arms`)."""
-    episodes = settings.eval_episodes
+    """Play the episodes `seeds` (default: the run's `settings.eval_episodes` held-out ones) with
+    each arm, recorded as eval runs `<parent_run>-<name>-<arm>`; returns their run ids. A saved
+    policy's re-evaluation passes another `name`, so it never overwrites the member's own runs.
+    `on_episode(arm)` after each batch. `arms`: default, every arm of the settings (`played_arms`)."""
+    seeds = eval_seeds(settings.run.seed, settings.eval_episodes) if seeds is None else seeds
+    episodes = len(seeds)
     if episodes < 1:
         raise ValueError(f"eval_episodes={episodes} must be >= 1 to evaluate")
-    config, seeds = settings.run, eval_seeds(settings.run.seed, episodes)
     n = batch_size(episodes, settings.envs)
+    played = played_arms(settings) if arms is None else arms
+    # on training seeds only, at the policy's training budget (the search never sees these seeds)
+    search = search_schedules(settings, training_env_steps(settings), settings.run.seed) if SCHEDULE_ARM in played else None
     run_ids = []
-    with VecEnv(config, n, min(settings.workers, n)) as vec:
-        for arm in played_arms(settings) if arms is None else arms:
-            policy = arm_policy(arm, agent, settings)
-            run_id = f"{parent_run}-eval-{arm}"
-            learned = dataclasses.asdict(settings.policy) if arm.startswith("ppo") else None
-            with Recorder(
-                root, cohort, config, run_id=run_id, parent_run=parent_run, kind="eval", arm=arm, preset=preset, policy_config=learned
-            ) as recorder:
-                run_episodes(
-                    vec,
-                    policy,
-                    recorder=recorder,
-                    seeds=seeds,
-                    on_step=lambda _, __, results: on_episode(arm) if on_episode and results[0].done else None,
-                )
-            run_ids.append(run_id)
+    for arm in played:
+        config = arm_config(arm, settings.run)
+        policy = arm_policy(arm, agent, settings, None if search is None else search.best)
+        run_id = f"{parent_run}-{name}-{arm}"
+        learned = dataclasses.asdict(settings.policy) if arm.startswith("ppo") else search.to_dict() if arm == SCHEDULE_ARM else None
+        manifest = dict(run_id=run_id, parent_run=parent_run, kind="eval", arm=arm, preset=preset, policy_config=learned)
+        with VecEnv(config, n, min(settings.workers, n)) as vec, Recorder(root, cohort, config, **manifest) as recorder:
+            run_episodes(
+                vec,
+                policy,
+                recorder=recorder,
+                seeds=seeds,
+                on_step=lambda _, __, results: on_episode(arm) if on_episode and results[0].done else None,
+            )
+        run_ids.append(run_id)
     return run_ids
+
+
+def arm_config(arm: str, config: RunConfig) -> RunConfig:
+    """The run config an arm plays: a static-width arm's host is widened; every other arm plays
+    the run's own (the same data, batches and episode length either way)."""
+    return config.widened(WIDTH_SCALES[arm]) if arm in WIDTH_SCALES else config

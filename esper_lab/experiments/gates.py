@@ -19,6 +19,7 @@ import polars as pl
 from esper_lab.config import LADDERS, TASKS
 from esper_lab.contracts import ROI_PARAMS, Op
 from esper_lab.experiments.evaluation import CONTROL
+from esper_lab.experiments.frontier import COSTS, frontier_gains
 from esper_lab.experiments.packs import Pack
 from esper_lab.experiments.stats import (
     FAIL,
@@ -41,6 +42,7 @@ ENTROPY_KEPT = 0.5  # gate 3: the op head keeps at least half its first-episode 
 MAX_LEVEL_CHANGE_RATE = 0.5  # gate 4: at most one level change every other step, on average
 MAX_REGERMINATIONS = 0.25  # gate 4 (and seed 004 Stage 1): prune -> re-germinate cycles per episode
 LADDER_NAMES = frozenset(b.name.lower() for b in LADDERS)
+PRUNING_OPS = frozenset({"prune", "consolidate_with_next"})  # policy ops that send a seed to PRUNED (a consolidation, its partner)
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,14 @@ class Gate:
 
 
 def held_out(store: Store) -> pl.DataFrame:
-    """Every completed evaluation episode with `score` (accuracy, or minus the validation loss),
-    `gain` (score minus the static host's on the same cohort, seed and episode; 100x for accuracy:
-    points), `conv_heavy_share` (of in-forward seed params at the end), `roi` (gain per 1,000
-    in-forward seed params, where there are any), the oscillation counts, Emrakul's
+    """Every completed evaluation episode with `score` (on the test split, which nothing the
+    policy sees reads: accuracy in points, or minus the loss), `auc` (the same over the episode:
+    the mean of the test reads, the area under the test curve per step), `val_score` (the whole
+    validation split at the end), `params_total` (host plus in-forward seed params at the end),
+    `gain` (score minus the static host's on the same cohort, seed and episode), the frontier
+    gains against static hosts of every width (`frontier.frontier_gains`), `conv_heavy_share` (of
+    in-forward seed params at the end), `roi` (gain per 1,000 in-forward seed params, where there
+    are any), the oscillation counts, Emrakul's
     (`Store.decay_counts`), the adjacency economy's (`Store.adjacency_counts`), and the fossils:
     how many, how many were kept to the end, and their mean last measured contribution (in
     points, as `gain`)."""
@@ -64,8 +70,12 @@ def held_out(store: Store) -> pl.DataFrame:
         return outcomes
     accuracy = {name: task.metric == "accuracy" for name, task in TASKS.items()}
     is_acc = pl.col("task").replace_strict(accuracy, return_dtype=pl.Boolean)
+    signed = lambda column: pl.when(is_acc).then(pl.col(column) * 100).otherwise(-pl.col(column))
     outcomes = outcomes.with_columns(
-        score=pl.when(is_acc).then(pl.col("final_metric") * 100).otherwise(-pl.col("final_metric")),
+        score=signed("test_metric"),
+        auc=signed("test_metric_mean"),
+        val_score=signed("final_metric"),
+        params_total=pl.col("host_params") + pl.col("forward_params"),
         conv_heavy_share=pl.when(pl.col("forward_params") > 0).then(pl.col("conv_heavy_params") / pl.col("forward_params")).otherwise(0.0),
     )
     keys = ["cohort", "parent_run", "episode_seed"]
@@ -78,7 +88,8 @@ def held_out(store: Store) -> pl.DataFrame:
         store.fossils().group_by(episode).agg(fossils=pl.len(), fossils_kept=pl.col("kept").sum(), fossil_contribution=pl.col("contribution").mean())
     )
     return (
-        outcomes.join(static, on=keys, how="left")
+        frontier_gains(outcomes)
+        .join(static, on=keys, how="left")
         .with_columns(gain=pl.col("score") - pl.col("static_score"))
         .with_columns(roi=pl.when(pl.col("forward_params") > 0).then(pl.col("gain") / pl.col("forward_params") * ROI_PARAMS))
         .join(oscillation, on=episode, how="left")
@@ -105,6 +116,13 @@ def _has_ladder(pack: Pack, cohort: str) -> bool:
     return bool(LADDER_NAMES & {str(b).lower() for b in pack.cohorts[cohort].get("blueprints", [])})
 
 
+def _can_prune(pack: Pack, cohort: str) -> bool:
+    """Whether the cohort's policy may send a seed to PRUNED, so re-germinate after it, under any
+    preset: its `policy.ops` name a pruning op, or are empty (every op the plane allows)."""
+    ops = (pack.settings(cohort, pack.preset_seeds(preset)[0], preset).policy.ops for preset in pack.presets)
+    return any(not names or PRUNING_OPS & set(names) for names in ops)
+
+
 def _say(e: Estimate | None) -> str:
     return "no episodes" if e is None else str(e)
 
@@ -114,7 +132,7 @@ class Evidence:
     """What gates read, as frames (so a gate is a pure function of them)."""
 
     outcomes: pl.DataFrame  # `held_out`
-    usage: pl.DataFrame  # cohort, seed, grow_shrink_share, wait_share: the sampled arm's held-out decisions
+    usage: pl.DataFrame  # cohort, arm, seed, grow_shrink_share, wait_share: both ppo arms' held-out decisions
     entropy: pl.DataFrame  # cohort, seed, kept: op-head entropy, last over first training episode
     heads: pl.DataFrame  # cohort, head, open_entropy: the sampled arm's held-out decisions with >= 2 legal choices
     probes: pl.DataFrame = field(default_factory=pl.DataFrame)  # `Store.probes` of the held-out runs, with their arm (decay studies)
@@ -124,8 +142,9 @@ class Evidence:
 
 def evidence(store: Store) -> Evidence:
     runs = store.runs().filter(pl.col("status") == "completed")
-    sampled = runs.filter((pl.col("kind") == "eval") & (pl.col("arm") == SAMPLED)).select("run_id", "seed")
-    usage = store.grow_shrink_share().join(sampled, on="run_id").select("cohort", "seed", "grow_shrink_share", "wait_share")
+    ppo = runs.filter((pl.col("kind") == "eval") & pl.col("arm").is_in([GREEDY, SAMPLED])).select("run_id", "arm", "seed")
+    sampled = ppo.filter(pl.col("arm") == SAMPLED).drop("arm")
+    usage = store.grow_shrink_share().join(ppo, on="run_id").select("cohort", "arm", "seed", "grow_shrink_share", "wait_share")
     heads = (
         store.policy_entropy()
         .join(sampled, on="run_id")
@@ -161,7 +180,7 @@ def seed002_gates(pack: Pack, ev: Evidence) -> list[Gate]:
         greedy, sampled = arm(outcomes, cohort, GREEDY), arm(outcomes, cohort, SAMPLED)
         control = arm(outcomes, pack.control, GREEDY)
         if _has_ladder(pack, cohort):
-            share = estimate(ev.usage.filter(pl.col("cohort") == cohort), "grow_shrink_share")
+            share = estimate(ev.usage.filter((pl.col("cohort") == cohort) & (pl.col("arm") == SAMPLED)), "grow_shrink_share")
             gates.append(
                 Gate(
                     "1 usage",
@@ -195,16 +214,17 @@ def seed002_gates(pack: Pack, ev: Evidence) -> list[Gate]:
                 f"rollbacks per episode minus control's {_say(rollbacks)} (gate <= 0)",
             )
         )
-        if _has_ladder(pack, cohort):
-            rate = estimate(sampled, "level_change_rate")
-            cycles = estimate(sampled, "regerminations")
+        # level changes thrash only a ladder; prune -> re-germinate cycles, any cohort that can prune
+        limits = [("level_change_rate", "level changes per step", MAX_LEVEL_CHANGE_RATE)] if _has_ladder(pack, cohort) else []
+        limits += [("regerminations", "prune->re-germinate per episode", MAX_REGERMINATIONS)] if _can_prune(pack, cohort) else []
+        if limits:
+            seen = [(estimate(sampled, column), label, limit) for column, label, limit in limits]
             gates.append(
                 Gate(
                     "4 anti-thrash",
                     cohort,
-                    combine([verdict(rate, MAX_LEVEL_CHANGE_RATE, higher_passes=False), verdict(cycles, MAX_REGERMINATIONS, higher_passes=False)]),
-                    f"level changes per step {_say(rate)} (gate <= {MAX_LEVEL_CHANGE_RATE}); prune->re-germinate "
-                    f"per episode {_say(cycles)} (gate <= {MAX_REGERMINATIONS}); {SAMPLED}",
+                    combine([verdict(e, limit, higher_passes=False) for e, _, limit in seen]),
+                    "; ".join(f"{label} {_say(e)} (gate <= {limit})" for e, label, limit in seen) + f"; {SAMPLED}",
                 )
             )
     return gates
@@ -219,17 +239,34 @@ MIN_OPEN_ENTROPY = 0.05  # nats, for every head over decisions where it had >= 2
 
 
 def _not_stuck(ev: Evidence, cohort: str) -> tuple[list[str], str]:
-    """The monitors every no-collapse gate reads, over the sampled arm's held-out decisions: the
-    WAIT share, and every head's entropy where it had a choice. Their verdicts, and what they saw."""
-    wait = estimate(ev.usage.filter(pl.col("cohort") == cohort), "wait_share")
+    """The monitors every no-collapse gate reads, over held-out decisions: the WAIT share of each
+    ppo arm (the greedy one is what one would deploy, and may collapse onto WAIT where the sampled
+    one does not), and every head's entropy where it had a choice (sampled arm). Their verdicts,
+    and what they saw."""
+    usage = ev.usage.filter(pl.col("cohort") == cohort)
+    waits = {name: estimate(usage.filter(pl.col("arm") == name), "wait_share") for name in (GREEDY, SAMPLED)}
     heads = ev.heads.filter(pl.col("cohort") == cohort)
     floor = heads["open_entropy"].min() if not heads.is_empty() else None
     dead = heads.filter(pl.col("open_entropy") < MIN_OPEN_ENTROPY)["head"].to_list()
-    parts = [verdict(wait, MAX_WAIT_SHARE, higher_passes=False), PASS if floor is not None and not dead else FAIL]
+    parts = [*(verdict(wait, MAX_WAIT_SHARE, higher_passes=False) for wait in waits.values()), PASS if floor is not None and not dead else FAIL]
     return parts, (
-        f"WAIT share of decisions {_say(wait)} (gate <= {MAX_WAIT_SHARE}; {SAMPLED}); lowest head entropy over "
-        f"open decisions {floor if floor is None else f'{floor:.3f}'} nats (gate >= {MIN_OPEN_ENTROPY}; "
-        f"below: {', '.join(dead) or 'none'})"
+        f"WAIT share of decisions {'; '.join(f'{name} {_say(wait)}' for name, wait in waits.items())} (gate <= {MAX_WAIT_SHARE} "
+        f"in both arms); lowest head entropy over open decisions {floor if floor is None else f'{floor:.3f}'} nats "
+        f"(gate >= {MIN_OPEN_ENTROPY}; below: {', '.join(dead) or 'none'}; {SAMPLED})"
+    )
+
+
+def frontier_gate(frame: pl.DataFrame, cohort: str) -> Gate:
+    """The first number of a study (DESIGN rule 10): does the arm score above the static frontier
+    at its own parameters and at its own training FLOPs? Median frontier gain over held-out
+    episodes, CI above 0 for both costs (`frontier`)."""
+    gains = {cost: estimate(frame, f"frontier_gain_{cost}", statistic=median) for cost in COSTS}
+    return Gate(
+        "0 moves the frontier",
+        cohort,
+        combine([verdict(e, 0.0) for e in gains.values()]),
+        "; ".join(f"{GREEDY} minus the static frontier at its {cost}, median over episodes {_say(e)} (gate: CI above 0)" for cost, e in gains.items())
+        + "; test split",
     )
 
 
@@ -240,6 +277,7 @@ def stage1_gates(pack: Pack, ev: Evidence) -> list[Gate]:
     for cohort in sorted(set(outcomes["cohort"])):
         greedy, sampled = arm(outcomes, cohort, GREEDY), arm(outcomes, cohort, SAMPLED)
         static = arm(outcomes, cohort, CONTROL)
+        gates.append(frontier_gate(greedy, cohort))
         typical = paired_estimate(greedy, static, "score", statistic=median)
         share = estimate(greedy.with_columns(share=pl.col("forward_params_mean") / pl.col("host_params")), "share")
         parts = [verdict(typical, MIN_GAIN_POINTS), verdict(typical, 0.0), verdict(share, MAX_PARAM_SHARE, higher_passes=False)]

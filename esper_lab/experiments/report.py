@@ -1,9 +1,11 @@
 """The pack report: one static HTML page per (pack, preset, telemetry root), readable offline.
 
 It says what it is (pack, preset, budget, seeds, held-out episodes, code version, wall time, runs
-by kind and status), then judges the pack's exit gates on held-out paired episodes with their
-95% CIs, shows every arm's outcomes against the static host on the same episodes, the training
-behaviour per cohort, and plots the learning curves and the outcome distributions. Every number
+by kind and status), then leads with the static frontier (every arm's test score against its
+parameters and training FLOPs beside static hosts of every width, and its frontier gains:
+`frontier`), judges the pack's exit gates on held-out paired episodes with their 95% CIs, shows
+every arm's outcomes against the static host on the same episodes, the training behaviour per
+cohort, and plots the learning curves and the outcome distributions. Every number
 comes from a store query or `stats`; this module arranges them.
 """
 
@@ -15,7 +17,8 @@ from pathlib import Path
 
 import polars as pl
 
-from esper_lab.experiments.evaluation import ARMS, CONTROL
+from esper_lab.experiments.evaluation import ARMS, CONTROL, STATIC_ARMS
+from esper_lab.experiments.frontier import COST_LABELS, COSTS
 from esper_lab.experiments.gates import GATE_SETS, Evidence, Gate, evidence
 from esper_lab.experiments.packs import Pack
 from esper_lab.experiments.stats import MIN_CI_EPISODES, Estimate, estimate, median, paired_estimate
@@ -45,6 +48,7 @@ class Report:
     """What a report page shows, before it is drawn (the page arranges exactly these)."""
 
     header: str  # markdown: what this is
+    frontier: pl.DataFrame  # `frontier_table`
     gates: list[Gate]
     outcomes: pl.DataFrame  # `outcome_table`
     behaviour: pl.DataFrame  # `Store.cohort_behaviour`
@@ -60,7 +64,8 @@ def build_report(pack: Pack, root: str | Path, preset: str) -> Report:
     ev = evidence(store)
     gates = GATE_SETS[pack.gates](pack, ev) if not ev.outcomes.is_empty() else []
     outcomes = outcome_table(ev.outcomes) if not ev.outcomes.is_empty() else pl.DataFrame()
-    return Report(_header(pack, preset, root, store, runs), gates, outcomes, store.cohort_behaviour(), ev)
+    frontier = frontier_table(ev.outcomes) if not ev.outcomes.is_empty() else pl.DataFrame()
+    return Report(_header(pack, preset, root, store, runs), frontier, gates, outcomes, store.cohort_behaviour(), ev)
 
 
 def write_report(pack: Pack, root: str | Path, preset: str, path: Path) -> Path:
@@ -75,6 +80,9 @@ def write_report(pack: Pack, root: str | Path, preset: str, path: Path) -> Path:
     page = pn.Column(
         pn.pane.HTML(f"<style>{CSS}</style>"),
         pn.pane.Markdown(report.header, width=PAGE_WIDTH),
+        pn.pane.Markdown(f"## The static frontier: test score against cost\n\n{FRONTIER_NOTE}", width=PAGE_WIDTH),
+        pn.pane.HoloViews(_frontier_plots(report.evidence.outcomes), width=PAGE_WIDTH),
+        pn.pane.HTML(_table(report.frontier), width=PAGE_WIDTH),
         pn.pane.Markdown(f"## Exit gates ({pack.gates}), on held-out episodes", width=PAGE_WIDTH),
         pn.pane.HTML(_gate_table(report.gates) if report.gates else "<p>No held-out evaluation episodes yet: no verdicts.</p>", width=PAGE_WIDTH),
         pn.pane.Markdown("## Held-out outcomes: every arm against the static host on the same episodes", width=PAGE_WIDTH),
@@ -84,6 +92,66 @@ def write_report(pack: Pack, root: str | Path, preset: str, path: Path) -> Path:
         pn.pane.HoloViews(_plots(Store(root, preset=preset), report.evidence.outcomes), width=PAGE_WIDTH),
     )
     return save_offline(page, path, title=f"{pack.title} · {preset}")
+
+
+FRONTIER_NOTE = (
+    "Every arm played the same held-out episodes; the score is read on the **test split**, which no reward or decision "
+    "reads (accuracy in points, or minus the loss). The dashed line is the static frontier: hosts of every width that "
+    "never grow (`static`, `static_w125`, `static_w150`, `static_w200`). **Frontier gain** is an arm's score minus the "
+    "frontier's at the arm's own cost on the same episode (parameters in forward at the end, or training FLOPs over "
+    "the episode); above 0, growth bought more than width would have at that price. Median over episodes with its "
+    "95% cluster-bootstrap CI; across seeds, the median and q25 of each seed's mean (seed 004: reliability, not champions)."
+)
+
+
+def frontier_points(outcomes: pl.DataFrame) -> pl.DataFrame:
+    """Per cohort, arm and cost: the mean cost, the mean test score with its CI (`views.frontier`)."""
+    rows = []
+    for (cohort, name), frame in outcomes.drop_nulls("score").partition_by("cohort", "arm", as_dict=True).items():
+        score = estimate(frame, "score")
+        for cost, column in COSTS.items():
+            rows.append(
+                {
+                    "cohort": cohort,
+                    "arm": name,
+                    "static": name in STATIC_ARMS,
+                    "cost_name": cost,
+                    "cost": float(frame[column].mean()),
+                    "score": score.value,
+                    "low": score.low,
+                    "high": score.high,
+                }
+            )
+    return pl.DataFrame(rows)
+
+
+def frontier_table(outcomes: pl.DataFrame) -> pl.DataFrame:
+    """Per cohort and arm: cost (params in forward at the end, training GFLOPs), the test score and
+    its area under the episode's test curve, and the frontier gain against params and FLOPs:
+    median over episodes with its CI, then median and q25 across seeds of each seed's mean."""
+    rows = []
+    for cohort in sorted(set(outcomes["cohort"])):
+        for arm in ARMS:
+            frame = outcomes.filter((pl.col("cohort") == cohort) & (pl.col("arm") == arm))
+            if frame.is_empty():
+                continue
+            row = {
+                "cohort": cohort,
+                "arm": arm,
+                "episodes": frame.height,
+                "seeds": frame["seed"].n_unique(),
+                "params": f"{frame['params_total'].mean():,.0f}",
+                "train GFLOPs": f"{frame['train_flops'].mean() / 1e9:.3g}",
+                "test score": _fmt(estimate(frame, "score")),
+                "test AUC": _fmt(estimate(frame, "auc")),
+            }
+            for cost in COSTS:
+                column = f"frontier_gain_{cost}"
+                row[f"frontier gain vs {cost} (median)"] = _fmt(estimate(frame, column, statistic=median))
+                seeds = frame.drop_nulls(column).group_by("seed").agg(pl.col(column).mean())[column]
+                row[f"vs {cost}: seeds' median, q25"] = "–" if seeds.is_empty() else f"{seeds.median():.3g}, {seeds.quantile(0.25):.3g}"
+            rows.append(row)
+    return pl.DataFrame(rows)
 
 
 def outcome_table(outcomes: pl.DataFrame) -> pl.DataFrame:
@@ -164,6 +232,15 @@ def _cell(value) -> str:
     if value is None:
         return "–"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _frontier_plots(outcomes: pl.DataFrame):
+    import holoviews as hv
+
+    from esper_lab.experiments import views
+
+    points = frontier_points(outcomes) if not outcomes.is_empty() else pl.DataFrame(schema={"cost_name": pl.String})
+    return hv.Layout([views.frontier(points, cost, f"test score against {label}") for cost, label in COST_LABELS.items()]).cols(1)
 
 
 def _plots(store: Store, outcomes: pl.DataFrame):

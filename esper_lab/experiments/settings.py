@@ -77,13 +77,14 @@ class Settings:
         if loop["workers"] is None:
             loop["workers"] = auto_workers(loop["envs"]) if isinstance(loop["envs"], int) else 0
         trains = arms is None or any(a.startswith("ppo") for a in arms)
+        budget = trains or "best_schedule" in arms  # the rounds train the ppo arms; a schedule search spends their env steps
         for key, value in loop.items():
-            low = 1 if key == "envs" or (key == "rounds" and trains) else 0
+            low = 1 if key == "envs" or (key == "rounds" and budget) else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{key}={value!r} must be an integer >= {low}")
-        if not trains and loop["rounds"] and "rounds" in given:
+        if not budget and loop["rounds"] and "rounds" in given:
             raise ValueError(f"rounds={loop['rounds']} would train a policy no arm plays (arms {list(arms)}): set rounds = 0")
-        if not trains:
+        if not budget:
             loop["rounds"] = 0  # the default budget trains; nothing here would play what it learned
         if loop["workers"] > loop["envs"]:
             raise ValueError(f"workers={loop['workers']} must be at most envs={loop['envs']}")

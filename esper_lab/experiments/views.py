@@ -223,3 +223,37 @@ def budget(settings: Settings) -> str:
         f"{run.batch_size} per step on {run.data_fraction:.0%} of the training split; then {settings.eval_episodes} "
         f"held-out episodes per arm; encoder `{settings.policy.encoder}`"
     )
+
+
+def frontier(points: pl.DataFrame, cost: str, title: str | None = None) -> hv.Element:
+    """`report.frontier_points` rows for one cost: each static host's mean score at its mean cost
+    (black points) and the frontier through them (dashed: the running best, as `frontier` reads
+    it), every other arm as a point with its score's 95% CI as an error bar, one colour per
+    (cohort, arm); cost on a log axis named after the cost, so two costs never share an axis."""
+    title = title or f"test score against {cost}"
+    points = points.filter(pl.col("cost_name") == cost).rename({"cost": cost}) if not points.is_empty() else points
+    if points.is_empty():
+        return _empty(title)
+    static, grown = points.filter(pl.col("static")), points.filter(~pl.col("static"))
+    layers = []
+    for (cohort,), part in static.sort(cost).partition_by("cohort", as_dict=True).items():
+        part = part.with_columns(best=pl.col("score").cum_max())
+        layers.append(
+            hv.Curve(_pandas(part.select(cost, "best")), cost, "best", label=f"{cohort} · static frontier").opts(line_dash="dashed", color="black")
+        )
+        layers.append(hv.Scatter(_pandas(part.select(cost, "score", "arm")), cost, ["score", "arm"]).opts(color="black", size=7, tools=["hover"]))
+    label = pl.concat_str(pl.col("cohort"), pl.lit(" · "), pl.col("arm")).alias("label")
+    for (name,), part in grown.with_columns(label).partition_by("label", as_dict=True).items():
+        spread = {"below": pl.col("score") - pl.col("low"), "above": pl.col("high") - pl.col("score")}
+        layers.append(hv.ErrorBars(_pandas(part.select(cost, "score", **spread)), cost, ["score", "below", "above"]))
+        layers.append(
+            hv.Scatter(_pandas(part.select(cost, "score", "low", "high", "arm")), cost, ["score", "low", "high", "arm"], label=name).opts(
+                size=9, tools=["hover"]
+            )
+        )
+    return hv.Overlay(layers).opts(
+        hv.opts.Overlay(title=title, width=WIDE, height=HEIGHT + 40, legend_position="right", xlabel=cost, ylabel="test score", padding=0.08),
+        hv.opts.ErrorBars(logx=True),
+        hv.opts.Scatter(logx=True),
+        hv.opts.Curve(logx=True),
+    )
