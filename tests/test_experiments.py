@@ -4,6 +4,7 @@ parameters, packs given by path), notebook list parameters, the report's guards,
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import nbformat
@@ -281,6 +282,7 @@ def test_stage1_gates_judge_growth_against_the_static_host_and_the_baselines(tmp
     rows += outcome_rows("base", "ppo_sampled", rng, score=81.0, episode_return=11.0, forward_params_mean=1000.0, **common)
     for name in ("heuristic", "random"):
         rows += outcome_rows("base", name, rng, episode_return=9.0, forward_params_mean=500.0, **common)
+    rows += outcome_rows("base", "gain_trigger", rng, score=81.0, episode_return=9.0, forward_params_mean=800.0, **common)
     usage = pl.DataFrame(
         [
             {"cohort": "base", "arm": a, "seed": s, "grow_shrink_share": 0.0, "wait_share": 0.6}
@@ -319,6 +321,8 @@ def test_phase5_gates_tell_a_disciplined_economy_from_one_stuck_fossilising(tmp_
             fossils=2,
             fossils_kept=2 - lost,
             fossil_contribution=0.5,
+            frontier_gain_params=1.0 - 2 * lost,  # the stuck cohort sits below the static frontier
+            frontier_gain_flops=1.0 - 2 * lost,
         )
         for seed in range(5):
             churn = np.linspace(2.0, 0.5, 20) if falling else np.linspace(0.5, 2.0, 20)
@@ -343,6 +347,7 @@ def test_phase5_gates_tell_a_disciplined_economy_from_one_stuck_fossilising(tmp_
     assert churn_drop(ev.curves).filter(pl.col("cohort") == "steady").height == 5 * 4  # 20 episodes: 4 pairs a run
     verdicts = {(g.name, g.cohort): g.verdict for g in phase5_gates(pack, ev)}
     assert {name: v for (name, cohort), v in verdicts.items() if cohort == "steady"} == {
+        "0 moves the frontier": "PASS",
         "1 churn drops": "PASS",
         "2 ROI stays high": "PASS",
         "3 fossils stable and beneficial": "PASS",
@@ -352,6 +357,7 @@ def test_phase5_gates_tell_a_disciplined_economy_from_one_stuck_fossilising(tmp_
         "7 metric kept": "PASS",
     }
     assert {name: v for (name, cohort), v in verdicts.items() if cohort == "stuck" and v != "PASS"} == {
+        "0 moves the frontier": "FAIL",
         "1 churn drops": "FAIL",
         "3 fossils stable and beneficial": "FAIL",  # a fossil per episode was lost
         "4 minimal conv_heavy": "FAIL",
@@ -366,13 +372,14 @@ def test_the_stage1_study_runs_on_cifar10_too(tmp_path, monkeypatch):
     run_id = run_member("stage1_growth", "growth", 0, "smoke", tmp_path / "telemetry", overrides)
     runs = Store(tmp_path / "telemetry").runs()
     assert set(runs["task"]) == {"cifar10_cnn"} and set(runs["status"]) == {"completed"}
-    assert set(runs.filter(pl.col("parent_run") == run_id)["arm"]) == {"ppo_greedy", "ppo_sampled", "static", "heuristic", "random", "oracle"}
+    assert set(runs.filter(pl.col("parent_run") == run_id)["arm"]) == set(load_pack("stage1_growth").cohorts["growth"]["arms"])
 
 
-def test_the_stage1_economy_lets_a_cheap_seed_pay_and_prices_a_host_sized_one_at_its_gain():
-    """The calibration (stage1_growth.toml): on held-out episodes the scripted attention seed earns
-    a positive return, a conv_heavy as big as the host roughly its gain (rent about equal to the
-    task reward), and the static host exactly 0."""
+def test_the_stage1_economy_lets_a_cheap_seed_pay_and_prices_a_host_sized_one_below_it():
+    """The calibration (stage1_growth.toml), over four held-out episodes: the scripted attention
+    seed earns a positive return, a conv_heavy as big as the host less (its rent eats its gain),
+    and the static host exactly 0. (Before the test split took a fifth of digits, conv_heavy's rent
+    was about its gain; with 1,077 training images its gain is smaller: -2.5 an episode on these.)"""
     settings = load_pack("stage1_growth").settings("growth", 0, "full")
     returns = {}
     for name, policy in (
@@ -380,13 +387,10 @@ def test_the_stage1_economy_lets_a_cheap_seed_pay_and_prices_a_host_sized_one_at
         ("conv_heavy", OraclePolicy(Blueprint.CONV_HEAVY)),
         ("static", StaticPolicy()),
     ):
-        (summary,) = run_episodes(VecEnv(settings.run, 1), policy, seeds=eval_seeds(0, 1))
-        returns[name] = summary
-    assert returns["static"].episode_return == 0.0
-    assert returns["attention"].episode_return > 1.0
-    heavy = returns["conv_heavy"]
-    rent = settings.run.economy.rent_weight * heavy.reward_parts["rent"]
-    assert 0.3 < rent / heavy.reward_parts["task"] < 3.0
+        summaries = run_episodes(VecEnv(settings.run, 1), policy, seeds=eval_seeds(0, 4))
+        returns[name] = statistics.fmean(s.episode_return for s in summaries)
+    assert returns["static"] == 0.0
+    assert returns["attention"] > 1.0 and returns["conv_heavy"] < returns["attention"]
 
 
 def test_scripted_arms_need_what_they_play_and_only_a_ppo_arm_needs_training():

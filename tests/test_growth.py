@@ -10,7 +10,8 @@ from esper_lab.hosts import CNNConfig, CNNHost
 from esper_lab.plane import SeedPlane
 from esper_lab.training import evaluate, train_epoch
 
-EPOCHS = 6
+# 8 epochs of the 1077 training images: about the updates 6 epochs of the 1437 made before the test split took its share
+EPOCHS = 8
 
 
 def final_accuracy(seed: int, with_seed: bool) -> float:

@@ -8,6 +8,7 @@ import re
 import polars as pl
 import pytest
 
+from esper_lab.experiments.evaluation import DEFAULT_ARMS
 from esper_lab.experiments.gates import GREEDY, SAMPLED, Evidence, _not_stuck, seed002_gates
 from esper_lab.experiments.member import run_member
 from esper_lab.experiments.packs import load_pack
@@ -63,13 +64,14 @@ def test_a_root_holding_two_presets_gives_one_report_per_preset_never_a_mix(root
     pack = load_pack(root / "tiny.toml")
     report = build_report(pack, root / "telemetry", preset)
     assert f"**Preset `{preset}`**" in report.header
-    # 2 cohorts x (1 training run + 5 eval arms) of this preset only
-    assert "ppo completed: 2" in report.header and "eval completed: 10" in report.header
+    # 2 cohorts x (1 training run + the default arms but the oracle, which these cohorts do not name) of this preset only
+    arms = len(DEFAULT_ARMS) - 1
+    assert "ppo completed: 2" in report.header and f"eval completed: {2 * arms}" in report.header
     assert set(report.evidence.outcomes["preset"]) == {preset}
     assert set(report.behaviour["runs"]) == {1}
     assert {(g.name, g.cohort) for g in report.gates} >= {("1 usage", "ladder"), ("2 dominance", "ladder"), ("3 stability", "base")}
     assert all(g.verdict in ("PASS", "FAIL", "INCONCLUSIVE") for g in report.gates)
-    assert set(report.outcomes["arm"]) == {"ppo_greedy", "ppo_sampled", "static", "heuristic", "random"}
+    assert set(report.outcomes["arm"]) == set(DEFAULT_ARMS) - {"oracle"} == set(report.frontier["arm"])
     path = write_report(pack, root / "telemetry", preset, report_path(root / "reports", pack, preset, root / "telemetry"))
     assert path.name == f"telemetry-{preset}.html"
     assert not re.search(r'<(script|link)[^>]*(src|href)="https?://', path.read_text())  # offline: no tag fetches a script or a stylesheet
