@@ -191,7 +191,8 @@ def load_cifar10(folder: str | Path | None = None, val_fraction: float = 0.1, se
     Test is `test_batch`; validation is a seeded stratified `val_fraction` of the training
     batches (so model selection and rewards never look at the test set). The batches are
     decoded once into a byte cache under the data root (`cifar10_cache`); every later load, in
-    any process, maps that cache, so processes share one copy of the pixels through the page cache.
+    any process, maps that cache instead of decoding. The test pixels stay mapped (shared through
+    the page cache); the training rows left once validation is drawn are a copy per process.
     """
     _check_fraction("val_fraction", val_fraction)
     _check_int("seed", seed, 0, SEED_LIMIT)

@@ -1,12 +1,14 @@
 """Exit gates judged on held-out, paired evaluation episodes, each with its 95% CI.
 
 `held_out(store)` is the frame every verdict reads: one row per evaluation episode and arm, with
-the task metric signed so that higher is better (`score`), the gain over the static host on the
-same episode (`gain`), and conv_heavy's share of the in-forward seed params at the end.
+the test split's metric signed so that higher is better (`score`), the gain over the static host
+on the same episode (`gain`), the frontier gains (`frontier`), and conv_heavy's share of the
+in-forward seed params at the end.
 
 Which arm: outcome gates read the trained policy played greedily (`ppo_greedy`, what one would
 deploy); behaviour gates read it sampled (`ppo_sampled`, the distribution PPO trains), so a head
-PPO keeps open is visible even where its argmax never picks it. Each gate is PASS, FAIL or
+PPO keeps open is visible even where its argmax never picks it; the no-collapse gates read the
+WAIT share of both, since either may be stuck where the other is not. Each gate is PASS, FAIL or
 INCONCLUSIVE (`stats.verdict`); a gate with several parts combines them (`stats.combine`).
 """
 
@@ -42,6 +44,7 @@ ENTROPY_KEPT = 0.5  # gate 3: the op head keeps at least half its first-episode 
 MAX_LEVEL_CHANGE_RATE = 0.5  # gate 4: at most one level change every other step, on average
 MAX_REGERMINATIONS = 0.25  # gate 4 (and seed 004 Stage 1): prune -> re-germinate cycles per episode
 LADDER_NAMES = frozenset(b.name.lower() for b in LADDERS)
+CONTROLLERS = ("gain_trigger", "best_schedule")  # non-learned growth controls the learned policy must beat
 PRUNING_OPS = frozenset({"prune", "consolidate_with_next"})  # policy ops that send a seed to PRUNED (a consolidation, its partner)
 
 
@@ -61,10 +64,9 @@ def held_out(store: Store) -> pl.DataFrame:
     `gain` (score minus the static host's on the same cohort, seed and episode), the frontier
     gains against static hosts of every width (`frontier.frontier_gains`), `conv_heavy_share` (of
     in-forward seed params at the end), `roi` (gain per 1,000 in-forward seed params, where there
-    are any), the oscillation counts, Emrakul's
-    (`Store.decay_counts`), the adjacency economy's (`Store.adjacency_counts`), and the fossils:
-    how many, how many were kept to the end, and their mean last measured contribution (in
-    points, as `gain`)."""
+    are any), the oscillation counts, Emrakul's (`Store.decay_counts`), the adjacency economy's
+    (`Store.adjacency_counts`), and the fossils: how many, how many were kept to the end, and their
+    mean last measured contribution (in points, as `gain`)."""
     outcomes = store.episode_outcomes(kind="eval")
     if outcomes.is_empty():
         return outcomes
@@ -291,12 +293,18 @@ def stage1_gates(pack: Pack, ev: Evidence) -> list[Gate]:
             )
         )
         returns = {name: paired_estimate(greedy, arm(outcomes, cohort, name), "episode_return") for name in ("heuristic", "random")}
+        # the non-learned growth controllers a reviewer asks for, where they played: test score, median of paired episodes
+        controls = {name: arm(outcomes, cohort, name) for name in CONTROLLERS}
+        scores = {name: paired_estimate(greedy, frame, "score", statistic=median) for name, frame in controls.items() if not frame.is_empty()}
         gates.append(
             Gate(
                 "2 beats baselines",
                 cohort,
-                combine([verdict(e, 0.0) for e in returns.values()]),
-                "; ".join(f"return minus {name}'s {_say(e)} (gate > 0)" for name, e in returns.items()),
+                combine([verdict(e, 0.0) for e in [*returns.values(), *scores.values()]]),
+                "; ".join(
+                    [f"return minus {name}'s {_say(e)} (gate > 0)" for name, e in returns.items()]
+                    + [f"test score minus {name}'s, median {_say(e)} (gate > 0)" for name, e in scores.items()]
+                ),
             )
         )
         parts, said = _not_stuck(ev, cohort)
@@ -492,6 +500,7 @@ def phase5_gates(pack: Pack, ev: Evidence) -> list[Gate]:
     outcomes, drops, tops = ev.outcomes, churn_drop(ev.curves), top_op_share(ev.ops)
     for cohort in sorted(set(outcomes.filter(pl.col("arm") == GREEDY)["cohort"])):
         greedy, static, heuristic = (arm(outcomes, cohort, name) for name in (GREEDY, CONTROL, "heuristic"))
+        gates.append(frontier_gate(greedy, cohort))
         drop = estimate(drops.filter(pl.col("cohort") == cohort), "diff")
         gates.append(
             Gate(
