@@ -155,7 +155,7 @@ def frontier_table(outcomes: pl.DataFrame) -> pl.DataFrame:
 
 
 def outcome_table(outcomes: pl.DataFrame) -> pl.DataFrame:
-    """Per cohort and arm: episodes, seeds, the final score (accuracy points, or minus the loss),
+    """Per cohort and arm: episodes, seeds, the test score (accuracy points, or minus the loss, on the test split),
     the paired gain over the static host (mean and median, with CIs), return, in-forward params
     and conv_heavy share, each a mean over held-out episodes with its CI where it is a claim."""
     rows = []
@@ -173,7 +173,7 @@ def outcome_table(outcomes: pl.DataFrame) -> pl.DataFrame:
                     "arm": arm,
                     "episodes": frame.height,
                     "seeds": frame["seed"].n_unique(),
-                    "score": _fmt(estimate(frame, "score")),
+                    "test score": _fmt(estimate(frame, "score")),
                     "gain vs static (mean)": _fmt(gain),
                     "gain vs static (median)": _fmt(typical),
                     "return": _fmt(estimate(frame, "episode_return")),
