@@ -37,6 +37,8 @@ from esper_lab.telemetry.store import Store
 COHORTS = ("baseline", "c0_only")
 SEEDS = (1, 2)  # seed 2 buys conv_heavy in the smoke preset, so the screenshot shows a share above 0
 SCREENSHOT = Path(__file__).resolve().parents[1] / "reports" / "dashboard_conv_heavy.png"
+FRONTIER_SCREENSHOT = SCREENSHOT.with_name("dashboard_frontier.png")
+REPORT_SCREENSHOT = SCREENSHOT.with_name("report_frontier.png")
 # Debian's chromium in a container (STACK §6): no sandbox, no GPU, nothing phoning home.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -208,6 +210,12 @@ def test_the_pack_report_requests_nothing_from_the_network(root, tmp_path):
         page.goto(path.as_uri())
         page.get_by_text("Exit gates (seed002), on held-out episodes").wait_for()
         page.locator("canvas").first.wait_for(state="attached")
+        # the page leads with the static frontier: both costs, the dashed frontier and every arm
+        plots = {plot["title"]: plot["legend"] for plot in page.evaluate(PLOTS_JS)}
+        for title in ("test score against params in forward", "test score against training FLOPs"):
+            assert {"baseline · static frontier", "baseline · ppo_greedy", "c0_only · heuristic"} <= set(plots[title]), plots[title]
+        page.wait_for_timeout(500)  # let the canvas paint before the screenshot
+        page.screenshot(path=REPORT_SCREENSHOT, full_page=True)
         browser.close()
     assert requested == []
 
@@ -228,10 +236,10 @@ def start_server(root: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, 
 
 def answered(process: subprocess.Popen, url: str, log: Path) -> str:
     """`url` once its server answers."""
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180  # imports and the first page (the frontier: bootstrapped CIs) on a busy machine
     while True:
         try:
-            urllib.request.urlopen(url, timeout=5).close()
+            urllib.request.urlopen(url, timeout=60).close()  # a retry opens another session: never pile them up
             return url
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
@@ -325,6 +333,19 @@ def test_choosing_a_cohort_shows_it_in_the_conv_heavy_share(dashboard):
     dashboard.wait_for_timeout(500)  # let the canvas paint before the screenshot
     SCREENSHOT.parent.mkdir(exist_ok=True)
     dashboard.screenshot(path=SCREENSHOT, full_page=True)
+
+
+def test_the_frontier_tab_puts_every_arm_beside_the_static_frontier(dashboard):
+    dashboard.get_by_text("Frontier", exact=True).click()
+    dashboard.locator(".cohort-select select").select_option("baseline")  # an earlier test may have chosen another
+    dashboard.get_by_text("Frontier — cohort baseline").wait_for()
+    title = "baseline: test score against params in forward"
+    dashboard.wait_for_function(f"() => ({PLOTS_JS})().some(plot => plot.title === '{title}')")
+    plots = {plot["title"]: plot["legend"] for plot in dashboard.evaluate(PLOTS_JS)}
+    assert {"baseline · static frontier", "baseline · ppo_greedy", "baseline · gain_trigger"} <= set(plots[title])
+    dashboard.wait_for_timeout(500)
+    FRONTIER_SCREENSHOT.parent.mkdir(exist_ok=True)
+    dashboard.screenshot(path=FRONTIER_SCREENSHOT, full_page=True)
 
 
 @pytest.mark.parametrize(
