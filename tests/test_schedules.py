@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from legality import assert_legal
 
 from esper_lab.config import RunConfig
 from esper_lab.contracts import (
@@ -49,10 +50,7 @@ class Played:
     def act(self, results):
         actions = self.policy.act(results)
         for result, action in zip(results, actions):
-            if action.op is not Op.WAIT:
-                assert result.masks.op[action.slot, action.op], f"{action} not allowed by the op mask"
-            if action.op is Op.GERMINATE:
-                assert result.masks.blueprint[action.slot, action.blueprint], f"{action}: blueprint not allowed"
+            assert_legal(result, action)
         self.actions.append(actions)
         return actions
 

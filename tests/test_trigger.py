@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 import torch
+from legality import assert_legal
 
 from esper_lab.config import RunConfig
 from esper_lab.contracts import ActionMasks, Op, Stage, StepResult
@@ -39,10 +40,7 @@ class Watched:
     def act(self, results: list[StepResult]):
         actions = self.policy.act(results)
         for result, action in zip(results, actions):
-            if action.op is not Op.WAIT:
-                assert result.masks.op[action.slot, action.op], f"{action} not allowed by the op mask"
-            if action.op is Op.GERMINATE:
-                assert result.masks.blueprint[action.slot, action.blueprint], f"{action}: blueprint not allowed"
+            assert_legal(result, action)
             self.ops[action.op] += 1
             self.most_in_forward = max(self.most_in_forward, int(result.report.column("in_forward").sum()))
         return actions

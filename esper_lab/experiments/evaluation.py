@@ -10,6 +10,7 @@ from. Each arm is recorded as a run of kind `eval` with its `arm` and the traini
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -133,21 +134,26 @@ def evaluate_arms(
     # on training seeds only, at the policy's training budget (the search never sees these seeds)
     search = search_schedules(settings, training_env_steps(settings), settings.run.seed) if SCHEDULE_ARM in played else None
     run_ids = []
-    for arm in played:
-        config = arm_config(arm, settings.run)
-        policy = arm_policy(arm, agent, settings, None if search is None else search.best)
-        run_id = f"{parent_run}-{name}-{arm}"
-        learned = dataclasses.asdict(settings.policy) if arm.startswith("ppo") else search.to_dict() if arm == SCHEDULE_ARM else None
-        manifest = dict(run_id=run_id, parent_run=parent_run, kind="eval", arm=arm, preset=preset, policy_config=learned)
-        with VecEnv(config, n, min(settings.workers, n)) as vec, Recorder(root, cohort, config, **manifest) as recorder:
-            run_episodes(
-                vec,
-                policy,
-                recorder=recorder,
-                seeds=seeds,
-                on_step=lambda _, __, results: on_episode(arm) if on_episode and results[0].done else None,
-            )
-        run_ids.append(run_id)
+    with contextlib.ExitStack() as stack:
+        envs: dict[float, VecEnv] = {}  # one set of envs (and worker processes) per host width, shared by its arms
+        for arm in played:
+            config = arm_config(arm, settings.run)
+            scale = WIDTH_SCALES.get(arm, 1.0)
+            if scale not in envs:
+                envs[scale] = stack.enter_context(VecEnv(config, n, min(settings.workers, n)))
+            policy = arm_policy(arm, agent, settings, None if search is None else search.best)
+            run_id = f"{parent_run}-{name}-{arm}"
+            learned = dataclasses.asdict(settings.policy) if arm.startswith("ppo") else search.to_dict() if arm == SCHEDULE_ARM else None
+            manifest = dict(run_id=run_id, parent_run=parent_run, kind="eval", arm=arm, preset=preset, policy_config=learned)
+            with Recorder(root, cohort, config, **manifest) as recorder:
+                run_episodes(
+                    envs[scale],
+                    policy,
+                    recorder=recorder,
+                    seeds=seeds,
+                    on_step=lambda _, __, results: on_episode(arm) if on_episode and results[0].done else None,
+                )
+            run_ids.append(run_id)
     return run_ids
 
 
