@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 from pathlib import Path
+
+from esper_lab.checks import ConfigError
 
 
 def _tour(args: argparse.Namespace) -> int:
@@ -29,13 +32,18 @@ def _notebooks(args: argparse.Namespace) -> int:
     from esper_lab.experiments.packs import NOTEBOOKS_DIR
 
     destination = Path(args.destination)
+    if destination.exists() and not destination.is_dir():
+        raise ConfigError(f"{destination} is not a folder: name a folder to copy the notebooks into")
     sources = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
     edited = [s.name for s in sources if (destination / s.name).is_file() and (destination / s.name).read_bytes() != s.read_bytes()]
     if edited and not args.force:
-        raise ValueError(f"{destination} already holds other versions of {', '.join(edited)}: move them, or pass --force to replace them")
+        raise ConfigError(f"{destination} already holds other versions of {', '.join(edited)}: move them, or pass --force to replace them")
     destination.mkdir(parents=True, exist_ok=True)
     for source in sources:
-        shutil.copyfile(source, destination / source.name)
+        target = destination / source.name
+        if target.is_symlink():  # replace the link itself, never what it points to outside DEST
+            target.unlink()
+        shutil.copyfile(source, target)
     print(f"{len(sources)} notebooks in {destination}; open them with: jupyter lab {destination}")
     return 0
 
@@ -139,14 +147,14 @@ def _train(args: argparse.Namespace) -> int:
     from esper_lab.telemetry.recorder import mark_stale_runs
 
     if args.resume and not args.checkpoint:
-        raise ValueError("--resume needs --checkpoint PATH")
+        raise ConfigError("--resume needs --checkpoint PATH")
     if args.checkpoint and Path(args.checkpoint).exists() and not args.resume:
-        raise ValueError(f"checkpoint {args.checkpoint} exists: pass --resume to continue it, or another path")
+        raise ConfigError(f"checkpoint {args.checkpoint} exists: pass --resume to continue it, or another path")
     _set_threads(args)
     policy = {"encoder": args.encoder, "recurrent": args.recurrent}
     settings = _settings(args, rounds=args.rounds, policy={k: v for k, v in policy.items() if v is not None})
     steps = settings.run.episode_length * settings.ppo.episodes_per_round
-    bar = tqdm(total=steps, unit="step", leave=False)
+    bar = tqdm(total=steps, unit="step", leave=False, delay=1)  # drawn after 1 s: an error while starting is the only line
 
     def on_round(s: dict) -> None:
         bar.reset()
@@ -177,7 +185,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     own settings or changed ones, recorded as eval runs `<run>-<name>-<arm>` of its training run."""
     import dataclasses
 
-    from esper_lab.experiments.evaluation import evaluate_arms, played_arms
+    from esper_lab.experiments.evaluation import eval_run_id, evaluate_arms, played_arms
     from esper_lab.experiments.saved import load_policy
     from esper_lab.experiments.settings import Settings, merge, parse_assignments
     from esper_lab.telemetry.parts import run_folder
@@ -186,19 +194,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     saved = load_policy(args.policy)
     changes = parse_assignments(args.set)
     if "policy" in changes:
-        raise ValueError("--set policy.* cannot apply: the policy is the saved one")
+        raise ConfigError("--set policy.* cannot apply: the policy is the saved one")
     if args.episodes is not None:
         changes["eval_episodes"] = args.episodes
     settings = Settings.build(merge(saved.settings, changes))
     if args.seeds is None and not settings.eval_episodes:
-        raise ValueError("the saved settings hold no held-out episodes (eval_episodes=0): pass --episodes N or --seeds")
+        raise ConfigError("the saved settings hold no held-out episodes (eval_episodes=0): pass --episodes N or --seeds")
     arms = tuple(args.arms.split(","))
     played_arms(dataclasses.replace(settings, arms=arms))  # an unknown or unplayable arm fails here, naming it
     cohort = args.cohort or saved.cohort
     for arm in arms:
-        folder = run_folder(args.telemetry, cohort, f"{saved.run_id}-{args.name}-{arm}")
+        folder = run_folder(args.telemetry, cohort, eval_run_id(saved.run_id, args.name, arm))
         if (folder / "runs").exists():
-            raise ValueError(f"{folder} already holds a re-evaluation: pass another --name or --cohort")
+            raise ConfigError(f"{folder} already holds a re-evaluation: pass another --name or --cohort")
     ids = evaluate_arms(settings, saved.agent, args.telemetry, cohort, saved.run_id, saved.preset, arms, seeds=args.seeds, name=args.name)
     episodes = settings.eval_episodes if args.seeds is None else len(args.seeds)
     print(f"{args.policy} (run {saved.run_id}) played {episodes} episodes per arm: runs {', '.join(ids)} in {args.telemetry}")
@@ -215,11 +223,14 @@ def _pack(args: argparse.Namespace) -> int:
     pack = load_pack(args.pack)
     telemetry = Path(args.telemetry or TELEMETRY_DIR / pack.name).resolve()
     reports = Path(args.reports or REPORTS_DIR).resolve()
+    failed = []
     if args.action == "run":
         malformed = [item for item in args.param if "=" not in item]
         if malformed:
-            raise ValueError(f"--param {malformed[0]!r} must look like NAME=VALUE")
+            raise ConfigError(f"--param {malformed[0]!r} must look like NAME=VALUE")
         parameters = dict(item.split("=", 1) for item in args.param)
+        if "overrides" in parameters:
+            raise ConfigError("--param overrides=... would skip the settings' checks: give each knob as --set KEY=VALUE")
         if args.device is not None:
             args.set.append(f"device={args.device}")
         if args.set:  # every member's settings, as the notebook's `overrides` (checked here, before any kernel)
@@ -227,12 +238,15 @@ def _pack(args: argparse.Namespace) -> int:
             pack.settings(pack.control, pack.preset_seeds(args.preset)[0], args.preset, settings)
             parameters["overrides"] = settings
         statuses = run_pack(pack, args.preset, args.jobs, telemetry, reports, parameters, args.scheduler)
-        failed = [f"{c} seed={s}" for (c, s), st in statuses.items() if st["status"] != "completed"]
-        print(f"{len(statuses) - len(failed)}/{len(statuses)} runs completed" + (f"; failed: {', '.join(failed)}" if failed else ""))
+        failed = [(f"{c} seed={s}", st["status"]) for (c, s), st in statuses.items() if st["status"] != "completed"]
     if args.action == "report" or (args.action == "run" and args.report):
         path = write_report(pack, telemetry, args.preset, report_path(reports, pack, args.preset, telemetry))
         print(f"report: {path}\ndashboard: esper-lab dashboard --root {telemetry}")
-    return 0
+    if args.action == "run":  # the last line: how many members of each status (non-zero exit unless all completed)
+        counts = collections.Counter(status for _, status in failed)
+        parts = [f"{len(statuses) - len(failed)}/{len(statuses)} runs completed"] + [f"{n} {status}" for status, n in sorted(counts.items())]
+        print("; ".join(parts) + (f" ({', '.join(member for member, _ in failed)})" if failed else ""))
+    return 1 if failed else 0
 
 
 def _dashboard(args: argparse.Namespace) -> int:
@@ -266,7 +280,7 @@ def _export(args: argparse.Namespace) -> int:
     try:
         export = export_run(args.root, args.run, output, args.step, args.env, args.episode, args.fossils_only)
     except ReplayError as error:  # an unknown run or episode: bad input, one line
-        raise ValueError(str(error)) from None
+        raise ConfigError(str(error)) from None
     print(summary(export))
     return 0 if export.path is not None else 1
 
@@ -420,11 +434,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as error:  # bad input: one line, no traceback
         print(f"esper-lab: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the disk is full, a folder is read-only...: what was written stays (the run says failed)
+        print(f"esper-lab: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as interrupt:  # Ctrl-C: one line (a pack run says what it stopped)
-        print(f"esper-lab: {interrupt or 'interrupted'}", file=sys.stderr)
+        print(f"esper-lab: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
 
 

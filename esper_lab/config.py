@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
+from esper_lab import checks
 from esper_lab.contracts import Blueprint, HostKind, SurfaceDensity
-from esper_lab.data import check_cifar10_folder
+from esper_lab.data import SEED_LIMIT, check_cifar10_folder
+from esper_lab.hosts import CNNConfig, TransformerConfig
 
 LADDERS = (
     Blueprint.CONV_CHANNEL_LADDER,
@@ -87,9 +89,9 @@ def _enum(cls: type[enum.Enum], value: Any, name: str) -> enum.Enum:
         return value
     try:
         return cls[value.upper()] if isinstance(value, str) else cls(value)
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, TypeError):
         allowed = ", ".join(m.name.lower() for m in cls)
-        raise ValueError(f"{name}={value!r} is not one of: {allowed}") from None
+        raise checks.ConfigError(f"{name}={value!r} is not one of: {allowed}") from None
 
 
 REWARD_SIGNALS = ("metric_gain", "contribution", "gain_over_static")
@@ -119,13 +121,9 @@ class EconomyConfig:
 
     def __post_init__(self):
         for name in ("task_scale", "rent_weight", "churn_weight", "internal_op_cost", "max_rent"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-                raise ValueError(f"economy.{name}={value!r} must be a number >= 0")
-        if not (isinstance(self.churn_window, int) and self.churn_window >= 1):
-            raise ValueError(f"economy.churn_window={self.churn_window!r} must be an integer >= 1")
-        if self.reward_signal not in REWARD_SIGNALS:
-            raise ValueError(f"economy.reward_signal={self.reward_signal!r} is not one of: {', '.join(REWARD_SIGNALS)}")
+            checks.number(f"economy.{name}", getattr(self, name), low=0)
+        checks.integer("economy.churn_window", self.churn_window, low=1)
+        checks.choice("economy.reward_signal", self.reward_signal, REWARD_SIGNALS)
 
 
 @dataclass(frozen=True)
@@ -153,18 +151,13 @@ class DecayConfig:
 
     def __post_init__(self):
         for name in ("enabled", "learned"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"decay.{name}={getattr(self, name)!r} must be true or false")
+            checks.flag(f"decay.{name}", getattr(self, name))
         if self.learned and not self.enabled:
-            raise ValueError("decay.learned=true needs decay.enabled=true (a learned Emrakul is still Emrakul)")
+            raise checks.ConfigError("decay.learned=true needs decay.enabled=true (a learned Emrakul is still Emrakul)")
         for name in ("debt_threshold", "harm_tolerance"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-                raise ValueError(f"decay.{name}={value!r} must be a number >= 0")
+            checks.number(f"decay.{name}", getattr(self, name), low=0)
         for name in ("probe_steps", "settle_steps", "baseline_steps", "lock_steps", "watch_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"decay.{name}={value!r} must be an integer >= 1")
+            checks.integer(f"decay.{name}", getattr(self, name), low=1)
 
 
 @dataclass(frozen=True)
@@ -197,50 +190,49 @@ class RunConfig:
     decay: DecayConfig = field(default_factory=DecayConfig)
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"task={self.task!r} is not one of: {', '.join(TASKS)}")
-        task = TASKS[self.task]
+        """Types first, then ranges, then how the fields fit together; nothing is loaded here but
+        the CIFAR-10 folder's listing."""
+        task = TASKS[checks.choice("task", self.task, tuple(TASKS))]
         set_ = lambda name, value: object.__setattr__(self, name, value)
         set_("density", _enum(SurfaceDensity, self.density.lower() if isinstance(self.density, str) else self.density, "density"))
         if self.density is SurfaceDensity.A2 and task.host_kind is HostKind.CNN:
-            raise ValueError(f"density='a2' needs a Transformer host; task {self.task!r} has a CNN (allowed: a0, a1)")
-        if isinstance(self.economy, dict):
-            set_("economy", EconomyConfig(**self.economy))
-        if isinstance(self.decay, dict):
-            set_("decay", DecayConfig(**self.decay))
+            raise checks.ConfigError(f"density='a2' needs a Transformer host; task {self.task!r} has a CNN (allowed: a0, a1)")
+        for name, cls in (("economy", EconomyConfig), ("decay", DecayConfig)):
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                set_(name, cls(**checks.fields(name, value, cls)))
         if self.blueprints is None:
             set_("blueprints", task.blueprints)
         else:
-            set_("blueprints", tuple(_enum(Blueprint, b, "blueprints") for b in self.blueprints))
+            set_("blueprints", tuple(_enum(Blueprint, b, "blueprints") for b in checks.items("blueprints", self.blueprints)))
             foreign = [b.name.lower() for b in self.blueprints if b not in task.blueprints]
             if foreign:
                 allowed = ", ".join(b.name.lower() for b in task.blueprints)
-                raise ValueError(f"blueprints {foreign} do not fit task {self.task!r} (allowed: {allowed})")
+                raise checks.ConfigError(f"blueprints {foreign} do not fit task {self.task!r} (allowed: {allowed})")
             if not self.blueprints:
-                raise ValueError("blueprints=() leaves nothing to germinate; give at least one")
+                raise checks.ConfigError("blueprints=() leaves nothing to germinate; give at least one")
         # JSON turns tuples (e.g. widths) into lists: store tuples, so from_json(to_json(c)) == c
-        set_("host", {k: tuple(v) if isinstance(v, list) else v for k, v in self.host.items()})
+        set_("host", {k: tuple(v) if isinstance(v, list) else v for k, v in checks.table("host", self.host).items()})
         unknown = set(self.host) - set(_host_fields(task.host_kind))
         if unknown:
-            raise ValueError(f"host has unknown keys {sorted(unknown)} (allowed: {', '.join(_host_fields(task.host_kind))})")
+            raise checks.ConfigError(f"host has unknown keys {sorted(unknown)} (allowed: {', '.join(_host_fields(task.host_kind))})")
+        _check_host(task.host_kind, self.host_config())
+        for name in ("episode_length", "batch_size", "max_seeds"):
+            checks.integer(name, getattr(self, name), low=1)
+        for name in ("batches_per_step", "val_samples"):
+            if getattr(self, name) is not None:
+                checks.integer(name, getattr(self, name), low=1)
+        checks.integer("contribution_every", self.contribution_every, low=0)
+        checks.integer("test_every", self.test_every, low=0)
+        checks.integer("seed", self.seed, low=0, high=SEED_LIMIT - 1)
+        checks.number("lr", self.lr, above=0)
+        checks.number("param_budget", self.param_budget, above=0)
+        checks.number("data_fraction", self.data_fraction, above=0, high=1)
+        if self.cifar_folder is not None and not isinstance(self.cifar_folder, str):
+            raise checks.ConfigError(f"cifar_folder={self.cifar_folder!r} must be a folder path (a string)")
         set_("device", _device(self.device))
         if task.data == "cifar10":
             check_cifar10_folder(self.cifar_folder)  # None = the default data/cifar-10-batches-py
-        _positive_int(self, "episode_length", "batch_size", "max_seeds")
-        for name in ("batches_per_step", "val_samples"):
-            if getattr(self, name) is not None:
-                _positive_int(self, name)
-        for name in ("contribution_every", "test_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}={value!r} must be an integer >= 0 (0: {'never' if name == 'contribution_every' else 'at the end only'})")
-        if not (isinstance(self.seed, int) and self.seed >= 0):
-            raise ValueError(f"seed={self.seed!r} must be an integer >= 0")
-        for name in ("lr", "param_budget"):
-            if not (isinstance(getattr(self, name), int | float) and getattr(self, name) > 0):
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a number > 0")
-        if not 0 < self.data_fraction <= 1:
-            raise ValueError(f"data_fraction={self.data_fraction!r} must be in (0, 1]")
 
     @property
     def spec(self) -> Task:
@@ -276,29 +268,32 @@ def _device(value: Any) -> str:
     try:
         device = torch.device(value)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device={value!r} is not a device (allowed: {allowed})") from None
+        raise checks.ConfigError(f"device={value!r} is not a device (allowed: {allowed})") from None
     if device.type == "cpu":
         return "cpu"
     if device.type != "cuda":
-        raise ValueError(f"device={value!r}: only {allowed} are supported")
+        raise checks.ConfigError(f"device={value!r}: only {allowed} are supported")
     if not torch.cuda.is_available():
-        raise ValueError(f"device={value!r}: this machine has no CUDA device (torch {torch.__version__}); use device='cpu'")
+        raise checks.ConfigError(f"device={value!r}: this machine has no CUDA device (torch {torch.__version__}); use device='cpu'")
     index = torch.cuda.current_device() if device.index is None else device.index
     if index >= torch.cuda.device_count():
         count = torch.cuda.device_count()
-        raise ValueError(f"device={value!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        raise checks.ConfigError(f"device={value!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return f"cuda:{index}"
 
 
+def _host_class(kind: HostKind) -> type:
+    return CNNConfig if kind is HostKind.CNN else TransformerConfig
+
+
 def _host_fields(kind: HostKind) -> tuple[str, ...]:
-    from esper_lab.hosts import CNNConfig, TransformerConfig
-
-    cls = CNNConfig if kind is HostKind.CNN else TransformerConfig
-    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("density", "vocab_size"))
+    return tuple(f.name for f in dataclasses.fields(_host_class(kind)) if f.name not in ("density", "vocab_size"))
 
 
-def _positive_int(config: RunConfig, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            raise ValueError(f"{name}={value!r} must be an integer >= 1")
+def _check_host(kind: HostKind, values: dict) -> None:
+    """Build the host's config (a dataclass, no tensors) so a bad width fails here, named `host.*`
+    (the vocabulary comes with the data: any size will do for the check)."""
+    try:
+        _host_class(kind)(**values, **({"vocab_size": 1} if kind is HostKind.TRANSFORMER else {}))
+    except ValueError as error:
+        raise checks.ConfigError(f"host.{error}") from None

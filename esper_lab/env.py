@@ -20,13 +20,14 @@ import functools
 import math
 import multiprocessing
 import pickle
+import signal
 import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import torch
 
-from esper_lab import economy
+from esper_lab import checks, economy
 from esper_lab.config import RunConfig
 from esper_lab.contracts import (
     MODULE_STAGES,
@@ -111,10 +112,25 @@ class MorphEnv:
         self.env_index = env_index
         self.world = world
         self.step_count = 0
+        self._train_rows()  # a data fraction that keeps too little fails here, before any step
 
     # --- construction -------------------------------------------------------------------------
     def _seed(self, stream: Stream) -> int:
         return stream_seed(self.episode_seed, 0, stream)
+
+    def _train_rows(self) -> int:
+        """The training rows (characters, for the LM) the data fraction keeps: at least one batch
+        (two context windows), or the run would train on nothing real."""
+        config = self.config
+        if config.spec.data == "pydoc":
+            rows, least, what = len(_corpus_on(config.device)[0]), 2 * self._context, "two context windows of characters"
+        else:
+            rows, least = len(_images(config.spec.data, config.seed, config.cifar_folder, config.device).train_y), config.batch_size
+            what = f"one batch (batch_size={config.batch_size})"
+        keep = int(rows * config.data_fraction)
+        if keep < least:
+            raise checks.ConfigError(f"data_fraction={config.data_fraction!r} keeps {keep} of the {rows} training rows, fewer than {what}")
+        return keep
 
     def _load_data(self) -> None:
         """Point at the process's one copy of the task's data: training rows (a data-fraction
@@ -128,13 +144,12 @@ class MorphEnv:
         if task.data == "pydoc":
             train_ids, val_ids, test_ids = _corpus_on(config.device)
             self.vocab_size = _corpus().vocab_size
-            self.train_ids = train_ids[: max(int(len(train_ids) * config.data_fraction), 2 * self._context)]
+            self.train_ids = train_ids[: self._train_rows()]
             (self.val_x, self.val_y), (self.test_x, self.test_y) = self._windows(val_ids), self._windows(test_ids)
             self.prepare = None
         else:
             self.split = split = _images(task.data, config.seed, config.cifar_folder, config.device)
-            keep = max(int(len(split.train_y) * config.data_fraction), config.batch_size)
-            order = torch.randperm(len(split.train_y), generator=torch.Generator().manual_seed(self._seed(Stream.DATA)))[:keep]
+            order = torch.randperm(len(split.train_y), generator=torch.Generator().manual_seed(self._seed(Stream.DATA)))[: self._train_rows()]
             self.train_rows = order.to(config.device)
             self.val_x, self.val_y, self.prepare = split.val_pixels, split.val_y, split.standardise
             self.test_x, self.test_y = split.test_pixels, split.test_y
@@ -423,6 +438,12 @@ class VecEnv:
             self.envs = []
             bounds = [n_envs * w // workers for w in range(workers + 1)]
             self._workers = [_Worker(config, list(range(bounds[w], bounds[w + 1]))) for w in range(workers)]
+            try:
+                for worker in self._workers:
+                    worker.receive()  # its envs are built: an error building them is raised here, before any step
+            except BaseException:
+                self.close()
+                raise
 
     def __len__(self) -> int:
         return self.n_envs
@@ -509,7 +530,10 @@ class _Worker:
 
     def close(self) -> None:
         if self._process.is_alive():
-            self._conn.send_bytes(pickle.dumps(("close", None)))
+            try:
+                self._conn.send_bytes(pickle.dumps(("close", None)))
+            except OSError:  # it is already on its way out (it failed to build its envs)
+                pass
             self._process.join(timeout=10)
         self._conn.close()
 
@@ -519,8 +543,14 @@ def _serve(conn, config: RunConfig, indices: list[int], threads: int) -> None:
 
     An exception in an env (an illegal action, say) goes back to the caller and the worker
     keeps serving, as an in-process env would."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it closes us): no traceback here
     torch.set_num_threads(threads)
-    envs = [MorphEnv(config, i) for i in indices]
+    try:
+        envs = [MorphEnv(config, i) for i in indices]
+    except Exception as error:  # noqa: BLE001 - a bad data fraction, say: the parent raises it
+        conn.send_bytes(pickle.dumps((False, error)))
+        return
+    conn.send_bytes(pickle.dumps((True, None)))  # ready: VecEnv waits for this before it returns
     while True:
         try:
             command, payload = pickle.loads(conn.recv_bytes())
@@ -533,8 +563,10 @@ def _serve(conn, config: RunConfig, indices: list[int], threads: int) -> None:
                 answer = (True, [env.reset(seed) for env, seed in zip(envs, payload)])
             elif command == "check":
                 answer = (True, [env.plane.check(action) for env, action in zip(envs, payload)])
-            else:
+            elif command == "step":
                 answer = (True, [env.step(action) for env, action in zip(envs, payload)])
+            else:
+                raise ValueError(f"env worker: unknown command {command!r}")
         except Exception as error:  # noqa: BLE001 - handed to the caller, who raises it
             answer = (False, error)
         try:

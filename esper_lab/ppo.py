@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from esper_lab import checks
 from esper_lab.contracts import HEADS, Op, Stream, stream_seed
 from esper_lab.policy.agent import Agent, PolicyConfig, PPOPolicy, decision_record, op_mask
 from esper_lab.policy.features import NORM_VAR_FLOOR, Observation, RunningNorm
@@ -76,32 +77,35 @@ class PPOConfig:
 
     def __post_init__(self):
         for name in ("entropy_coef", "entropy_target"):
-            unknown = set(getattr(self, name)) - set(HEADS)
+            values = checks.table(name, getattr(self, name))
+            unknown = set(values) - set(HEADS)
             if unknown:
-                raise ValueError(f"{name} has unknown heads {sorted(unknown)} (heads: {', '.join(HEADS)})")
+                raise checks.ConfigError(f"{name} has unknown heads {sorted(unknown)} (heads: {', '.join(HEADS)})")
+            for head, value in values.items():
+                checks.number(f"{name}.{head}", value, low=0)
         object.__setattr__(self, "entropy_coef", {**_entropy_defaults(), **self.entropy_coef})
-        if not all(isinstance(v, int | float) and v >= 0 for v in self.entropy_target.values()):
-            raise ValueError(f"entropy_target={self.entropy_target!r}: targets are nats >= 0")
+        names = {o.name.lower(): o for o in Op}
         stages = []
-        for stage in self.curriculum:
-            if not (isinstance(stage, dict) and set(stage) == {"rounds", "ops"} and isinstance(stage["rounds"], int) and stage["rounds"] >= 1):
-                raise ValueError(f"curriculum stage {stage!r} must be {{rounds = N >= 1, ops = [...]}}")
-            names = {o.name.lower(): o for o in Op}
-            unknown = [o for o in stage["ops"] if str(o).lower() not in names]
+        for stage in checks.items("curriculum", self.curriculum):
+            if not (isinstance(stage, dict) and set(stage) == {"rounds", "ops"}):
+                raise checks.ConfigError(f"curriculum stage {stage!r} must be {{rounds = N >= 1, ops = [...]}}")
+            checks.integer("curriculum.rounds", stage["rounds"], low=1)
+            unknown = [o for o in checks.items("curriculum.ops", stage["ops"]) if not isinstance(o, str) or o.lower() not in names]
             if unknown:
-                raise ValueError(f"curriculum ops {unknown} are not ops (ops: {', '.join(names)})")
-            stages.append({"rounds": stage["rounds"], "ops": tuple(names[str(o).lower()].name.lower() for o in stage["ops"])})
+                raise checks.ConfigError(f"curriculum ops {unknown} are not ops (ops: {', '.join(names)})")
+            stages.append({"rounds": stage["rounds"], "ops": tuple(names[o.lower()].name.lower() for o in stage["ops"])})
         object.__setattr__(self, "curriculum", tuple(stages))
         for name in ("episodes_per_round", "epochs", "minibatches"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+            checks.integer(name, getattr(self, name), low=1)
         for name in ("gamma", "gae_lambda"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be in [0, 1]")
+            checks.number(name, getattr(self, name), low=0, high=1)
         for name in ("clip", "lr", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
+            checks.number(name, getattr(self, name), above=0)
+        for name in ("value_coef", "entropy_adapt"):
+            checks.number(name, getattr(self, name), low=0)
+        for name in ("normalise_advantages", "scale_rewards"):
+            checks.flag(name, getattr(self, name))
+        checks.integer("seed", self.seed, low=0)
 
 
 @dataclass(frozen=True)

@@ -67,3 +67,14 @@ def test_every_command_and_flag_says_what_it_is_for():
         if not a.help and not isinstance(a, argparse._HelpAction)
     ]
     assert bare == []
+
+
+def test_notebooks_force_replaces_a_link_in_dest_never_what_it_points_to(tmp_path, capsys):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("mine")
+    dest = tmp_path / "lab"
+    dest.mkdir()
+    (dest / "00_organism_tour.ipynb").symlink_to(outside)
+    assert main(["notebooks", str(dest)]) == 2  # it differs: refused without --force
+    assert main(["notebooks", str(dest), "--force"]) == 0
+    assert outside.read_text() == "mine" and not (dest / "00_organism_tour.ipynb").is_symlink()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from distributed import Client, LocalCluster, WorkerPlugin
 
+from esper_lab.checks import ConfigError
 from esper_lab.experiments.workers import RUN_TAG, kill_tagged
 
 # Kernel log lines a pack's user cannot act on, dropped from a local worker's output (they break
@@ -82,15 +83,22 @@ class Engine:
         kill_tagged(f"{token}/")
 
 
+def check_scheduler(address: str) -> None:
+    """Only tcp:// addresses: tls:// would need certificates these commands cannot take."""
+    if not address.startswith("tcp://"):
+        raise ConfigError(f"--scheduler {address}: give a tcp://HOST:PORT address (what `dask scheduler` prints)")
+
+
 @contextmanager
 def engine(scheduler: str | None, jobs: int, token: str) -> Iterator[Engine]:
     """Connect to `scheduler`, or start a LocalCluster of `jobs` single-threaded workers whose
     kernels carry this run's tag; close what was started on the way out, with anything the
     members left running."""
     if scheduler is not None:
+        check_scheduler(scheduler)
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT)
-        except (OSError, ValueError) as error:  # unreachable, or not an address
+        except (OSError, ValueError, TypeError) as error:  # unreachable, or not an address
             raise ValueError(f"--scheduler {scheduler}: {error}") from None
         with client:
             try:

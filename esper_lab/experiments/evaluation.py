@@ -142,7 +142,7 @@ def evaluate_arms(
             if scale not in envs:
                 envs[scale] = stack.enter_context(VecEnv(config, n, min(settings.workers, n)))
             policy = arm_policy(arm, agent, settings, None if search is None else search.best)
-            run_id = f"{parent_run}-{name}-{arm}"
+            run_id = eval_run_id(parent_run, name, arm)
             learned = dataclasses.asdict(settings.policy) if arm.startswith("ppo") else search.to_dict() if arm == SCHEDULE_ARM else None
             manifest = dict(run_id=run_id, parent_run=parent_run, kind="eval", arm=arm, preset=preset, policy_config=learned)
             with Recorder(root, cohort, config, **manifest) as recorder:
@@ -155,6 +155,11 @@ def evaluate_arms(
                 )
             run_ids.append(run_id)
     return run_ids
+
+
+def eval_run_id(parent_run: str, name: str, arm: str) -> str:
+    """The run an arm's held-out episodes are recorded as (`name`: "eval" for a member's own)."""
+    return f"{parent_run}-{name}-{arm}"
 
 
 def arm_config(arm: str, config: RunConfig) -> RunConfig:

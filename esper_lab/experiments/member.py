@@ -12,17 +12,27 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from esper_lab.experiments.evaluation import batch_size, evaluate_arms, played_arms
+from esper_lab.experiments.evaluation import ARMS, batch_size, eval_run_id, evaluate_arms, played_arms
 from esper_lab.experiments.packs import load_pack
 from esper_lab.experiments.saved import policy_path, save_policy
 from esper_lab.experiments.train import train_and_record
 from esper_lab.experiments.workers import held
+from esper_lab.telemetry.parts import run_folder
 
 
 def member_run_id(cohort: str, seed: int, preset: str, encoder: str) -> str:
     """Stable per (cohort, seed, preset, encoder): a retried member replaces its failed telemetry,
     and a flat vs slot_transformer A/B in one root keeps both runs."""
     return f"{cohort}-seed{seed}-{preset}-{encoder}"
+
+
+def clear_attempt(telemetry_root: str | Path, cohort: str, run_id: str) -> None:
+    """Delete a failed or killed earlier attempt of a member (the runner only retries those): its
+    training run (with the saved policy) and its eval runs, exactly these folders, never a pattern."""
+    for run in (run_id, *(eval_run_id(run_id, "eval", arm) for arm in ARMS)):
+        folder = run_folder(telemetry_root, cohort, run)
+        if folder.exists():
+            shutil.rmtree(folder)
 
 
 def run_member(pack: str | Path, cohort: str, seed: int, preset: str, telemetry_root: str | Path, overrides: dict[str, Any] | None = None) -> str:
@@ -35,8 +45,7 @@ def run_member(pack: str | Path, cohort: str, seed: int, preset: str, telemetry_
     run_id = member_run_id(cohort, seed, preset, settings.policy.encoder)
     # One writer at a time: the kernel of a killed attempt may outlive its worker by a moment.
     with held(Path(telemetry_root) / f"cohort={cohort}" / f".{run_id}.lock"):
-        for folder in Path(telemetry_root).glob(f"cohort={cohort}/run={run_id}*"):
-            shutil.rmtree(folder)  # a failed or killed earlier attempt (and its eval runs): the runner only retries those
+        clear_attempt(telemetry_root, cohort, run_id)
         train_id, agent = run_id, None  # no ppo arm (or rounds = 0): scripted arms only, nothing to train
         if settings.rounds and any(arm.startswith("ppo") for arm in played_arms(settings)):
             with tqdm(total=settings.rounds, desc=f"{cohort} seed={seed}", unit="round") as bar:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from esper_lab import checks
 from esper_lab.config import RunConfig
 from esper_lab.experiments.settings import Settings, merge
 from esper_lab.experiments.stats import MIN_SEEDS
@@ -65,9 +66,19 @@ class Pack:
 
     def _check(self, cohort: str | None = None, preset: str | None = None) -> None:
         if cohort is not None and cohort not in self.cohorts:
-            raise ValueError(f"cohort={cohort!r} is not in pack {self.name!r} (cohorts: {', '.join(self.cohorts)})")
+            raise checks.ConfigError(f"cohort={cohort!r} is not in pack {self.name!r} (cohorts: {', '.join(self.cohorts)})")
         if preset is not None and preset not in self.presets:
-            raise ValueError(f"preset={preset!r} is not in pack {self.name!r} (presets: {', '.join(self.presets)})")
+            raise checks.ConfigError(f"preset={preset!r} is not in pack {self.name!r} (presets: {', '.join(self.presets)})")
+
+
+def _seeds(key: str, value: Any, where: str = "") -> list[int]:
+    """A non-empty list of run seeds (integers >= 0)."""
+    try:
+        if not checks.items(key, value):
+            raise checks.ConfigError(f"{key}=[] must list at least one seed")
+        return [checks.integer(f"{key}[{i}]", seed, low=0) for i, seed in enumerate(value)]
+    except checks.ConfigError as error:
+        raise checks.ConfigError(f"{where}: {error}" if where else str(error)) from None
 
 
 def pack_names() -> list[str]:
@@ -80,43 +91,55 @@ def load_pack(name_or_path: str | Path) -> Pack:
     if path.suffix != ".toml":
         path = PACKS_DIR / f"{name_or_path}.toml"
         if not path.is_file():
-            raise ValueError(f"pack {name_or_path!r} not found (packs: {', '.join(pack_names())})")
+            raise checks.ConfigError(f"pack {name_or_path!r} not found (packs: {', '.join(pack_names())})")
     elif not path.is_file():
-        raise ValueError(f"pack file {path} does not exist")
-    with path.open("rb") as handle:
-        data = tomllib.load(handle)
+        raise checks.ConfigError(f"pack file {path} does not exist")
     where = f"pack file {path}"
-    for key in ("name", "title", "notebook", "seeds", "control", "presets", "cohorts"):
-        if key not in data:
-            raise ValueError(f"{where}: missing key {key!r}")
-    if data["control"] not in data["cohorts"]:
-        raise ValueError(f"{where}: control {data['control']!r} is not a cohort")
-    from esper_lab.experiments.gates import GATE_SETS  # gates read packs: imported here, not at the top
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise checks.ConfigError(f"{where}: not valid TOML: {error}") from None
+    try:
+        for key in ("name", "title", "notebook", "seeds", "control", "presets", "cohorts"):
+            if key not in data:
+                raise checks.ConfigError(f"missing key {key!r}")
+        for key in ("title", "notebook"):
+            if not isinstance(data[key], str):
+                raise checks.ConfigError(f"{key}={data[key]!r} must be a string")
+        cohorts = checks.table("cohorts", data["cohorts"])
+        presets = checks.table("presets", data["presets"])
+        for cohort, values in cohorts.items():
+            checks.table(f"cohorts.{checks.name('cohort', cohort)}", values)
+        for preset, values in presets.items():
+            checks.table(f"presets.{checks.name('preset', preset)}", values)
+        if not isinstance(data["control"], str) or data["control"] not in cohorts:
+            raise checks.ConfigError(f"control={data['control']!r} is not a cohort (cohorts: {', '.join(cohorts)})")
+        from esper_lab.experiments.gates import GATE_SETS  # gates read packs: imported here, not at the top
 
-    gates = data.get("gates", "seed002")
-    if gates not in GATE_SETS:
-        raise ValueError(f"{where}: gates={gates!r} is not one of: {', '.join(GATE_SETS)}")
-    pack = Pack(
-        name=data["name"],
-        title=data["title"],
-        notebook=data["notebook"],
-        seeds=tuple(data["seeds"]),
-        control=data["control"],
-        presets=dict(data["presets"]),
-        cohorts=dict(data["cohorts"]),
-        path=path.resolve(),
-        gates=gates,
-    )
+        gates = data.get("gates", "seed002")
+        checks.choice("gates", gates, tuple(GATE_SETS))
+        pack = Pack(
+            name=checks.name("name", data["name"]),
+            title=data["title"],
+            notebook=data["notebook"],
+            seeds=tuple(_seeds("seeds", data["seeds"])),
+            control=data["control"],
+            presets=dict(presets),
+            cohorts=dict(cohorts),
+            path=path.resolve(),
+            gates=gates,
+        )
+    except checks.ConfigError as error:
+        raise checks.ConfigError(f"{where}: {error}") from None
     for preset in pack.presets:
-        seeds = pack.preset_seeds(preset)
-        if not (seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
-            raise ValueError(f"{where}: preset {preset!r}: seeds must be a non-empty list of integers")
+        seeds = _seeds(f"presets.{preset}.seeds", pack.preset_seeds(preset), where)
         if preset == "full" and len(seeds) < MIN_SEEDS:
-            raise ValueError(f"{where}: preset 'full' has {len(seeds)} seeds; a verdict needs at least {MIN_SEEDS}")
+            raise checks.ConfigError(f"{where}: preset 'full' has {len(seeds)} seeds; a verdict needs at least {MIN_SEEDS}")
         for cohort in pack.cohorts:  # every (cohort, seed, preset) must be a valid run before anything runs
             for seed in seeds:
                 try:
                     pack.settings(cohort, seed, preset)
-                except (ValueError, TypeError) as error:
-                    raise ValueError(f"{where}: cohort {cohort!r}, preset {preset!r}: {error}") from None
+                except ValueError as error:
+                    raise checks.ConfigError(f"{where}: cohort {cohort!r}, preset {preset!r}: {error}") from None
     return pack

@@ -26,7 +26,7 @@ from pathlib import Path
 from distributed import as_completed
 from tqdm import tqdm
 
-from esper_lab.experiments.cluster import check_folders, engine
+from esper_lab.experiments.cluster import check_folders, check_scheduler, engine
 from esper_lab.experiments.packs import NOTEBOOKS_DIR, Pack
 from esper_lab.experiments.workers import cores, execute, kill_tagged, status, write_status
 from esper_lab.telemetry.recorder import mark_stale_runs
@@ -158,6 +158,8 @@ def run_pack(
     or a local one of `jobs` workers; return each member's status."""
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
+    if scheduler is not None:
+        check_scheduler(scheduler)
     telemetry_root, reports_dir = Path(telemetry_root).resolve(), Path(reports_dir).resolve()  # members run in their notebook's folder
     shared = notebook_parameters(pack, preset, telemetry_root, overrides or {})
     everyone = members(pack, preset, reports_dir, telemetry_root)

@@ -18,6 +18,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
+from esper_lab import checks
 from esper_lab.config import DecayConfig, EconomyConfig, RunConfig
 from esper_lab.contracts import Blueprint
 from esper_lab.env import slot_count
@@ -66,10 +67,10 @@ class Settings:
         unknown = sorted(set(values) - set(RUN_KEYS) - set(SECTIONS) - set(LOOP_KEYS) - {*BLUEPRINT_KEYS, ARMS_KEY})
         if unknown:
             allowed = ", ".join([*RUN_KEYS, *(f"{s}.*" for s in SECTIONS), *LOOP_KEYS, *BLUEPRINT_KEYS, ARMS_KEY])
-            raise ValueError(f"unknown keys {unknown} (allowed: {allowed})")
+            raise checks.ConfigError(f"unknown keys {unknown} (allowed: {allowed})")
         sections = {name: values.pop(name, {}) or {} for name in SECTIONS}
         for name, section in sections.items():
-            _known(name, section, SECTIONS[name])
+            checks.fields(name, section, SECTIONS[name])
         scripted = {key: values.pop(key, None) for key in BLUEPRINT_KEYS}
         arms = _arms(values.pop(ARMS_KEY, None))
         given = set(values)
@@ -79,29 +80,27 @@ class Settings:
         trains = arms is None or any(a.startswith("ppo") for a in arms)
         budget = trains or "best_schedule" in arms  # the rounds train the ppo arms; a schedule search spends their env steps
         for key, value in loop.items():
-            low = 1 if key == "envs" or (key == "rounds" and budget) else 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{key}={value!r} must be an integer >= {low}")
+            checks.integer(key, value, low=1 if key == "envs" or (key == "rounds" and budget) else 0)
         if not budget and loop["rounds"] and "rounds" in given:
-            raise ValueError(f"rounds={loop['rounds']} would train a policy no arm plays (arms {list(arms)}): set rounds = 0")
+            raise checks.ConfigError(f"rounds={loop['rounds']} would train a policy no arm plays (arms {list(arms)}): set rounds = 0")
         if not budget:
             loop["rounds"] = 0  # the default budget trains; nothing here would play what it learned
         if loop["workers"] > loop["envs"]:
-            raise ValueError(f"workers={loop['workers']} must be at most envs={loop['envs']}")
+            raise checks.ConfigError(f"workers={loop['workers']} must be at most envs={loop['envs']}")
         run = RunConfig(**values, **{name: _section(name, SECTIONS[name], sections[name]) for name in RUN_SECTIONS})
         ppo = _section("ppo", PPOConfig, {"seed": run.seed, **sections["ppo"]})
         policy_values = sections["policy"]
         # Emrakul's heads are learned when decay.learned; Tamiyo's unless the planter plays her
         role = ("emrakul" if scripted[PLANTER_KEY] is not None else "both") if run.decay.learned else "tamiyo"
         if policy_values.get("role", role) != role:
-            raise ValueError(f"policy.role={policy_values['role']!r}: decay.learned and planter make it {role!r} here")
+            raise checks.ConfigError(f"policy.role={policy_values['role']!r}: decay.learned and planter make it {role!r} here")
         policy_values = {**policy_values, "role": role}
         if run.decay.learned:
             if not trains:
-                raise ValueError("decay.learned=true trains Emrakul's heads: arms must include ppo_greedy or ppo_sampled")
+                raise checks.ConfigError("decay.learned=true trains Emrakul's heads: arms must include ppo_greedy or ppo_sampled")
             rules = [a for a in arms or () if a.startswith("planter")]
             if rules:
-                raise ValueError(
+                raise checks.ConfigError(
                     f"arms {rules} play Tamiyo's script beside a learned Emrakul that never acts; "
                     "with decay.learned=true the ppo arms play the planter beside the trained Emrakul"
                 )
@@ -110,9 +109,9 @@ class Settings:
         allowed = {b.name.lower(): b for b in run.blueprints}
         for key, value in scripted.items():
             if value is not None:
-                if str(value).lower() not in allowed:
-                    raise ValueError(f"{key}={value!r} must be one of the run's blueprints: {', '.join(allowed)}")
-                scripted[key] = allowed[str(value).lower()]
+                if not isinstance(value, str) or value.lower() not in allowed:
+                    raise checks.ConfigError(f"{key}={value!r} must be one of the run's blueprints: {', '.join(allowed)}")
+                scripted[key] = allowed[value.lower()]
         settings = cls(run, ppo, _section("policy", PolicyConfig, policy_values), **loop, **scripted, arms=arms)
         from esper_lab.experiments.evaluation import played_arms  # evaluation builds on settings: imported here
 
@@ -146,18 +145,9 @@ def auto_workers(envs: int) -> int:
 def _arms(value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
-    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
-        raise ValueError(f"arms={value!r} must be a non-empty list of arm names")
+    if not checks.items(ARMS_KEY, value) or not all(isinstance(a, str) for a in value):
+        raise checks.ConfigError(f"arms={value!r} must be a non-empty list of arm names")
     return tuple(value)
-
-
-def _known(name: str, values: dict, cls: type) -> None:
-    if not isinstance(values, dict):
-        raise ValueError(f"{name} must be a table of {cls.__name__} fields, got {values!r}")
-    fields = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown keys {[f'{name}.{k}' for k in unknown]} (allowed: {', '.join(f'{name}.{f}' for f in fields)})")
 
 
 def _section(name: str, cls: type, values: dict):
@@ -165,7 +155,7 @@ def _section(name: str, cls: type, values: dict):
         return cls(**values)
     except ValueError as error:  # the dataclass names the field; say which section it belongs to
         message = str(error)
-        raise ValueError(message if message.startswith(f"{name}.") else f"{name}.{message}") from None
+        raise checks.ConfigError(message if message.startswith(f"{name}.") else f"{name}.{message}") from None
 
 
 def parse_value(text: str) -> Any:
@@ -182,10 +172,10 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set {item!r} must look like KEY=VALUE (e.g. economy.rent_weight=0.5)")
+            raise checks.ConfigError(f"--set {item!r} must look like KEY=VALUE (e.g. economy.rent_weight=0.5)")
         *sections, name = key.strip().split(".")
         if len(sections) > 1 or (sections and sections[0] not in SECTIONS):
-            raise ValueError(f"--set key {key!r}: a dotted key starts with one of {', '.join(SECTIONS)}")
+            raise checks.ConfigError(f"--set key {key!r}: a dotted key starts with one of {', '.join(SECTIONS)}")
         target = values.setdefault(sections[0], {}) if sections else values
         target[name] = parse_value(text.strip())
     return values
@@ -196,5 +186,5 @@ def merge(*layers: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():
-            out[key] = {**out.get(key, {}), **value} if key in SECTIONS else value
+            out[key] = {**out.get(key, {}), **checks.table(key, value)} if key in SECTIONS else value
     return out

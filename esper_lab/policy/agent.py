@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from esper_lab import checks
 from esper_lab.contracts import HEADS, Action, Op, StepResult, Stream, stream_seed
 from esper_lab.policy.encoders import FlatEncoder, SlotTransformer
 from esper_lab.policy.features import GLOBAL_FIELDS, SLOT_FIELDS, Observation, Observer, RunningNorm
@@ -41,21 +42,18 @@ class PolicyConfig:
     role: str = "tamiyo"
 
     def __post_init__(self):
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"encoder={self.encoder!r} is not one of: {', '.join(ENCODERS)}")
-        if self.role not in ROLES:
-            raise ValueError(f"role={self.role!r} is not one of: {', '.join(ROLES)}")
+        checks.choice("encoder", self.encoder, ENCODERS)
+        checks.choice("role", self.role, ROLES)
         for name in ("hidden", "layers", "attention_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1")
-        if self.encoder == "flat" and not (isinstance(self.max_slots, int) and self.max_slots >= 1):
-            raise ValueError(f"encoder='flat' needs max_slots (an integer >= 1), got {self.max_slots!r}")
+            checks.integer(name, getattr(self, name), low=1)
+        checks.flag("recurrent", self.recurrent)
+        if self.encoder == "flat" or self.max_slots is not None:
+            checks.integer("max_slots", self.max_slots, low=1)
         names = {op.name.lower() for op in Op}
-        unknown = [o for o in self.ops if str(o).lower() not in names]
-        if isinstance(self.ops, str) or unknown:
-            raise ValueError(f"ops={self.ops!r}: give a list of op names ({', '.join(sorted(names))})")
-        object.__setattr__(self, "ops", tuple(str(o).lower() for o in self.ops))
+        unknown = [o for o in checks.items("ops", self.ops) if not isinstance(o, str) or o.lower() not in names]
+        if unknown:
+            raise checks.ConfigError(f"ops={self.ops!r}: give a list of op names ({', '.join(sorted(names))})")
+        object.__setattr__(self, "ops", tuple(o.lower() for o in self.ops))
 
     def op_mask(self) -> torch.Tensor | None:
         """[n_ops] the ops this policy may choose (WAIT always), or None: every op."""

@@ -18,7 +18,6 @@ duplicate) that table of that run, and its rows are then still in `.<table>.old/
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -26,16 +25,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from esper_lab import checks
+
 COMPRESSION = "zstd"  # about as fast to write as snappy here, and smaller files
 ROW_GROUP_ROWS = 256 * 1024  # compacted row groups: large enough that per-group overhead is noise
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")  # cohort and run ids become folder names
+# every data page carries a CRC, so a reader finds a corrupt page even when the footer is intact
 
 
 def run_folder(root: str | Path, cohort: str, run_id: str) -> Path:
-    for field, value in (("cohort", cohort), ("run_id", run_id)):
-        if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
-            raise ValueError(f"{field}={value!r} must match {NAME_PATTERN.pattern} (it becomes a folder name)")
-    return Path(root) / f"cohort={cohort}" / f"run={run_id}"
+    """A run's folder; both names become folder names, so both must pass `checks.name`."""
+    return Path(root) / f"cohort={checks.name('cohort', cohort)}" / f"run={checks.name('run_id', run_id)}"
 
 
 def part_number(path: Path) -> int:
@@ -46,7 +45,7 @@ def write_part(path: Path, table: pa.Table) -> None:
     """Write under a hidden temporary name, then rename: the part appears whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, temporary, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS)
+    pq.write_table(table, temporary, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS, write_page_checksum=True)
     os.replace(temporary, path)
 
 
@@ -84,14 +83,18 @@ def compact_table(folder: Path) -> None:
     staging.mkdir()
     pending, rows = [], 0
     merged = staging / f"part-{part_number(parts[-1]) + 1}.parquet"
-    with pq.ParquetWriter(merged, pq.read_schema(parts[0]), compression=COMPRESSION) as writer:
-        for part in parts:
-            table = pq.ParquetFile(part).read()
-            pending.append(table)
-            rows += table.num_rows
-            if rows >= ROW_GROUP_ROWS or part is parts[-1]:
-                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
-                pending, rows = [], 0
+    try:
+        with pq.ParquetWriter(merged, pq.read_schema(parts[0]), compression=COMPRESSION, write_page_checksum=True) as writer:
+            for part in parts:
+                table = pq.ParquetFile(part).read()
+                pending.append(table)
+                rows += table.num_rows
+                if rows >= ROW_GROUP_ROWS or part is parts[-1]:
+                    writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+                    pending, rows = [], 0
+    except OSError:  # a full disk, say: the parts stay as they are, the half-merged copy goes
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     old = folder.with_name(f".{folder.name}.old")
     os.rename(folder, old)
     os.rename(staging, folder)

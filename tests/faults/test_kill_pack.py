@@ -232,6 +232,14 @@ def test_ctrl_c_stops_promptly_marks_members_in_flight_interrupted_and_a_rerun_r
     check_resumed(tmp_path, after)
 
 
+def test_a_pack_run_with_failed_members_exits_1_and_says_how_many_of_each(tmp_path):
+    write_pack(tmp_path, 'if cohort == "ladder":\n    raise RuntimeError("boom")')
+    result = rerun(tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "2/4 runs completed; 2 failed (ladder seed=0, ladder seed=1)"
+    assert sorted(s["status"] for s in statuses(tmp_path).values()) == ["completed", "completed", "failed", "failed"]
+
+
 SLEEPY_MEMBER = """
 import pathlib, subprocess, time
 left = subprocess.Popen(["sleep", "600"], start_new_session=True)  # outlives its kernel, as a stray child would
