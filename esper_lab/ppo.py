@@ -34,7 +34,7 @@ ADVANTAGE_EPS = 1e-8  # guards advantage normalisation against a constant batch
 ENTROPY_COEF_RANGE = (1e-4, 1.0)  # an adapted coefficient stays where the policy loss still counts
 # 2: the caller's metadata (the run it records into); 3: adapted entropy coefficients; 4: Emrakul's heads; 5: the
 # adjacency ops and economy features
-CHECKPOINT_VERSION = 5
+CHECKPOINT_VERSION = 6
 
 
 def _entropy_defaults() -> dict[str, float]:

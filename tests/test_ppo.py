@@ -188,6 +188,30 @@ def test_train_command_checkpoints_and_resumes(tmp_path, capsys):
     assert main(["train", "--resume"]) == 2  # a clear error, not a traceback
 
 
+def test_a_resume_into_another_root_or_with_other_settings_is_refused_and_changes_nothing(tmp_path, capsys):
+    checkpoint, root = tmp_path / "ppo.pt", tmp_path / "telemetry"
+    common = ["train", "--envs", "2", "--episode-length", "2", "--checkpoint", str(checkpoint), "--cohort", "c"]
+    assert main([*common, "--rounds", "1", "--telemetry", str(root)]) == 0
+    saved = checkpoint.read_bytes()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    refusals = {
+        "telemetry root": [*common, "--rounds", "2", "--resume", "--telemetry", str(tmp_path / "other")],
+        "cohort": [*common[:-1], "d", "--rounds", "2", "--resume", "--telemetry", str(root)],
+        "economy.rent_weight=9.0": [*common, "--rounds", "2", "--resume", "--telemetry", str(root), "--set", "economy.rent_weight=9.0"],
+        "ppo.lr=0.01": [*common, "--rounds", "2", "--resume", "--telemetry", str(root), "--set", "ppo.lr=1e-2"],
+        "envs=4": [*common, "--rounds", "2", "--resume", "--telemetry", str(root), "--envs", "4"],
+    }
+    for difference, argv in refusals.items():
+        assert main(argv) == 2
+        line = capsys.readouterr().err.strip()
+        assert line.count("\n") == 0 and line.startswith("esper-lab: error: ") and difference in line, line
+    assert checkpoint.read_bytes() == saved and sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    # the knobs a resume may change: the total rounds and the worker processes
+    assert main([*common, "--rounds", "2", "--resume", "--telemetry", str(root), "--workers", "0"]) == 0
+    assert torch.load(checkpoint, weights_only=True)["round"] == 2
+
+
 def test_an_entropy_target_raises_a_collapsing_heads_coefficient_and_lowers_a_wandering_one():
     env = KnownAnswerEnv(2)
     agent = Agent(PolicyConfig(encoder="slot_transformer"), seed=0)

@@ -9,14 +9,23 @@ with no episode recorded twice. `evaluate_arms` (evaluation.py) then plays the h
 from __future__ import annotations
 
 import dataclasses
+import enum
+import json
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
+from esper_lab.checks import ConfigError
 from esper_lab.env import VecEnv
-from esper_lab.experiments.settings import Settings
+from esper_lab.experiments.settings import SECTIONS, Settings
 from esper_lab.policy import Agent
-from esper_lab.ppo import PPOTrainer
+from esper_lab.ppo import CHECKPOINT_VERSION, PPOTrainer
 from esper_lab.telemetry import Recorder
+
+# knobs a resume may change: how far to train (the total rounds) and how many processes step the
+# envs (speed, never results); anything else would record another run under the same id
+RESUMABLE = ("rounds", "workers")
 
 
 def train_and_record(
@@ -33,6 +42,8 @@ def train_and_record(
     file, continue that checkpoint's run where it stopped (its telemetry past the checkpoint,
     from the killed attempt, is dropped first); `on_round(stats)` after every round."""
     checkpoint = None if checkpoint is None else Path(checkpoint)
+    if checkpoint is not None and checkpoint.is_file():
+        check_resume(checkpoint, settings, root, cohort)  # the same run, or a refusal, before anything is built
     with VecEnv(settings.run, settings.envs, settings.workers) as vec:
         if checkpoint is not None and checkpoint.is_file():
             trainer = PPOTrainer.resume(checkpoint, vec, partner=settings.partner())
@@ -58,7 +69,48 @@ def train_and_record(
                 stats = trainer.train_round(on_step)
                 if checkpoint is not None:
                     recorder.flush()  # telemetry and checkpoint describe the same rounds
-                    trainer.save(checkpoint, metadata={"root": str(root), "cohort": recorder.cohort, "run_id": recorder.run_id})
+                    metadata = {"root": str(Path(root).resolve()), "cohort": recorder.cohort, "run_id": recorder.run_id, "settings": _fixed(settings)}
+                    trainer.save(checkpoint, metadata=metadata)
                 if on_round is not None:
                     on_round(stats)
     return recorder.run_id, trainer.agent
+
+
+def check_resume(checkpoint: Path, settings: Settings, root: str | Path, cohort: str) -> None:
+    """A resume continues the checkpoint's run, into its telemetry, with its settings; only the
+    `RESUMABLE` knobs may differ. Anything else is refused in one line naming the difference."""
+    payload = torch.load(checkpoint, weights_only=True)
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ConfigError(f"checkpoint {checkpoint} has version {payload.get('version')}, expected {CHECKPOINT_VERSION}: start a new run")
+    saved = payload["metadata"]
+    if Path(saved["root"]) != Path(root).resolve():
+        raise ConfigError(f"checkpoint {checkpoint} records into telemetry root {saved['root']}, not {root}: resume with --telemetry {saved['root']}")
+    if saved["cohort"] != cohort:
+        raise ConfigError(f"checkpoint {checkpoint} records cohort {saved['cohort']!r}, not {cohort!r}: resume with --cohort {saved['cohort']}")
+    now, then = _flat(json.loads(_fixed(settings))), _flat(json.loads(saved["settings"]))
+    changed = [
+        f"{key}={now.get(key)!r} (the checkpoint's run has {then.get(key)!r})"
+        for key in sorted(now.keys() | then.keys())
+        if now.get(key) != then.get(key)
+    ]
+    if changed:
+        raise ConfigError(
+            f"checkpoint {checkpoint}: a resume continues the same run, but {'; '.join(changed)}; only {', '.join(RESUMABLE)} may change"
+        )
+
+
+def _fixed(settings: Settings) -> str:
+    """The settings a resume must keep, as JSON (enums by name)."""
+    values = {k: v for k, v in settings.to_dict().items() if k not in RESUMABLE}
+    return json.dumps(values, sort_keys=True, default=lambda v: v.name.lower() if isinstance(v, enum.Enum) else str(v))
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    """{"ppo": {"lr": 1}} -> {"ppo.lr": 1}: a difference is named by its `--set` key."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key in SECTIONS:
+            out.update(_flat(value, f"{key}."))
+        else:
+            out[prefix + key] = value
+    return out
