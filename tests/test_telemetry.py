@@ -3,13 +3,13 @@ run status on clean exit, error, SIGTERM and SIGKILL, corrupt parts, and the CLI
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +22,8 @@ from esper_lab.env import MorphEnv, VecEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.policy import RandomPolicy
 from esper_lab.telemetry import SCHEMA_VERSION, SCHEMAS, Recorder
+from esper_lab.telemetry import recorder as recorder_module
+from esper_lab.telemetry.parts import write_part
 from esper_lab.telemetry.schema import METADATA_KEY, SLOT_TYPES
 from esper_lab.telemetry.store import CorruptPart, Store
 
@@ -189,7 +191,7 @@ from esper_lab.env import VecEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.policy import RandomPolicy
 from esper_lab.telemetry import Recorder
-config = RunConfig(episode_length=400, batches_per_step=1, data_fraction=0.05, density="a1")
+config = RunConfig(episode_length=400, batches_per_step=1, data_fraction=0.1, density="a1")
 with Recorder(sys.argv[1], "crash", config, run_id="victim", flush_every=2) as recorder:
     run_episodes(VecEnv(config, 1), RandomPolicy(0), 1, recorder=recorder)
 """
@@ -244,16 +246,53 @@ def test_corrupt_parts_are_named(tmp_path):
         store.validate()
     part.write_bytes(data)
 
-    # damaged data pages behind an intact footer: validation passes, reading the rows fails
+    # damaged data pages behind an intact footer: every page is read against its CRC, so the part
+    # is quarantined and named like a truncated one, and the rest of the root still reads
     damaged = part.with_name("part-999.parquet")
     values = np.random.default_rng(0).random(200_000)  # big enough that the damage misses the footer
-    pq.write_table(pa.table({"x": values}), damaged, compression="zstd", use_dictionary=False)
+    write_part(damaged, pa.table({"x": values}))
     with damaged.open("r+b") as f:
         f.seek(values.nbytes // 3)
         f.write(b"\xab" * 50_000)
+    assert pq.read_metadata(damaged).num_rows == 200_000  # the footer is intact
+    with pytest.warns(UserWarning, match="run=ok/slots/part-999.parquet"):
+        store = Store(tmp_path)
+    assert list(store.bad_parts) == [damaged]
+    assert store.rows("slots").height > 0 and store.rows("steps").height == 2  # every other part still reads
+    with pytest.raises(CorruptPart, match="part-999.parquet"):
+        store.validate()
+
+
+def _disk_fills_after(monkeypatch, parts: int) -> None:
+    """Data parts fail with ENOSPC once `parts` were written; the small manifest still fits."""
+    written = []
+
+    def write_part(path, table):
+        if len(written) >= parts:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(path)
+        recorder_module.write_part.__wrapped__(path, table)
+
+    write_part.__wrapped__ = recorder_module.write_part
+    monkeypatch.setattr(recorder_module, "write_part", write_part)
+
+
+def test_a_full_disk_ends_the_run_failed_with_the_error_and_keeps_every_earlier_part(tmp_path, monkeypatch):
+    _disk_fills_after(monkeypatch, 3)
+    with pytest.raises(OSError, match="No space left"), Recorder(tmp_path, "full", CONFIG, run_id="r", flush_every=1) as recorder:
+        run_episodes(VecEnv(CONFIG, 1), RandomPolicy(0), 1, recorder=recorder)
     store = Store(tmp_path)
-    with pytest.raises(duckdb.Error, match="run=ok/slots/part-999.parquet"):
-        store.sql("SELECT sum(x) FROM slots")
+    manifest = store.runs().row(0, named=True)
+    assert manifest["status"] == "failed" and "No space left on device" in manifest["error"]
+    assert store.rows("steps").height >= 1 and not store.bad_parts  # what was written before stays whole and readable
+
+
+def test_a_full_disk_is_one_error_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    _disk_fills_after(monkeypatch, 0)
+    assert main(["run", "--episode-length", "2", "--set", "batches_per_step=1", "--telemetry", str(tmp_path), "--cohort", "full"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("esper-lab: error: [Errno 28] No space left on device") and not any("Traceback" in line for line in err)
+    assert Store(tmp_path).runs()["status"].to_list() == ["failed"]
 
 
 def test_cli_run_records_telemetry(tmp_path, capsys):

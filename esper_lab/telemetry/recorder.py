@@ -258,13 +258,20 @@ class Recorder:
         if self._closed:
             return
         with self._critical():
-            self.flush()
-            compact_run(self.folder, tuple(self._parts))
-            self.status = status
-            self._manifest.update(ended_at=datetime.now(UTC), error=error)
-            self._write_manifest()  # last: a final status means the parts are merged
             self._closed = True
             self._restore_handler()
+            write_error = None
+            try:
+                self.flush()
+                compact_run(self.folder, tuple(self._parts))
+            except OSError as caught:  # a full disk, say: what is on disk stays readable as it is
+                write_error, status = caught, "failed"
+                error = "; then ".join(e for e in (error, f"{type(caught).__name__}: {caught}") if e)
+            self.status = status
+            self._manifest.update(ended_at=datetime.now(UTC), error=error)
+            self._write_manifest()  # last: a final status means the parts are merged (if this fails too, the run reads `running`, then `killed`)
+            if write_error is not None:
+                raise write_error
 
     def __enter__(self) -> Recorder:
         return self

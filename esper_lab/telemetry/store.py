@@ -9,8 +9,10 @@ Readers are isolated from each other and from writers:
 
 - a query about one run (`run=...`) reads only that run's files (its own view schema), so a bad
   part or a compaction elsewhere cannot touch it;
-- every part's footer is checked before a view lists it: a part that cannot be read is left out,
-  named in `bad_parts` and in a warning, never a wall for the whole root;
+- every part is read whole (each data page against its CRC) before a view lists it: a part that
+  cannot be read is left out, named in `bad_parts` and in a warning, never a wall for the whole
+  root. A part never changes under its name (`parts`), so a part read whole once in this process
+  is not read again;
 - a part removed between listing and reading (another run's compaction) triggers a fresh listing
   and a retry, not an error;
 - `preset` restricts the whole store to the runs of one preset, so one report never mixes them.
@@ -37,6 +39,19 @@ READ_RETRIES = 10  # fresh listings after a part vanished under a query (a concu
 RETRY_PAUSE = 0.005  # seconds before the first new listing, doubling each time (~5 s in all): a
 # compaction's two renames finish in microseconds, or in far longer on a loaded machine
 _MISSING_FILE = re.compile(r"No such file|does not exist|Cannot open file|No files found", re.IGNORECASE)
+
+
+def _verified(path: Path) -> list[str]:
+    """The part's columns, once every page of it has been read and checked against its CRC."""
+    stat = path.stat()
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED:
+        with pq.ParquetFile(path, page_checksum_verification=True) as part:
+            _VERIFIED[key] = part.read().schema.names
+    return _VERIFIED[key]
+
+
+_VERIFIED: dict[tuple[Path, int, int], list[str]] = {}  # parts read whole in this process (a part never changes under its name)
 
 
 class CorruptPart(ValueError):
@@ -85,7 +100,7 @@ class Store(Queries):
 
     def _readable(self, path: Path) -> bool:
         try:
-            self._columns[path] = pq.read_metadata(path).schema.names
+            self._columns[path] = _verified(path)
         except FileNotFoundError:
             return False  # compacted away since it was listed
         except (pa.ArrowException, OSError) as error:
@@ -99,7 +114,7 @@ class Store(Queries):
             warnings.warn(f"skipping corrupt telemetry part {path}: {error}", stacklevel=3)
 
     def validate(self) -> int:
-        """Check every part's footer; raise `CorruptPart` naming the first unreadable file."""
+        """Check every part (footer and pages); raise `CorruptPart` naming the first unreadable file."""
         parts = self.parts()
         if self.bad_parts:
             path, error = next(iter(self.bad_parts.items()))
