@@ -297,8 +297,10 @@ class SeedPlane(nn.Module):
         return events
 
     def _tick_phage(self, slot: SeedSlot) -> list[Event]:
-        step, target = slot.sedation + slot.sedation_rate, slot.sedation_target
-        slot.sedation = max(step, target) if slot.sedation_rate < 0 else min(step, target)  # no overshoot
+        slot.sedation_step = min(slot.sedation_step + 1, slot.sedation_steps)
+        progress = slot.sedation_step / slot.sedation_steps if slot.sedation_steps else 1.0
+        # from start, target and n (never a sum of steps): the fade lands exactly on its target
+        slot.sedation = slot.sedation_target if progress >= 1.0 else slot.sedation_start + progress * (slot.sedation_target - slot.sedation_start)
         if not (slot.lysis_due and slot.sedation == 0.0):
             return []
         blueprint, contribution = slot.blueprint, slot.contribution
@@ -322,8 +324,8 @@ class SeedPlane(nn.Module):
             raise ValueError(f"sedation target {target!r} outside [0, 1]")
         if not (isinstance(steps, int) and steps >= 0):
             raise ValueError(f"steps={steps!r} must be an integer >= 0")
-        slot.sedation_target = float(target)
-        slot.sedation_rate = (slot.sedation_target - slot.sedation) / max(steps, 1)
+        slot.sedation_target, slot.sedation_start = float(target), slot.sedation
+        slot.sedation_steps, slot.sedation_step = max(steps, 1), 0
 
     def schedule_prune(self, index: int, steps: int = 0) -> None:
         """Functional lysis: fade phage `index` out over `steps`, then remove it (physical lysis)

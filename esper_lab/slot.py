@@ -56,7 +56,9 @@ LIFECYCLE_FIELDS = (
     "germinations",
     "sedation",
     "sedation_target",
-    "sedation_rate",
+    "sedation_start",
+    "sedation_steps",
+    "sedation_step",
     "lysis_due",
     "scar_blueprint",
     "scar_age",
@@ -100,7 +102,9 @@ class SeedSlot(nn.Module):
         self.contribution = math.nan  # last measured counterfactual contribution of this seed
         self.contribution_measured = False  # measured since the last report
         self.sedation = 1.0  # a phage's sedation mask: its output enters at alpha * sedation
-        self.sedation_target, self.sedation_rate = 1.0, 0.0  # where a fade goes, and how far per step
+        # a fade: from `sedation_start` to `sedation_target` over `sedation_steps` boundaries, of
+        # which `sedation_step` are done (the value is computed from these, so it lands exactly)
+        self.sedation_target, self.sedation_start, self.sedation_steps, self.sedation_step = 1.0, 1.0, 0, 0
         self.lysis_due = False  # remove the phage at the first step boundary that finds it gated to 0
         self.scar_blueprint: Blueprint | None = None  # set by a lysis: this slot is a scar
         self.scar_age = 0  # steps since the lysis
@@ -168,7 +172,8 @@ class SeedSlot(nn.Module):
         """Empty the slot (a prune, a culprit's removal or a lysis) and start its embargo."""
         self.seed, self.blueprint, self.alpha, self.contribution, self.roi_ema = None, None, 0.0, math.nan, math.nan
         self.embargo_remaining = embargo
-        self.sedation, self.sedation_target, self.sedation_rate, self.lysis_due = 1.0, 1.0, 0.0, False
+        self.sedation, self.sedation_target, self.sedation_start, self.sedation_steps, self.sedation_step = 1.0, 1.0, 1.0, 0, 0
+        self.lysis_due = False
         self.debt, self.antibodies, self.lock_remaining = 0.0, 0, 0
 
     def note_contribution(self, value: float) -> None:

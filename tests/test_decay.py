@@ -102,6 +102,17 @@ def test_sedate_fades_linearly_over_the_steps_and_only_a_phage_can_be_sedated():
         plane.sedate(0, 1.5, 2)
 
 
+@pytest.mark.parametrize("k", range(1, 17))
+def test_a_fade_over_k_steps_lands_exactly_on_its_target_at_step_k(k):
+    _, plane, _ = phage_plane(slots=(0,))
+    plane.sedate(0, 0.0, k)
+    seen = [(plane.tick(), plane.slots[0].sedation)[1] for _ in range(k)]
+    assert all(v > 0.0 for v in seen[:-1]) and seen[-1] == 0.0  # gated at step k, not one boundary late
+    assert seen == pytest.approx([1 - n / k for n in range(1, k + 1)])
+    plane.sedate(0, 1.0, k)
+    assert [(plane.tick(), plane.slots[0].sedation)[1] for _ in range(k)][-1] == 1.0  # a restore lands on 1, exactly
+
+
 def test_physical_lysis_waits_for_a_step_boundary_with_the_phage_gated_and_leaves_a_scar():
     host, plane, x = phage_plane()
     contribution = 0.012
