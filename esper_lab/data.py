@@ -126,9 +126,14 @@ class CharCorpus:
 
 
 def data_root() -> Path:
-    """The data folder: $ESPER_LAB_DATA when set, else `data/` at the repository root."""
+    """The data folder (CIFAR-10's default folder and the caches): $ESPER_LAB_DATA when set, else
+    `data/` of the source checkout this package runs from, else `data/` in the working folder;
+    never inside an installed package (site-packages may be read-only, and is not the user's)."""
     override = os.environ.get(DATA_ENV_VAR)
-    return Path(override).expanduser() if override else Path(__file__).resolve().parents[1] / "data"
+    if override:
+        return Path(override).expanduser()
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout / "data" if (checkout / "pyproject.toml").is_file() else Path.cwd() / "data"
 
 
 def load_digits(seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2) -> Split:

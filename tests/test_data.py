@@ -82,11 +82,16 @@ def data_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_data_root_defaults_to_repo_data_and_follows_env(monkeypatch, tmp_path):
+def test_data_root_is_the_checkout_or_the_working_folder_never_the_installation(monkeypatch, tmp_path):
     monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
-    assert data_root() == Path(data.__file__).resolve().parents[1] / "data"
-    monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path))
-    assert data_root() == tmp_path
+    assert data_root() == Path(data.__file__).resolve().parents[1] / "data"  # this source checkout
+    installed = tmp_path / "site-packages" / "esper_lab"  # an installed package: no pyproject.toml beside it
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(data, "__file__", str(installed / "data.py"))
+    monkeypatch.chdir(tmp_path)
+    assert data_root() == tmp_path / "data"
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path / "mine"))
+    assert data_root() == tmp_path / "mine"
 
 
 def test_pydoc_corpus_is_cached_printable_and_round_trips(data_dir):

@@ -89,3 +89,18 @@ def test_the_curated_notebooks_copy_out_for_jupyterlab(venv, tmp_path):
     again = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, env=user_env(venv))
     assert again.returncode == 2 and copied[0] in again.stderr and "--force" in again.stderr
     assert (tmp_path / "lab" / copied[0]).read_text() == "{}"  # nothing lost
+
+
+def test_the_installed_package_never_writes_inside_its_installation(venv, tmp_path):
+    """CIFAR-10 from generated batches in the working folder's data/ (the default once installed):
+    the byte cache lands beside them, and not one file in the venv changes."""
+    before = {p: p.stat().st_mtime_ns for p in venv.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    env = user_env(venv)
+    script = "from esper_lab.data import write_cifar10_batches; write_cifar10_batches('data/cifar-10-batches-py', 200)"
+    subprocess.run([venv / "bin" / "python", "-c", script], check=True, cwd=tmp_path, env=env)
+    run = ["esper-lab", "run", "--task", "cifar10_cnn", "--episode-length", "1", "--set", "batches_per_step=1", "--telemetry", "telemetry"]
+    result = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any((tmp_path / "data" / "cache").glob("cifar10-*"))  # the cache is the user's, in the working folder
+    after = {p: p.stat().st_mtime_ns for p in venv.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert after == before
