@@ -104,7 +104,7 @@ def test_shipped_packs_load_and_validate_every_member():
     [
         (lambda t: t.replace('blueprints = ["conv_heavy"]', 'blueprints = ["lora"]'), "cohort 'base'"),
         (lambda t: t.replace("rounds = 1", "rounds = 1\nrunds = 2"), "runds"),
-        (lambda t: t.replace('control = "base"', 'control = "nope"'), "control 'nope'"),
+        (lambda t: t.replace('control = "base"', 'control = "nope"'), "control='nope' is not a cohort"),
         (lambda t: t.replace('task = "digits_cnn"\nblueprints = ["conv_heavy"]', 'task = "digits_cnn"\nwidth = 3'), "width"),
     ],
 )
