@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
+import warnings
 from pathlib import Path
 
 from esper_lab.checks import ConfigError
@@ -430,10 +431,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warn(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning (a corrupt part skipped, say) is one line for the user, not a source listing."""
+    print(f"esper-lab: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():  # restored on the way out (main may run inside a caller's process)
+            warnings.showwarning = _warn
+            return args.handler(args)
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as error:  # bad input: one line, no traceback
         print(f"esper-lab: error: {error}", file=sys.stderr)
         return 2
