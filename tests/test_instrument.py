@@ -142,7 +142,7 @@ def test_knob_values_parse_as_toml_literals():
 # --- the layers (DESIGN rule 9) ------------------------------------------------------------------
 PACKAGE = Path(__file__).resolve().parents[1] / "esper_lab"
 ORGANISM = ("hosts", "seeds", "slot", "plane")
-CORE = ("contracts", "config", "data", *ORGANISM, "training", "economy", "governor", "decay", "env", "episodes", "policy", "ppo", "telemetry")
+CORE = ("contracts", "checks", "config", "data", *ORGANISM, "training", "economy", "governor", "decay", "env", "episodes", "policy", "ppo", "telemetry")
 
 
 def project_imports(path: Path) -> set[str]:
@@ -164,12 +164,12 @@ def part_of(path: Path) -> str:
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_layers_stay_in_their_rooms(path):
     part, imports = part_of(path), project_imports(path) - {part_of(path)}
-    if part == "contracts":
+    if part in ("contracts", "checks"):  # the vocabulary and the validation layer: the ground floor
         assert not imports
     if part in ORGANISM:
         assert imports <= {"contracts", *ORGANISM}, imports
     if part == "telemetry":
-        assert imports <= {"contracts", "config"}, imports
+        assert imports <= {"contracts", "checks", "config"}, imports
     if part in ("policy", "env", "governor", "decay", *ORGANISM):
         assert "telemetry" not in imports
     if part in CORE:
