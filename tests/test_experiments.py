@@ -463,3 +463,9 @@ def test_every_notebook_parameter_has_a_type_and_a_meaning(notebook):
     assigned = [line.split(":")[0].split("=")[0].strip() for line in cell.source.splitlines() if line and line[0].isalpha()]
     assert list(declared) == assigned
     assert all(p["inferred_type_name"] != "None" and p["help"] for p in declared.values()), declared
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_every_shipped_notebook_cell_has_an_id(path):
+    """nbformat 4.5 wants cell ids; without them every papermill read warns (and one day fails)."""
+    assert all("id" in cell for cell in json.loads(path.read_text())["cells"])
