@@ -142,7 +142,10 @@ def test_knob_values_parse_as_toml_literals():
 # --- the layers (DESIGN rule 9) ------------------------------------------------------------------
 PACKAGE = Path(__file__).resolve().parents[1] / "esper_lab"
 ORGANISM = ("hosts", "seeds", "slot", "plane")
-CORE = ("contracts", "checks", "config", "data", *ORGANISM, "training", "economy", "governor", "decay", "env", "episodes", "policy", "ppo", "telemetry")
+CORE = (
+    *("contracts", "checks", "config", "data", *ORGANISM),
+    *("training", "economy", "governor", "decay", "env", "episodes", "policy", "ppo", "telemetry"),
+)
 
 
 def project_imports(path: Path) -> set[str]:
