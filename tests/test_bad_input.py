@@ -31,6 +31,8 @@ SETS = [
     ("host={bogus=1}", "host"),
     ("host={channels_last=1}", "host.channels_last"),
     ("economy=5", "economy"),
+    ("economy=0", "economy"),
+    ("policy=false", "policy"),
     ("economy={bogus=1}", "economy.bogus"),
     ("decay=[1]", "decay"),
     ("ppo.entropy_coef=5", "ppo.entropy_coef"),

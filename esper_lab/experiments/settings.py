@@ -68,7 +68,7 @@ class Settings:
         if unknown:
             allowed = ", ".join([*RUN_KEYS, *(f"{s}.*" for s in SECTIONS), *LOOP_KEYS, *BLUEPRINT_KEYS, ARMS_KEY])
             raise checks.ConfigError(f"unknown keys {unknown} (allowed: {allowed})")
-        sections = {name: values.pop(name, {}) or {} for name in SECTIONS}
+        sections = {name: values.pop(name, {}) for name in SECTIONS}
         for name, section in sections.items():
             checks.fields(name, section, SECTIONS[name])
         scripted = {key: values.pop(key, None) for key in BLUEPRINT_KEYS}
