@@ -114,6 +114,7 @@ CASES = [pytest.param([*RUN, "--set", item], key, None, id=item) for item, key i
     pytest.param(["run", "--device", "cuda:7"], "device", None, id="run-device"),
     pytest.param(["run", "--density", "a7"], "density", None, id="run-density"),
     pytest.param(["train", "--resume"], "--resume", None, id="resume-without-checkpoint"),
+    pytest.param(["train", "--set", 'arms=["bogus"]', "--set", "rounds=3"], "'bogus' is not one of", None, id="train-unknown-arm"),
     pytest.param(["train", "--envs", "2", "--episode-length", "2", "--set", "data_fraction=0.01"], "data_fraction", None, id="train-workers-data"),
     pytest.param(["evaluate", "{tmp}/missing/policy.pt"], "policy.pt", None, id="evaluate-missing-policy"),
     pytest.param(["notebooks", "{tmp}/afile"], "afile", None, id="notebooks-dest-is-a-file"),

@@ -147,6 +147,10 @@ def _arms(value: Any) -> tuple[str, ...] | None:
         return None
     if not checks.items(ARMS_KEY, value) or not all(isinstance(a, str) for a in value):
         raise checks.ConfigError(f"arms={value!r} must be a non-empty list of arm names")
+    from esper_lab.experiments.evaluation import ARMS  # evaluation builds on settings: imported here
+
+    for arm in value:  # an unknown name first, before any rule about what the arms would train
+        checks.choice("arms", arm, ARMS)
     return tuple(value)
 
 
