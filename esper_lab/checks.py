@@ -32,18 +32,16 @@ class ConfigError(ValueError):
 
 def integer(key: str, value: Any, low: int | None = None, high: int = MAX_INT) -> int:
     """A whole number (not a bool) in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}={value!r} must be an integer{_range(low, high)}")
-    if (low is not None and value < low) or value > high:
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if not whole or (low is not None and value < low) or value > high:
         raise ConfigError(f"{key}={value!r} must be an integer{_range(low, high)}")
     return value
 
 
 def number(key: str, value: Any, low: float | None = None, high: float | None = None, *, above: float | None = None) -> float:
     """A finite number (an int or a float, not a bool): >= low (or > above) and <= high."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{key}={value!r} must be a finite number{_bounds(low, high, above)}")
-    if (low is not None and value < low) or (above is not None and value <= above) or (high is not None and value > high):
+    finite = not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)))
+    if not finite or (low is not None and value < low) or (above is not None and value <= above) or (high is not None and value > high):
         raise ConfigError(f"{key}={value!r} must be a finite number{_bounds(low, high, above)}")
     return float(value) if isinstance(value, float) else value
 

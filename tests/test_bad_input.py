@@ -23,6 +23,7 @@ SETS = [
     ("data_fraction=1e-9", "data_fraction"),  # 0 of 1,077 rows: fewer than one batch
     ("data_fraction=0", "data_fraction"),
     ("data_fraction=1.5", "data_fraction"),
+    ("data_fraction=" + "9" * 400, "data_fraction"),  # an int too large for a float is still compared, never converted
     ("ppo.gamma=abc", "ppo.gamma"),
     ("ppo.gamma=1.5", "ppo.gamma"),
     ("host=5", "host"),
