@@ -112,7 +112,7 @@ class MorphEnv:
         self.env_index = env_index
         self.world = world
         self.step_count = 0
-        self._train_rows()  # a data fraction that keeps too little fails here, before any step
+        self.kept_rows = self._train_rows()  # a data fraction that keeps too little fails here, before any step
 
     # --- construction -------------------------------------------------------------------------
     def _seed(self, stream: Stream) -> int:
@@ -144,12 +144,12 @@ class MorphEnv:
         if task.data == "pydoc":
             train_ids, val_ids, test_ids = _corpus_on(config.device)
             self.vocab_size = _corpus().vocab_size
-            self.train_ids = train_ids[: self._train_rows()]
+            self.train_ids = train_ids[: self.kept_rows]
             (self.val_x, self.val_y), (self.test_x, self.test_y) = self._windows(val_ids), self._windows(test_ids)
             self.prepare = None
         else:
             self.split = split = _images(task.data, config.seed, config.cifar_folder, config.device)
-            order = torch.randperm(len(split.train_y), generator=torch.Generator().manual_seed(self._seed(Stream.DATA)))[: self._train_rows()]
+            order = torch.randperm(len(split.train_y), generator=torch.Generator().manual_seed(self._seed(Stream.DATA)))[: self.kept_rows]
             self.train_rows = order.to(config.device)
             self.val_x, self.val_y, self.prepare = split.val_pixels, split.val_y, split.standardise
             self.test_x, self.test_y = split.test_pixels, split.test_y

@@ -71,14 +71,11 @@ class Pack:
             raise checks.ConfigError(f"preset={preset!r} is not in pack {self.name!r} (presets: {', '.join(self.presets)})")
 
 
-def _seeds(key: str, value: Any, where: str = "") -> list[int]:
+def _seeds(key: str, value: Any) -> list[int]:
     """A non-empty list of run seeds (integers >= 0)."""
-    try:
-        if not checks.items(key, value):
-            raise checks.ConfigError(f"{key}=[] must list at least one seed")
-        return [checks.integer(f"{key}[{i}]", seed, low=0) for i, seed in enumerate(value)]
-    except checks.ConfigError as error:
-        raise checks.ConfigError(f"{where}: {error}" if where else str(error)) from None
+    if not checks.items(key, value):
+        raise checks.ConfigError(f"{key}=[] must list at least one seed")
+    return [checks.integer(f"{key}[{i}]", seed, low=0) for i, seed in enumerate(value)]
 
 
 def pack_names() -> list[str]:
@@ -130,16 +127,16 @@ def load_pack(name_or_path: str | Path) -> Pack:
             path=path.resolve(),
             gates=gates,
         )
+        for preset in pack.presets:
+            seeds = _seeds(f"presets.{preset}.seeds", pack.preset_seeds(preset))
+            if preset == "full" and len(seeds) < MIN_SEEDS:
+                raise checks.ConfigError(f"preset 'full' has {len(seeds)} seeds; a verdict needs at least {MIN_SEEDS}")
+            for cohort in pack.cohorts:  # every (cohort, seed, preset) must be a valid run before anything runs
+                for seed in seeds:
+                    try:
+                        pack.settings(cohort, seed, preset)
+                    except ValueError as error:
+                        raise checks.ConfigError(f"cohort {cohort!r}, preset {preset!r}: {error}") from None
     except checks.ConfigError as error:
         raise checks.ConfigError(f"{where}: {error}") from None
-    for preset in pack.presets:
-        seeds = _seeds(f"presets.{preset}.seeds", pack.preset_seeds(preset), where)
-        if preset == "full" and len(seeds) < MIN_SEEDS:
-            raise checks.ConfigError(f"{where}: preset 'full' has {len(seeds)} seeds; a verdict needs at least {MIN_SEEDS}")
-        for cohort in pack.cohorts:  # every (cohort, seed, preset) must be a valid run before anything runs
-            for seed in seeds:
-                try:
-                    pack.settings(cohort, seed, preset)
-                except ValueError as error:
-                    raise checks.ConfigError(f"{where}: cohort {cohort!r}, preset {preset!r}: {error}") from None
     return pack

@@ -27,9 +27,10 @@ import pyarrow.parquet as pq
 
 from esper_lab import checks
 
-COMPRESSION = "zstd"  # about as fast to write as snappy here, and smaller files
 ROW_GROUP_ROWS = 256 * 1024  # compacted row groups: large enough that per-group overhead is noise
-# every data page carries a CRC, so a reader finds a corrupt page even when the footer is intact
+# zstd: about as fast to write as snappy here, and smaller files; every data page carries a CRC,
+# so a reader finds a corrupt page even when the footer is intact
+WRITE_OPTIONS = {"compression": "zstd", "write_page_checksum": True}
 
 
 def run_folder(root: str | Path, cohort: str, run_id: str) -> Path:
@@ -45,7 +46,7 @@ def write_part(path: Path, table: pa.Table) -> None:
     """Write under a hidden temporary name, then rename: the part appears whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, temporary, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS, write_page_checksum=True)
+    pq.write_table(table, temporary, row_group_size=ROW_GROUP_ROWS, **WRITE_OPTIONS)
     os.replace(temporary, path)
 
 
@@ -84,7 +85,7 @@ def compact_table(folder: Path) -> None:
     pending, rows = [], 0
     merged = staging / f"part-{part_number(parts[-1]) + 1}.parquet"
     try:
-        with pq.ParquetWriter(merged, pq.read_schema(parts[0]), compression=COMPRESSION, write_page_checksum=True) as writer:
+        with pq.ParquetWriter(merged, pq.read_schema(parts[0]), **WRITE_OPTIONS) as writer:
             for part in parts:
                 table = pq.ParquetFile(part).read()
                 pending.append(table)
