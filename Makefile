@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # process (pytest, notebook kernels, papermill runs) contend badly.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup browser main lint test
+.PHONY: setup browser main lint check test
 
 setup: $(STAMP)
 
@@ -31,5 +31,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The edit loop: lint and the tests not marked slow, on both cores (a few minutes).
+check: lint
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 -m "not slow" tests
+
+# Every test and notebook, on both cores; a file's tests share one worker (and its module fixtures).
 test: $(STAMP) browser
-	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env tests notebooks
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --nbval-lax --nbval-current-env tests notebooks

@@ -17,11 +17,12 @@ from benchmarks.timing import Pairing, pair, seconds
 from esper_lab.config import RunConfig
 from esper_lab.contracts import Action, Blueprint, Op, SurfaceDensity, Tempo
 from esper_lab.data import load_pydoc_corpus
-from esper_lab.env import STRUCTURAL_OPS, MorphEnv, VecEnv
+from esper_lab.env import STRUCTURAL_OPS, MorphEnv
 from esper_lab.hosts import TransformerConfig, TransformerHost
 from esper_lab.plane import SeedPlane
 from esper_lab.telemetry import Store
 from esper_lab.training import loss_of, train_epoch
+from esper_lab.vecenv import VecEnv
 
 LM_BATCH = 32  # a training step of the default char LM: batch 32 x context 32
 

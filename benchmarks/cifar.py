@@ -31,10 +31,11 @@ from benchmarks.cases import RememberingVecEnv
 from benchmarks.timing import Pairing, pair
 from esper_lab.config import RunConfig
 from esper_lab.data import DATA_ENV_VAR, batch_indices, load_cifar10, write_cifar10_batches
-from esper_lab.env import STRUCTURAL_OPS, MorphEnv, VecEnv
+from esper_lab.env import STRUCTURAL_OPS, MorphEnv
 from esper_lab.hosts import CNNConfig, CNNHost
 from esper_lab.policy import HeuristicPolicy
 from esper_lab.training import loss_of, train_epoch
+from esper_lab.vecenv import VecEnv
 
 ROOT = Path(__file__).resolve().parent.parent
 PER_BATCH = 10_000  # images per batch file: the official 50k / 10k

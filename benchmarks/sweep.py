@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from esper_lab.config import RunConfig
-from esper_lab.env import VecEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.policy.baselines import HeuristicPolicy
+from esper_lab.vecenv import VecEnv
 
 ROOT = Path(__file__).resolve().parent.parent
 # env steps: enough for the heuristic to germinate, advance, grow and prune a seed

@@ -24,12 +24,12 @@ import torch
 
 from esper_lab.config import RunConfig
 from esper_lab.contracts import HEADS, Blueprint, EventKind, Op, Stage
-from esper_lab.env import VecEnv
 from esper_lab.policy import RandomPolicy
 from esper_lab.telemetry.parts import run_folder, write_part
 from esper_lab.telemetry.recorder import FLUSH_EVERY, Recorder
 from esper_lab.telemetry.schema import SCHEMA_VERSION, SCHEMAS
 from esper_lab.telemetry.store import Store
+from esper_lab.vecenv import VecEnv
 
 COHORTS, RUNS_PER_COHORT, ENVS, SLOTS, EPISODE_LENGTH = 4, 5, 4, 8, 50  # a Pack-0-sized grid
 REPEATS = 3  # each query's latency is the median of this many runs

@@ -9,14 +9,15 @@ import warnings
 from pathlib import Path
 
 from esper_lab.checks import ConfigError
+from esper_lab.contracts import CONTROL, GREEDY, MemberStatus
 
 
 def _tour(args: argparse.Namespace) -> int:
     """Execute the organism tour notebook headlessly (papermill) into reports/."""
     import papermill
 
-    from esper_lab.experiments.packs import NOTEBOOKS_DIR
     from esper_lab.experiments.runner import REPORTS_DIR
+    from esper_lab.experiments.workers import NOTEBOOKS_DIR
 
     source = NOTEBOOKS_DIR / "00_organism_tour.ipynb"
     output = Path(args.output or REPORTS_DIR / source.name)
@@ -30,7 +31,7 @@ def _notebooks(args: argparse.Namespace) -> int:
     """Copy the curated notebooks into a folder of the user's, for JupyterLab; never over an edit."""
     import shutil
 
-    from esper_lab.experiments.packs import NOTEBOOKS_DIR
+    from esper_lab.experiments.workers import NOTEBOOKS_DIR
 
     destination = Path(args.destination)
     if destination.exists() and not destination.is_dir():
@@ -113,10 +114,10 @@ def _run(args: argparse.Namespace) -> int:
     """Play baseline-policy episodes on a task and print a short summary per environment."""
     from tqdm import tqdm
 
-    from esper_lab.env import VecEnv
     from esper_lab.episodes import run_episodes
     from esper_lab.policy import HeuristicPolicy, RandomPolicy, StaticPolicy
     from esper_lab.telemetry import Recorder
+    from esper_lab.vecenv import VecEnv
 
     _set_threads(args)
     settings = _settings(args)
@@ -186,9 +187,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     own settings or changed ones, recorded as eval runs `<run>-<name>-<arm>` of its training run."""
     import dataclasses
 
-    from esper_lab.experiments.evaluation import eval_run_id, evaluate_arms, played_arms
+    from esper_lab.experiments.evaluation import eval_run_id, evaluate_arms
     from esper_lab.experiments.saved import load_policy
-    from esper_lab.experiments.settings import Settings, merge, parse_assignments
+    from esper_lab.experiments.settings import Settings, merge, parse_assignments, played_arms
     from esper_lab.telemetry.parts import run_folder
 
     _set_threads(args)
@@ -239,7 +240,7 @@ def _pack(args: argparse.Namespace) -> int:
             pack.settings(pack.control, pack.preset_seeds(args.preset)[0], args.preset, settings)
             parameters["overrides"] = settings
         statuses = run_pack(pack, args.preset, args.jobs, telemetry, reports, parameters, args.scheduler)
-        failed = [(f"{c} seed={s}", st["status"]) for (c, s), st in statuses.items() if st["status"] != "completed"]
+        failed = [(f"{c} seed={s}", st["status"]) for (c, s), st in statuses.items() if st["status"] != MemberStatus.COMPLETED]
     if args.action == "report" or (args.action == "run" and args.report):
         path = write_report(pack, telemetry, args.preset, report_path(reports, pack, args.preset, telemetry))
         print(f"report: {path}\ndashboard: esper-lab dashboard --root {telemetry}")
@@ -368,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--episodes", type=_at_least(1), default=None, help="play the run's first N held-out episodes (default: the saved eval_episodes)"
     )
     episodes.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...", help="play these episode seeds instead")
-    evaluate.add_argument("--arms", default="ppo_greedy", help="comma-separated arms to play (default ppo_greedy; e.g. ppo_greedy,static)")
+    evaluate.add_argument("--arms", default=GREEDY, help=f"comma-separated arms to play (default {GREEDY}; e.g. {GREEDY},{CONTROL})")
     evaluate.add_argument("--telemetry", default="telemetry", help="telemetry root the eval runs are recorded in (default ./telemetry)")
     evaluate.add_argument(
         "--cohort", default=None, help="cohort the eval runs are filed under (default: the saved run's; in the pack's root, its report reads them)"
@@ -449,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"esper-lab: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:  # Ctrl-C: one line (a pack run says what it stopped)
-        print(f"esper-lab: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        print(f"esper-lab: {str(interrupt) or MemberStatus.INTERRUPTED}", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
 
 

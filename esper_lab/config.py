@@ -20,14 +20,8 @@ from esper_lab import checks
 from esper_lab.contracts import Blueprint, HostKind, SurfaceDensity
 from esper_lab.data import SEED_LIMIT, check_cifar10_folder
 from esper_lab.hosts import CNNConfig, TransformerConfig
+from esper_lab.seeds import BLUEPRINTS
 
-LADDERS = (
-    Blueprint.CONV_CHANNEL_LADDER,
-    Blueprint.CONV_MULTI_LADDER,
-    Blueprint.LORA_RANK_LADDER,
-    Blueprint.LORA_PROJ_LADDER,
-    Blueprint.LORA_MULTI_LADDER,
-)
 CNN_MODULE_SEEDS = (
     Blueprint.NOOP,
     Blueprint.NORM,
@@ -36,6 +30,8 @@ CNN_MODULE_SEEDS = (
     Blueprint.CONV_HEAVY,
     Blueprint.ATTENTION,
 )
+# a task offers every ladder its host fits (seed 002), after its module seeds
+LADDERS = {kind: tuple(b for b in Blueprint if b.is_ladder and kind in BLUEPRINTS[b].host_kinds) for kind in HostKind}
 TRANSFORMER_MODULE_SEEDS = (
     Blueprint.NOOP,
     Blueprint.NORM,
@@ -62,15 +58,17 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "digits_cnn": Task(HostKind.CNN, "digits", MappingProxyType({"widths": (8, 16)}), "accuracy", CNN_MODULE_SEEDS + LADDERS[:2], None),
+    "digits_cnn": Task(HostKind.CNN, "digits", MappingProxyType({"widths": (8, 16)}), "accuracy", CNN_MODULE_SEEDS + LADDERS[HostKind.CNN], None),
     # seed 000's A0: the same data on a deeper host, so more (coarse) surfaces
-    "digits_cnn_deep": Task(HostKind.CNN, "digits", MappingProxyType({"widths": (8, 8, 16, 16)}), "accuracy", CNN_MODULE_SEEDS + LADDERS[:2], None),
+    "digits_cnn_deep": Task(
+        HostKind.CNN, "digits", MappingProxyType({"widths": (8, 8, 16, 16)}), "accuracy", CNN_MODULE_SEEDS + LADDERS[HostKind.CNN], None
+    ),
     "pydoc_lm": Task(
         HostKind.TRANSFORMER,
         "pydoc",
         MappingProxyType({"n_layer": 2, "d_model": 32, "n_head": 2, "context": 32}),
         "loss",
-        TRANSFORMER_MODULE_SEEDS + LADDERS[2:],
+        TRANSFORMER_MODULE_SEEDS + LADDERS[HostKind.TRANSFORMER],
         64,
     ),
     "cifar10_cnn": Task(
@@ -78,7 +76,7 @@ TASKS: dict[str, Task] = {
         "cifar10",
         MappingProxyType({"in_channels": 3, "image_size": 32, "widths": (16, 32, 64), "channels_last": True}),
         "accuracy",
-        CNN_MODULE_SEEDS + LADDERS[:2],
+        CNN_MODULE_SEEDS + LADDERS[HostKind.CNN],
         1024,
     ),
 }

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from esper_lab.contracts import Action, Blueprint, Op, StepResult
-from esper_lab.env import VecEnv
 from esper_lab.policy.agent import PPOPolicy, decision_record
+from esper_lab.vecenv import VecEnv
 
 if TYPE_CHECKING:
     from esper_lab.telemetry import Recorder

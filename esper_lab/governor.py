@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from esper_lab.contracts import (
+    BUD_DIRECTIONS,
     ROLLBACK_HOST,
     ROLLBACK_SEED,
     VETO_BUD,
@@ -41,7 +42,7 @@ from esper_lab.contracts import (
     Op,
     Stage,
 )
-from esper_lab.plane import BUD_DIRECTIONS, SeedPlane
+from esper_lab.plane import SeedPlane
 from esper_lab.seeds import make_seed
 from esper_lab.slot import LIFECYCLE_FIELDS, SeedSlot
 

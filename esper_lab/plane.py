@@ -39,6 +39,8 @@ import torch
 from torch import nn
 
 from esper_lab.contracts import (
+    BUD_DIRECTIONS,
+    LADDER_OPS,
     LIVE_STAGES,
     LYSIS_PHYSICAL,
     MODULE_STAGES,
@@ -58,6 +60,7 @@ from esper_lab.contracts import (
     PlaneReport,
     Stage,
     Tempo,
+    germination_seed,
 )
 from esper_lab.seeds import fits, make_seed
 from esper_lab.slot import SeedSlot, fault_origin, slot_fields, step_sensors
@@ -67,9 +70,6 @@ SIGMOID_SHARPNESS = 12.0  # the sigmoid alpha curve goes from ~0.0025 to ~0.9975
 QUARANTINE_STEPS = 6  # a scar's embargo: twice a prune's, so a lysed site settles before regrowth (seed 004 quarantine)
 SCAR_EXPIRY_STEPS = 20  # steps after its lysis a scar nobody regrew stays one; then a plain dormant slot (seed 004: scars must not proliferate)
 
-BUD_DIRECTIONS = {Op.BUD_NEXT_SURFACE: 1, Op.BUD_PREV_SURFACE: -1}
-ADJACENCY_OPS = frozenset({*BUD_DIRECTIONS, Op.CONSOLIDATE_WITH_NEXT})
-LADDER_OPS = frozenset({Op.GROW_INTERNAL, Op.SHRINK_INTERNAL, Op.FOCUS_NEXT, Op.FOCUS_PREV, Op.CONSOLIDATE_WITH_NEXT})
 # seeds a consolidation may prune: Tamiyo's (a fossil is a phage, in Emrakul's custody)
 _CONSOLIDABLE = frozenset({Stage.GERMINATED, *LIVE_STAGES})
 
@@ -106,14 +106,6 @@ def alpha_curve(curve: AlphaCurve, t: float) -> float:
         return 0.5 - 0.5 * math.cos(math.pi * t)
     lo, hi = (1 / (1 + math.exp(SIGMOID_SHARPNESS * 0.5)), 1 / (1 + math.exp(-SIGMOID_SHARPNESS * 0.5)))
     return (1 / (1 + math.exp(-SIGMOID_SHARPNESS * (t - 0.5))) - lo) / (hi - lo)
-
-
-def germination_seed(run_seed: int, surface_uid: int, germinations: int) -> int:
-    """Deterministic 63-bit seed for a germination (splitmix64 mixing; never `hash()`)."""
-    z = (run_seed * 0x9E3779B97F4A7C15 + surface_uid * 0xBF58476D1CE4E5B9 + germinations) & (2**64 - 1)
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
-    return (z ^ (z >> 31)) & (2**63 - 1)
 
 
 class SeedPlane(nn.Module):

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from esper_lab.contracts import (
-    ROI_PARAMS,
     SEED_STAGES,
     SLOT_COLUMNS,
     AlphaCurve,
@@ -28,6 +27,7 @@ from esper_lab.contracts import (
     SlotKind,
     Stage,
     Tempo,
+    roi,
 )
 from esper_lab.seeds.base import LadderSeed
 
@@ -179,8 +179,8 @@ class SeedSlot(nn.Module):
     def note_contribution(self, value: float) -> None:
         """A measured contribution, and the ROI EMA it feeds (the first measurement sets it)."""
         self.contribution, self.contribution_measured = float(value), True
-        roi = value * ROI_PARAMS / max(self.param_count_active(), 1)
-        self.roi_ema = roi if math.isnan(self.roi_ema) else ECONOMY_EMA * self.roi_ema + (1 - ECONOMY_EMA) * roi
+        measured = roi(value, max(self.param_count_active(), 1))
+        self.roi_ema = measured if math.isnan(self.roi_ema) else ECONOMY_EMA * self.roi_ema + (1 - ECONOMY_EMA) * measured
 
     def tick_churn(self) -> None:
         """Step boundary: fold whether an op changed this slot into its churn EMA."""

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from esper_lab.config import RunConfig
 from esper_lab.contracts import (
+    ADJACENCY_OPS,
     ROI_PARAMS,
     VETO_BUD,
     VETO_CONSOLIDATE,
@@ -29,14 +30,15 @@ from esper_lab.contracts import (
     SurfaceDensity,
     Tempo,
 )
-from esper_lab.env import MorphEnv, VecEnv
+from esper_lab.env import MorphEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.governor import Governor
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
-from esper_lab.plane import ADJACENCY_OPS, EMBARGO_STEPS, IllegalAction, SeedPlane
+from esper_lab.plane import EMBARGO_STEPS, IllegalAction, SeedPlane
 from esper_lab.slot import ECONOMY_EMA
 from esper_lab.telemetry.recorder import Recorder
 from esper_lab.telemetry.store import Store
+from esper_lab.vecenv import VecEnv
 
 LADDER, LIGHT, HEAVY = Blueprint.CONV_CHANNEL_LADDER, Blueprint.CONV_LIGHT, Blueprint.CONV_HEAVY
 

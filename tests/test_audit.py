@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from fractions import Fraction
 
 import polars as pl
 import pytest
+from browser import PLOTS_JS, Browser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +22,7 @@ from esper_lab.audit.shapley import coalitions, error_curve
 from esper_lab.cli import main
 from esper_lab.contracts import Blueprint, Op
 from esper_lab.dashboards import Selection, audit_page
-from esper_lab.dashboards.app import save_offline
+from esper_lab.experiments.offline import save_offline
 from esper_lab.telemetry import Store
 
 PLAYERS = st.lists(st.integers(0, 20), min_size=1, max_size=4, unique=True)
@@ -119,6 +119,7 @@ def audited(recorded):
     return audit, write_audit(audit, root)
 
 
+@pytest.mark.slow
 def test_the_protocol_holds_the_seeds_live_at_the_step_with_the_runs_view(recorded, audited):
     root, run = recorded
     protocol = audited[0].protocol
@@ -188,6 +189,7 @@ def test_agreement_reads_ranks_and_prunes():
     assert (stats["phi_ci_above_zero"], stats["phi_ci_below_zero"]) == (1, 0)
 
 
+@pytest.mark.slow
 def test_worker_processes_train_the_same_values(recorded, audited):
     root, run = recorded
     protocol = from_run(Store(root), run, step=SMOKE.step, slots=(NOOP_SLOT,), replicates=2)
@@ -229,20 +231,15 @@ def test_the_dashboard_shows_phi_with_its_interval_beside_the_decisions(recorded
     root, run = recorded
     store = Store(root)
     html = save_offline(audit_page(store, Selection(store, run=run)), tmp_path / "audit.html", "audit")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it; never `playwright install`)")
-    from playwright.sync_api import sync_playwright
-    from test_dashboards import CHROMIUM_ARGS, PLOTS_JS
-
     noop = next(c for c in audited[0].protocol.candidates if c.slot == NOOP_SLOT)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+
+    def look(page) -> dict:
         page.goto(html.as_uri())
         page.get_by_text(f"Shapley audits — {run}").wait_for()
         page.get_by_text(f"PRUNE at step {noop.fate_step}").first.wait_for()  # the noop seed's decision, beside its phi
         page.locator("canvas").first.wait_for(state="attached")
-        plots = {plot["title"]: plot["legend"] for plot in page.evaluate(PLOTS_JS)}
-        browser.close()
+        return {plot["title"]: plot["legend"] for plot in page.evaluate(PLOTS_JS)}
+
+    with Browser(viewport={"width": 1400, "height": 1000}) as browser:
+        plots = browser.run(look)
     assert set(plots[f"Shapley φ per seed — step {SMOKE.step}"]) >= {"Shapley φ (95% CI)", "online probe"}

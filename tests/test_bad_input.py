@@ -161,7 +161,8 @@ PACKS = [
     ('task = "digits_cnn"', 'task = "digits_cnn"\nppo = {gamma = "abc"}', "ppo.gamma"),
     ("rounds = 1", "rounds = 1\n[presets.full]\nseeds = [0, 1]", "full"),
     ('title = "Tiny"', 'title = "Tiny', "TOML"),  # a syntax error names the file
-    ('control = "baseline"', 'control = "baseline"\ngates = "x"', "gates"),
+    ('control = "baseline"', 'control = "baseline"\nstudy = "x"', "study"),
+    ('control = "baseline"', 'control = "baseline"\ngates = "seed002"', "gates"),  # an unknown key (a pack's study is `study`)
 ]
 CASES += [pytest.param(["pack", "run", "{tmp}/tiny.toml"], key, (old, new), id=f"pack-file-{i}") for i, (old, new, key) in enumerate(PACKS)]
 
@@ -215,6 +216,7 @@ def test_numbers_are_finite_and_never_bools(value):
 NAMES = st.text(st.sampled_from("abg*?[]-_.0"), min_size=1, max_size=8)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(cohort=ALLOWED, others=st.lists(st.tuples(NAMES, NAMES), max_size=6))
 def test_a_retried_member_deletes_exactly_its_own_runs(cohort, others):

@@ -38,6 +38,7 @@ def test_a_count_that_would_run_nothing_fails_before_any_compute(argv, tmp_path,
     assert not any(tmp_path.iterdir())  # no run was recorded
 
 
+@pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="torch's default is already one thread on one core")
 def test_run_and_train_use_one_torch_thread_unless_told(tmp_path):
     environment = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}  # as a fresh shell

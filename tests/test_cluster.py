@@ -26,6 +26,8 @@ from processes import assert_every_row_once, wait_for
 from esper_lab.experiments.workers import execute
 from esper_lab.telemetry import Store
 
+pytestmark = pytest.mark.slow  # every test here runs packs, clusters, wheels or ranks
+
 DASK = str(Path(sys.executable).with_name("dask"))
 WORKER_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ESPER_LAB_CORES": "1"}
 # Columns that say when, how fast or by whom, not what: they differ between any two runs.

@@ -19,18 +19,18 @@ from urllib.parse import urlsplit
 import panel as pn
 import polars as pl
 import pytest
+from browser import PLOTS_JS, Browser
 
 from esper_lab.cli import main
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Stage
+from esper_lab.contracts import ARMS, CONTROL, DEFAULT_ARMS, Stage
 from esper_lab.dashboards import PAGES, Selection, build_app, save_html
 from esper_lab.dashboards.pages import STAGE_COLORS
 from esper_lab.experiments import views
-from esper_lab.experiments.evaluation import ARMS, CONTROL, DEFAULT_ARMS
-from esper_lab.experiments.gates import held_out
 from esper_lab.experiments.member import run_member
 from esper_lab.experiments.packs import load_pack
 from esper_lab.experiments.report import write_report
+from esper_lab.studies.evidence import held_out
 from esper_lab.telemetry import Recorder
 from esper_lab.telemetry.store import Store
 
@@ -39,20 +39,6 @@ SEEDS = (1, 2)  # seed 2 buys conv_heavy in the smoke preset, so the screenshot 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "reports" / "dashboard_conv_heavy.png"
 FRONTIER_SCREENSHOT = SCREENSHOT.with_name("dashboard_frontier.png")
 REPORT_SCREENSHOT = SCREENSHOT.with_name("report_frontier.png")
-# Debian's chromium in a container (STACK §6): no sandbox, no GPU, nothing phoning home.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-# Each Bokeh plot with its title and legend labels, read from the live document in the browser.
-PLOTS_JS = """() => [...Bokeh.documents[0].all_models].filter(m => m.title && m.renderers).map(m => ({
-    title: m.title.text,
-    legend: [...m.center, ...m.right].filter(c => c.items).flatMap(c => c.items.map(i => i.label && i.label.value))}))"""
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +63,7 @@ def panel_state():
     pn.state.reset()
 
 
+@pytest.mark.slow
 def test_conv_heavy_share_bands_summarise_the_runs(store):
     per_run = store.conv_heavy_share().join(store.runs(kind="ppo").select("run_id"), on="run_id")  # training runs only
     expected = (
@@ -137,6 +124,7 @@ def test_gain_boxes_of_a_store_without_held_out_episodes_is_an_empty_panel(tmp_p
     assert views.gain_boxes(outcomes).opts.get().kwargs["title"].endswith("no rows yet")
 
 
+@pytest.mark.slow
 def test_pages_follow_the_selection_once_per_user_action(store):
     selection = Selection(store)
     views = []
@@ -162,12 +150,14 @@ def test_bad_roots_fail_with_one_clear_line(tmp_path, capsys):
     assert capsys.readouterr().err == f"esper-lab: error: telemetry root {tmp_path / 'missing'} is not a folder\n"
 
 
+@pytest.mark.slow
 def test_save_html_renders_every_page_offline(root, store, tmp_path):
     html = save_html(root, tmp_path / "dash.html", cohort="c0_only").read_text()  # renders all five pages
     assert store.runs("c0_only")["run_id"][0] in html and "Slot inspector" in html
     assert '"name":"ImportedStyleSheet"' not in html and '"name":"InlineStyleSheet"' in html  # no CDN stylesheet left
 
 
+@pytest.mark.slow
 def test_a_run_without_steps_says_so_instead_of_keeping_the_previous_run(root, tmp_path):
     one = Store(root).runs("c0_only")["run_id"][0]
     shutil.copytree(root / "cohort=c0_only" / f"run={one}", tmp_path / "cohort=c0_only" / f"run={one}")
@@ -190,11 +180,6 @@ def test_the_pack_report_requests_nothing_from_the_network(root, tmp_path):
     path = write_report(load_pack("pack0"), root, "smoke", tmp_path / "index.html")
     html = path.read_text()
     assert not re.findall(r"""<(?:link|script)\b[^>]*\b(?:href|src)=["']https?://|"url":"https?://""", html)  # no CDN link
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it; never `playwright install`)")
-    from playwright.sync_api import sync_playwright
-
     requested = []
 
     def block(route):
@@ -203,20 +188,20 @@ def test_the_pack_report_requests_nothing_from_the_network(root, tmp_path):
         requested.append(route.request.url)
         return route.abort()
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page()
+    def look(page) -> dict:
         page.route("**/*", block)
         page.goto(path.as_uri())
         page.get_by_text("Exit gates (seed002), on held-out episodes").wait_for()
         page.locator("canvas").first.wait_for(state="attached")
-        # the page leads with the static frontier: both costs, the dashed frontier and every arm
-        plots = {plot["title"]: plot["legend"] for plot in page.evaluate(PLOTS_JS)}
-        for title in ("test score against params in forward", "test score against training FLOPs"):
-            assert {"baseline · static frontier", "baseline · ppo_greedy", "c0_only · heuristic"} <= set(plots[title]), plots[title]
         page.wait_for_timeout(500)  # let the canvas paint before the screenshot
         page.screenshot(path=REPORT_SCREENSHOT, full_page=True)
-        browser.close()
+        return {plot["title"]: plot["legend"] for plot in page.evaluate(PLOTS_JS)}
+
+    with Browser() as browser:
+        plots = browser.run(look)
+    # the page leads with the static frontier: both costs, the dashed frontier and every arm
+    for title in ("test score against params in forward", "test score against training FLOPs"):
+        assert {"baseline · static frontier", "baseline · ppo_greedy", "c0_only · heuristic"} <= set(plots[title]), plots[title]
     assert requested == []
 
 
@@ -266,7 +251,7 @@ def url(server) -> str:
 def raw_get(url: str, host: str, path: str = "/", **headers: str) -> tuple[int, str]:
     """A GET with a chosen Host header, as a browser sends it after a DNS rebinding."""
     where = urlsplit(url)
-    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=120)  # a loaded machine: the first page renders slowly
     connection.request("GET", path, headers={"Host": host, **headers})
     response = connection.getresponse()
     body = response.read().decode(errors="replace")
@@ -274,6 +259,7 @@ def raw_get(url: str, host: str, path: str = "/", **headers: str) -> tuple[int, 
     return response.status, body
 
 
+@pytest.mark.slow
 def test_the_dashboard_answers_only_to_its_own_host_names(url, store):
     port = urlsplit(url).port
     evil = f"evil.example:{port}"
@@ -292,6 +278,7 @@ def test_the_dashboard_answers_only_to_its_own_host_names(url, store):
         assert raw_get(url, host)[0] == 200
 
 
+@pytest.mark.slow
 def test_the_dashboard_answers_another_host_name_when_allowed(root, tmp_path):
     process, url = start_server(root, tmp_path / "server.log", "--allow-host", "Lab.Example")
     try:
@@ -307,47 +294,55 @@ def test_the_dashboard_answers_another_host_name_when_allowed(root, tmp_path):
 @pytest.fixture(scope="session")
 def dashboard(url):
     """The served app open in Debian's Chromium (Playwright's sync API, no downloaded browser)."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it; never `playwright install`)")
-    from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    def open_app(page) -> None:
         page.set_default_timeout(30_000)
         page.goto(url)
         page.wait_for_selector("canvas", state="attached", timeout=60_000)
-        yield page
-        browser.close()
+
+    with Browser(viewport={"width": 1400, "height": 1000}) as browser:
+        browser.run(open_app)
+        yield browser
 
 
+@pytest.mark.slow
 def test_choosing_a_cohort_shows_it_in_the_conv_heavy_share(dashboard):
-    dashboard.get_by_text("conv_heavy share", exact=True).click()
-    dashboard.get_by_text("conv_heavy share — cohort baseline").wait_for()
-    dashboard.locator(".cohort-select select").select_option("c0_only")
-    dashboard.get_by_text("conv_heavy share — cohort c0_only").wait_for()
-    dashboard.wait_for_function(f"() => ({PLOTS_JS})().some(plot => plot.title === 'conv_heavy share — c0_only')")
-    plots = {plot["title"]: plot["legend"] for plot in dashboard.evaluate(PLOTS_JS)}
+    def choose(page) -> dict:
+        page.get_by_text("conv_heavy share", exact=True).click()
+        page.get_by_text("conv_heavy share — cohort baseline").wait_for()
+        page.locator(".cohort-select select").select_option("c0_only")
+        page.get_by_text("conv_heavy share — cohort c0_only").wait_for()
+        page.wait_for_function(f"() => ({PLOTS_JS})().some(plot => plot.title === 'conv_heavy share — c0_only')")
+        plots = {plot["title"]: plot["legend"] for plot in page.evaluate(PLOTS_JS)}
+        page.wait_for_timeout(500)  # let the canvas paint before the screenshot
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=SCREENSHOT, full_page=True)
+        return plots
+
+    plots = dashboard.run(choose)
     assert {"c0_only median", "c0_only q25–q75", "baseline median"} <= set(plots["conv_heavy share — c0_only"])
-    dashboard.wait_for_timeout(500)  # let the canvas paint before the screenshot
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    dashboard.screenshot(path=SCREENSHOT, full_page=True)
 
 
+@pytest.mark.slow
 def test_the_frontier_tab_puts_every_arm_beside_the_static_frontier(dashboard):
-    dashboard.get_by_text("Frontier", exact=True).click()
-    dashboard.locator(".cohort-select select").select_option("baseline")  # an earlier test may have chosen another
-    dashboard.get_by_text("Frontier — cohort baseline").wait_for()
     title = "baseline: test score against params in forward"
-    dashboard.wait_for_function(f"() => ({PLOTS_JS})().some(plot => plot.title === '{title}')")
-    plots = {plot["title"]: plot["legend"] for plot in dashboard.evaluate(PLOTS_JS)}
+
+    def choose(page) -> dict:
+        page.get_by_text("Frontier", exact=True).click()
+        page.locator(".cohort-select select").select_option("baseline")  # an earlier test may have chosen another
+        page.get_by_text("Frontier — cohort baseline").wait_for()
+        page.wait_for_function(f"() => ({PLOTS_JS})().some(plot => plot.title === '{title}')")
+        plots = {plot["title"]: plot["legend"] for plot in page.evaluate(PLOTS_JS)}
+        page.wait_for_timeout(500)
+        FRONTIER_SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=FRONTIER_SCREENSHOT, full_page=True)
+        return plots
+
+    plots = dashboard.run(choose)
     assert {"baseline · static frontier", "baseline · ppo_greedy", "baseline · gain_trigger"} <= set(plots[title])
-    dashboard.wait_for_timeout(500)
-    FRONTIER_SCREENSHOT.parent.mkdir(exist_ok=True)
-    dashboard.screenshot(path=FRONTIER_SCREENSHOT, full_page=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "tab, header",
     [
@@ -358,9 +353,12 @@ def test_the_frontier_tab_puts_every_arm_beside_the_static_frontier(dashboard):
     ],
 )
 def test_every_tab_renders(dashboard, tab, header):
-    dashboard.get_by_text(tab, exact=True).click()
-    dashboard.get_by_text(header).first.wait_for()
-    dashboard.locator("canvas").first.wait_for(state="attached")  # a plot, not only the header
+    def open_tab(page) -> None:
+        page.get_by_text(tab, exact=True).click()
+        page.get_by_text(header).first.wait_for()
+        page.locator("canvas").first.wait_for(state="attached")  # a plot, not only the header
+
+    dashboard.run(open_tab)
 
 
 def test_the_economy_page_draws_budget_use_churn_and_roi_from_the_store(store):

@@ -280,6 +280,7 @@ def test_a_learned_emrakul_probes_only_what_she_orders_among_what_her_mask_allow
     assert not drive(emrakul, plane, [0.9], order=0)  # and an order for it is no probe
 
 
+@pytest.mark.slow
 def test_the_env_shows_a_learned_emrakul_her_phages_and_refuses_an_order_outside_the_mask():
     config = RunConfig(
         task="digits_cnn",
@@ -311,6 +312,7 @@ def test_the_env_shows_a_learned_emrakul_her_phages_and_refuses_an_order_outside
 
 
 # --- in a real env ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_emrakul_lyses_planted_redundancy_in_live_training_and_leaves_readable_events():
     config = RunConfig(
         task="digits_cnn",

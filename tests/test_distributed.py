@@ -3,6 +3,7 @@ regrowth, and through buds and a consolidation the governor judged; a forced des
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -10,6 +11,8 @@ from esper_lab.config import RunConfig
 from esper_lab.contracts import Action, Blueprint, EventKind, Op, SlotKind, Tempo
 from esper_lab.distributed import DesyncError, process_group, run
 from esper_lab.policy import PlanterPolicy
+
+pytestmark = pytest.mark.slow  # every test here runs packs, clusters, wheels or ranks
 
 CONFIG = RunConfig(task="digits_cnn", episode_length=12, batches_per_step=4, data_fraction=0.3)
 LADDER = Blueprint.CONV_CHANNEL_LADDER

@@ -25,10 +25,11 @@ from esper_lab.contracts import (
 )
 from esper_lab.data import DATA_ENV_VAR, write_cifar10_batches
 from esper_lab.economy import rent_cost
-from esper_lab.env import MorphEnv, VecEnv
+from esper_lab.env import MorphEnv
 from esper_lab.plane import IllegalAction
 from esper_lab.policy import HeuristicPolicy
 from esper_lab.seeds import make_seed
+from esper_lab.vecenv import VecEnv
 
 METRIC_KEYS = set(STEP_METRICS)
 
@@ -333,6 +334,7 @@ def vec_hashes(vec: VecEnv, policy) -> list[list[str]]:
     return hashes
 
 
+@pytest.mark.slow
 def test_worker_processes_compute_what_in_process_envs_compute():
     config = small(episode_length=3, seed=2)
     expected = vec_hashes(VecEnv(config, 3), HeuristicPolicy())
@@ -342,6 +344,7 @@ def test_worker_processes_compute_what_in_process_envs_compute():
         assert vec_hashes(vec, HeuristicPolicy()) == expected  # a second episode replays too
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_illegal_action_moves_no_env_and_the_envs_keep_serving(workers):
     with VecEnv(small(), 2, workers=workers) as vec:
@@ -355,6 +358,7 @@ def test_an_illegal_action_moves_no_env_and_the_envs_keep_serving(workers):
     assert [r.step for r in before] == [0, 0] and [r.step for r in after] == [1, 1]
 
 
+@pytest.mark.slow
 def test_a_dead_worker_is_reported_not_waited_on():
     with VecEnv(small(), 2, workers=2) as vec:
         vec.reset()

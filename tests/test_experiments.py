@@ -19,27 +19,21 @@ from esper_lab.config import DecayConfig
 from esper_lab.contracts import Blueprint
 from esper_lab.dashboards import Selection, decay_page
 from esper_lab.data import DATA_ENV_VAR, write_cifar10_batches
-from esper_lab.env import VecEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.experiments.evaluation import eval_seeds
-from esper_lab.experiments.gates import (
-    ENTROPY_KEPT,
-    GROW_SHRINK_GATE,
-    Evidence,
-    churn_drop,
-    evidence,
-    phase5_gates,
-    seed002_gates,
-    stage1_gates,
-    stage2_gates,
-)
 from esper_lab.experiments.member import run_member
 from esper_lab.experiments.packs import load_pack, pack_names
 from esper_lab.experiments.params import as_list
 from esper_lab.experiments.runner import RESERVED_PARAMETERS, members, notebook_parameters, run_pack
 from esper_lab.experiments.settings import Settings
 from esper_lab.policy import OraclePolicy, PlanterPolicy, StaticPolicy
+from esper_lab.studies import phase5, seed002, stage1, stage2
+from esper_lab.studies.common import ENTROPY_KEPT
+from esper_lab.studies.evidence import Evidence, evidence
+from esper_lab.studies.phase5 import churn_drop
+from esper_lab.studies.seed002 import GROW_SHRINK_GATE
 from esper_lab.telemetry import Store
+from esper_lab.vecenv import VecEnv
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -82,6 +76,7 @@ def write_notebook(tmp_path, code: str) -> None:
     nbformat.write(notebook, tmp_path / "member.ipynb")
 
 
+@pytest.mark.slow
 def test_every_shipped_pack_notebook_declares_what_the_runner_passes(tmp_path):
     for name in pack_names():
         shared = notebook_parameters(load_pack(name), "smoke", tmp_path, {})
@@ -122,6 +117,7 @@ def test_a_misspelt_parameter_is_refused_before_any_kernel_starts(tmp_path):
         notebook_parameters(pack, "huge", tmp_path / "telemetry", {})
 
 
+@pytest.mark.slow
 def test_runner_records_failures_keeps_going_skips_completed_and_retries_failed(tmp_path):
     # seed 1 fails until a marker file exists; everything else succeeds
     marker = tmp_path / "fixed"
@@ -156,6 +152,7 @@ def test_runner_records_failures_keeps_going_skips_completed_and_retries_failed(
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in again.items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("machine", "jobs", "each"), [("4", 2, "2"), ("2", 2, "1"), ("1", 3, "1")])
 def test_the_runner_shares_the_cores_out_among_its_jobs(tmp_path, monkeypatch, machine, jobs, each):
     write_notebook(tmp_path, "import os, pathlib\npathlib.Path(telemetry_root, f'{cohort}{seed}').write_text(os.environ['ESPER_LAB_CORES'])")
@@ -181,6 +178,7 @@ def test_the_cli_refuses_a_reserved_parameter_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # refused before anything ran
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pack0", "mypack"])
 def test_a_pack_given_by_path_runs_with_its_own_settings(tmp_path, name):
     # named like a shipped pack, or like none: either way the members must load this very file
@@ -213,6 +211,7 @@ def test_a_list_parameter_given_as_one_string_is_one_item():
         as_list("cohorts", None)
 
 
+@pytest.mark.slow
 def test_a_phase_notebook_takes_one_cohort_from_the_papermill_command_line(tmp_path):
     # `papermill ... -p cohorts a0_only` passes the string "a0_only" for the list parameter
     output = tmp_path / "phase0.ipynb"
@@ -239,6 +238,7 @@ def outcome_rows(cohort: str, arm: str, rng: np.random.Generator, **means) -> li
     return rows
 
 
+@pytest.mark.slow
 def test_exit_gates_judge_each_cohort_against_the_control_with_cis(tmp_path):
     write_notebook(tmp_path, "pass")
     pack = load_pack(write_pack(tmp_path))
@@ -256,7 +256,7 @@ def test_exit_gates_judge_each_cohort_against_the_control_with_cis(tmp_path):
     )
     entropy = pl.DataFrame([{"cohort": c, "seed": s, "kept": v} for s in range(5) for c, v in (("base", 0.9), ("ladder", ENTROPY_KEPT * 0.5))])
     ev = Evidence(pl.DataFrame(rows), usage, entropy, pl.DataFrame())
-    verdicts = {(g.name, g.cohort): g.verdict for g in seed002_gates(pack, ev)}
+    verdicts = {(g.name, g.cohort): g.verdict for g in seed002.gates(pack, ev)}
     assert verdicts == {
         ("3 stability", "base"): "PASS",
         ("4 anti-thrash", "base"): "PASS",  # no ladder, but it can prune: re-germination is judged
@@ -267,10 +267,11 @@ def test_exit_gates_judge_each_cohort_against_the_control_with_cis(tmp_path):
     }
     # usage spread across seeds so that its CI straddles the 10% line: neither PASS nor FAIL
     straddling = usage.with_columns(pl.when(pl.col("cohort") == "ladder").then(pl.col("seed") * 0.05).otherwise(0.0).alias("grow_shrink_share"))
-    gates = {(g.name, g.cohort): g for g in seed002_gates(pack, Evidence(ev.outcomes, straddling, entropy, ev.heads))}
+    gates = {(g.name, g.cohort): g for g in seed002.gates(pack, Evidence(ev.outcomes, straddling, entropy, ev.heads))}
     assert gates["1 usage", "ladder"].verdict == "INCONCLUSIVE" and "[" in gates["1 usage", "ladder"].evidence
 
 
+@pytest.mark.slow
 def test_stage1_gates_judge_growth_against_the_static_host_and_the_baselines(tmp_path):
     write_notebook(tmp_path, "pass")
     pack = load_pack(write_pack(tmp_path))
@@ -291,7 +292,7 @@ def test_stage1_gates_judge_growth_against_the_static_host_and_the_baselines(tmp
         ]
     )
     heads = pl.DataFrame([{"cohort": "base", "head": h, "open_entropy": e} for h, e in (("op", 1.0), ("blueprint", 0.01))])
-    verdicts = {g.name: g.verdict for g in stage1_gates(pack, Evidence(pl.DataFrame(rows), usage, pl.DataFrame(), heads))}
+    verdicts = {g.name: g.verdict for g in stage1.gates(pack, Evidence(pl.DataFrame(rows), usage, pl.DataFrame(), heads))}
     assert verdicts == {
         "0 moves the frontier": "FAIL",  # it must beat width at its FLOPs too
         "1 growth pays": "PASS",
@@ -301,6 +302,7 @@ def test_stage1_gates_judge_growth_against_the_static_host_and_the_baselines(tmp
     }
 
 
+@pytest.mark.slow
 def test_phase5_gates_tell_a_disciplined_economy_from_one_stuck_fossilising(tmp_path):
     write_notebook(tmp_path, "pass")
     pack = load_pack(write_pack(tmp_path))
@@ -345,7 +347,7 @@ def test_phase5_gates_tell_a_disciplined_economy_from_one_stuck_fossilising(tmp_
         ops=pl.DataFrame(ops),
     )
     assert churn_drop(ev.curves).filter(pl.col("cohort") == "steady").height == 5 * 4  # 20 episodes: 4 pairs a run
-    verdicts = {(g.name, g.cohort): g.verdict for g in phase5_gates(pack, ev)}
+    verdicts = {(g.name, g.cohort): g.verdict for g in phase5.gates(pack, ev)}
     assert {name: v for (name, cohort), v in verdicts.items() if cohort == "steady"} == {
         "0 moves the frontier": "PASS",
         "1 churn drops": "PASS",
@@ -365,6 +367,7 @@ def test_phase5_gates_tell_a_disciplined_economy_from_one_stuck_fossilising(tmp_
     }  # 19 of 21 non-WAIT decisions fossilise
 
 
+@pytest.mark.slow
 def test_the_stage1_study_runs_on_cifar10_too(tmp_path, monkeypatch):
     monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path))
     write_cifar10_batches(tmp_path / "cifar", per_batch=64)
@@ -375,6 +378,7 @@ def test_the_stage1_study_runs_on_cifar10_too(tmp_path, monkeypatch):
     assert set(runs.filter(pl.col("parent_run") == run_id)["arm"]) == set(load_pack("stage1_growth").cohorts["growth"]["arms"])
 
 
+@pytest.mark.slow
 def test_the_stage1_economy_lets_a_cheap_seed_pay_and_prices_a_host_sized_one_below_it():
     """The calibration (stage1_growth.toml), over four held-out episodes: the scripted attention
     seed earns a positive return, a conv_heavy as big as the host less (its rent eats its gain),
@@ -426,6 +430,7 @@ def test_a_learned_emrakul_sets_the_policys_role_and_plays_beside_the_planter():
         Settings.build({**learned, "policy": {"role": "tamiyo"}})
 
 
+@pytest.mark.slow
 def test_the_decay_gates_read_emrakul_against_the_same_planted_episodes_without_it(tmp_path):
     """Both Stage 2 cohorts at the smoke preset, then the report's evidence: the two cohorts
     played the same held-out episodes, Emrakul probed and lysed in live training, and every gate
@@ -443,7 +448,7 @@ def test_the_decay_gates_read_emrakul_against_the_same_planted_episodes_without_
     assert ev.probes.height == emrakul["restored"].sum() + emrakul["cleared"].sum()
     assert (ev.probes["recovery_steps"].drop_nulls() >= 1).all() and set(ev.probes["lock_steps"]) == {10}
     assert set(ev.probes["watch_steps"]) == {DecayConfig.watch_steps}
-    gates = {g.name: g for g in stage2_gates(load_pack("stage2_decay"), ev)}
+    gates = {g.name: g for g in stage2.gates(load_pack("stage2_decay"), ev)}
     assert list(gates) == ["1 lyses", "2 no lasting spike", "3 locks hold", "4 cheaper", "5 accuracy kept"]
     assert gates["1 lyses"].verdict == "INCONCLUSIVE" and f"of {ev.probes.height} judged probes" in gates["2 no lasting spike"].evidence
     selection = Selection(Store(root), cohort="emrakul", run=planter.filter(pl.col("cohort") == "emrakul")["run_id"][0])

@@ -15,17 +15,18 @@ from hypothesis import strategies as st
 
 from esper_lab import env as env_module
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Action, Op, Stream, stream_seed
-from esper_lab.env import TRAIN_FLOPS_PER_FORWARD, MorphEnv, VecEnv
+from esper_lab.contracts import STATIC_ARMS, WIDTH_SCALES, Action, Op, Stream, stream_seed
+from esper_lab.env import TRAIN_FLOPS_PER_FORWARD, MorphEnv
 from esper_lab.episodes import run_episodes
-from esper_lab.experiments.evaluation import STATIC_ARMS, WIDTH_SCALES, eval_seeds, evaluate_arms
+from esper_lab.experiments.evaluation import eval_seeds, evaluate_arms
 from esper_lab.experiments.frontier import frontier_at, frontier_gains
-from esper_lab.experiments.gates import held_out
 from esper_lab.experiments.settings import Settings
 from esper_lab.hosts import CNNConfig, CNNHost
 from esper_lab.policy import HeuristicPolicy, Observer, OraclePolicy
+from esper_lab.studies.evidence import held_out
 from esper_lab.telemetry import Store
 from esper_lab.training import evaluate, train_epoch
+from esper_lab.vecenv import VecEnv
 
 SHAPE = dict(task="digits_cnn", episode_length=4, batches_per_step=3, data_fraction=0.25)
 
@@ -83,6 +84,7 @@ def _plain_run(config: RunConfig, episode_seed: int) -> float:
     return evaluate(host, None, split.test_pixels, split.test_y, split.standardise).accuracy
 
 
+@pytest.mark.slow
 def test_a_static_width_arm_is_a_plain_training_run_of_that_host_on_the_same_batches(tmp_path):
     study = Settings.build(dict(SHAPE, rounds=0, arms=list(STATIC_ARMS), envs=2, workers=0, eval_episodes=2))
     evaluate_arms(study, None, tmp_path, "c", "p")

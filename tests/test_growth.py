@@ -2,6 +2,7 @@
 
 import statistics
 
+import pytest
 import torch
 
 from esper_lab.contracts import Action, Blueprint, Op, Tempo
@@ -32,6 +33,7 @@ def final_accuracy(seed: int, with_seed: bool) -> float:
     return evaluate(host, plane, split.val_x, split.val_y).accuracy
 
 
+@pytest.mark.slow
 def test_blended_conv_heavy_beats_the_bare_host_on_digits():
     seeds = (0, 1, 2)
     bare = [final_accuracy(s, with_seed=False) for s in seeds]

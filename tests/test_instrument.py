@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from esper_lab.config import RunConfig
 from esper_lab.contracts import EVAL_SEED_BASE, Action, Blueprint, Op, Stage, eval_episode_seed, training_episode_seed
 from esper_lab.env import MorphEnv, slot_count
-from esper_lab.experiments.evaluation import eval_seeds, evaluate_arms, played_arms
-from esper_lab.experiments.settings import Settings, merge, parse_assignments
+from esper_lab.experiments.evaluation import eval_seeds, evaluate_arms
+from esper_lab.experiments.settings import Settings, merge, parse_assignments, played_arms
 from esper_lab.experiments.train import train_and_record
 from esper_lab.experiments.workers import CORES_ENV_VAR
 from esper_lab.telemetry import Store
@@ -78,6 +78,7 @@ def test_training_and_evaluation_episode_seeds_never_meet(run_seed, env_index, e
     assert training_episode_seed(run_seed, env_index, episode) < EVAL_SEED_BASE <= eval_episode_seed(run_seed, k)
 
 
+@pytest.mark.slow
 def test_held_out_arms_play_the_same_unseen_episodes_and_the_manifest_holds_every_config(tmp_path):
     values = merge(
         dict(task="digits_cnn", rounds=2, envs=2, eval_episodes=2, **{k: v for k, v in SMALL.items() if k != "contribution_every"}),
@@ -101,6 +102,7 @@ def test_held_out_arms_play_the_same_unseen_episodes_and_the_manifest_holds_ever
     assert "t-eval-oracle" not in runs  # no oracle named, no oracle arm
 
 
+@pytest.mark.slow
 def test_an_oracle_arm_grows_its_blueprint_on_the_same_held_out_episodes(tmp_path):
     settings = Settings.build(dict(rounds=1, envs=2, eval_episodes=2, oracle="conv_heavy", **SMALL))
     assert played_arms(settings)[-1] == "oracle" and Settings.build(settings.to_dict()) == settings
@@ -144,7 +146,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "esper_lab"
 ORGANISM = ("hosts", "seeds", "slot", "plane")
 CORE = (
     *("contracts", "checks", "config", "data", *ORGANISM),
-    *("training", "economy", "governor", "decay", "env", "episodes", "policy", "ppo", "telemetry"),
+    *("training", "economy", "governor", "decay", "env", "vecenv", "episodes", "policy", "ppo", "telemetry"),
 )
 
 
@@ -176,7 +178,9 @@ def test_layers_stay_in_their_rooms(path):
     if part in ("policy", "env", "governor", "decay", *ORGANISM):
         assert "telemetry" not in imports
     if part in CORE:
-        assert "dashboards" not in imports and "experiments" not in imports, imports
+        assert "dashboards" not in imports and "experiments" not in imports and "studies" not in imports, imports
+    if part in ("experiments", "studies"):  # the core of a study: the dashboards build on it, never the reverse
+        assert "dashboards" not in imports, imports
 
 
 def test_a_contribution_reward_pays_for_what_the_seeds_in_forward_add_every_step():

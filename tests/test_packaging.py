@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs packs, clusters, wheels or ranks
+
 REPO = Path(__file__).resolve().parents[1]
 PIP = ["-m", "pip", "install", "-q", "--disable-pip-version-check"]
 # what a checkout holds beside its source: left out of the copy the wheel is built from

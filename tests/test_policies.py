@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
+import pytest
 import torch
 
 from esper_lab.config import RunConfig
 from esper_lab.contracts import ActionMasks, Op
-from esper_lab.env import MorphEnv, VecEnv
+from esper_lab.env import MorphEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.policy import HeuristicPolicy, RandomPolicy
+from esper_lab.vecenv import VecEnv
 
 
 class Checked:
@@ -114,6 +116,7 @@ HEURISTIC_SEEDS = (0, 1, 2)
 HEURISTIC_PAIR_WINS = 4
 
 
+@pytest.mark.slow
 def test_heuristic_beats_random_on_digits():
     heuristic, random = [], []
     for seed in HEURISTIC_SEEDS:

@@ -8,17 +8,19 @@ import re
 import polars as pl
 import pytest
 
-from esper_lab.experiments.evaluation import DEFAULT_ARMS
-from esper_lab.experiments.gates import GREEDY, SAMPLED, Evidence, _not_stuck, seed002_gates
+from esper_lab.contracts import DEFAULT_ARMS, GREEDY, SAMPLED
 from esper_lab.experiments.member import run_member
 from esper_lab.experiments.packs import load_pack
 from esper_lab.experiments.report import build_report, report_path, write_report
 from esper_lab.experiments.stats import combine
+from esper_lab.studies import seed002
+from esper_lab.studies.common import not_stuck
+from esper_lab.studies.evidence import Evidence
 
 PACK = """
 name = "tiny"
 title = "Tiny pack"
-notebook = "pack0_validation_grid.ipynb"
+notebook = "pack.ipynb"
 seeds = [0, 1, 2, 3, 4]
 control = "base"
 
@@ -59,6 +61,7 @@ def root(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["smoke", "full"])
 def test_a_root_holding_two_presets_gives_one_report_per_preset_never_a_mix(root, preset):
     pack = load_pack(root / "tiny.toml")
@@ -115,7 +118,7 @@ def held_out_rows(cohort: str, arm: str, **values) -> list[dict]:
 
 
 def test_a_greedy_policy_stuck_on_wait_fails_no_collapse_even_where_the_sampled_one_is_fine():
-    """`_not_stuck` is what Stage 1's "3 no collapse" and Phase 5's "6 no collapse" read."""
+    """`not_stuck` is what Stage 1's "3 no collapse" and Phase 5's "6 no collapse" read."""
     heads = pl.DataFrame([{"cohort": "base", "head": "op", "open_entropy": 1.0}])
 
     def no_collapse(greedy_wait: float) -> tuple[str, str]:
@@ -126,7 +129,7 @@ def test_a_greedy_policy_stuck_on_wait_fails_no_collapse_even_where_the_sampled_
                 for s in range(5)
             ]
         )
-        parts, said = _not_stuck(Evidence(pl.DataFrame(), usage, pl.DataFrame(), heads), "base")
+        parts, said = not_stuck(Evidence(pl.DataFrame(), usage, pl.DataFrame(), heads), "base")
         return combine(parts), said
 
     stuck, said = no_collapse(1.0)  # WAIT on every held-out step of the arm one would deploy
@@ -147,7 +150,7 @@ def test_anti_thrash_judges_re_germination_in_every_cohort_that_can_prune_ladder
         ]
     )
     entropy = pl.DataFrame([{"cohort": c, "seed": s, "kept": 0.9} for c in ("base", "growth") for s in range(5)])
-    gates = {(g.name, g.cohort): g for g in seed002_gates(pack, Evidence(outcomes, pl.DataFrame(), entropy, pl.DataFrame()))}
+    gates = {(g.name, g.cohort): g for g in seed002.gates(pack, Evidence(outcomes, pl.DataFrame(), entropy, pl.DataFrame()))}
     thrash = gates["4 anti-thrash", "base"]  # no ladder, and every op open: PRUNE too
     assert thrash.verdict == "FAIL" and "prune->re-germinate per episode +1.5 [" in thrash.evidence and "level changes" not in thrash.evidence
     assert ("4 anti-thrash", "growth") not in gates  # germinate and advance only, no ladder: nothing can thrash

@@ -23,7 +23,7 @@ from esper_lab.contracts import (
     eval_episode_seed,
     training_episode_seed,
 )
-from esper_lab.env import MorphEnv, VecEnv
+from esper_lab.env import MorphEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.experiments.evaluation import eval_seeds
 from esper_lab.experiments.search import ETA, rungs, search_schedules, training_env_steps
@@ -32,6 +32,7 @@ from esper_lab.policy import OraclePolicy, SchedulePolicy
 from esper_lab.policy.schedules import Germination, Schedule, germinable, random_schedule
 from esper_lab.seeds import BLUEPRINTS, MAX_INTERNAL_LEVEL
 from esper_lab.seeds.ladders import START_LEVEL
+from esper_lab.vecenv import VecEnv
 
 STAGE1 = dict(task="digits_cnn", density="a0", blueprints=["noop", "conv_light", "conv_heavy", "attention"], batches_per_step=2, data_fraction=0.25)
 DEEP = 1  # digits_cnn at a0 has two surfaces; the second is the deep one
@@ -158,6 +159,7 @@ def searched():
     return settings, result, seeds, len(steps)
 
 
+@pytest.mark.slow
 def test_the_search_spends_exactly_the_policys_training_env_steps(searched):
     settings, result, _, steps = searched
     assert training_env_steps(settings) == 10 * 1 * 2 * 4 == steps == result.env_steps
@@ -186,6 +188,7 @@ def test_the_search_chooses_the_best_finalist(searched):
     json.dumps(result.to_dict())  # a manifest can store it
 
 
+@pytest.mark.slow
 def test_the_search_is_deterministic_for_a_seed(searched):
     settings, result, _, _ = searched
     assert search_schedules(settings, training_env_steps(settings), seed=0) == result

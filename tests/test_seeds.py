@@ -93,6 +93,7 @@ def test_shape_zero_start_and_class(blueprint, spec):
     assert out.abs().max() <= 1e-6 * x.abs().max()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("blueprint", "spec"), CASES, ids=IDS)
 def test_every_parameter_learns(blueprint, spec):
     """The zero side gets gradient at once, every other parameter by the second SGD step."""

@@ -10,14 +10,14 @@ import polars as pl
 import pytest
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Action, Blueprint, Op
-from esper_lab.env import VecEnv
+from esper_lab.contracts import GREEDY, Action, Blueprint, Op
 from esper_lab.episodes import run_episodes
-from esper_lab.experiments.gates import GREEDY, held_out
 from esper_lab.experiments.report import outcome_table
 from esper_lab.policy import OraclePolicy
+from esper_lab.studies.evidence import held_out
 from esper_lab.telemetry import Recorder, Store
 from esper_lab.telemetry.queries import Queries
+from esper_lab.vecenv import VecEnv
 
 COHORT = "shares"
 # long enough for both seeds to reach the forward path: conv_heavy from step 3, conv_light from step 7

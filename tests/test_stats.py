@@ -9,6 +9,7 @@ import pytest
 from esper_lab.experiments.stats import FAIL, INCONCLUSIVE, PASS, Estimate, bootstrap, combine, paired, paired_estimate, verdict
 
 
+@pytest.mark.slow
 def test_bootstrap_ci_covers_a_known_difference_at_its_nominal_rate():
     """200 synthetic studies (5 seeds x 12 episodes of paired differences with a seed-level
     effect, as a pack's evaluation is): the 95% CI holds the true mean in >= 90% of them."""

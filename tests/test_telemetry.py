@@ -18,7 +18,7 @@ import pytest
 from esper_lab.cli import main
 from esper_lab.config import RunConfig
 from esper_lab.contracts import HEADS, SLOT_COLUMNS, STEP_METRICS, Action, Op
-from esper_lab.env import MorphEnv, VecEnv
+from esper_lab.env import MorphEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.policy import RandomPolicy
 from esper_lab.telemetry import SCHEMA_VERSION, SCHEMAS, Recorder
@@ -26,6 +26,7 @@ from esper_lab.telemetry import recorder as recorder_module
 from esper_lab.telemetry.parts import write_part
 from esper_lab.telemetry.schema import METADATA_KEY, SLOT_TYPES
 from esper_lab.telemetry.store import CorruptPart, Store
+from esper_lab.vecenv import VecEnv
 
 CONFIG = RunConfig(episode_length=5, batches_per_step=2, data_fraction=0.1, density="a1")
 QUERIES = (
@@ -187,7 +188,7 @@ _CHILD = """
 import sys, torch
 torch.set_num_threads(1)
 from esper_lab.config import RunConfig
-from esper_lab.env import VecEnv
+from esper_lab.vecenv import VecEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.policy import RandomPolicy
 from esper_lab.telemetry import Recorder
@@ -210,6 +211,7 @@ def _run_and_signal(root, sig: signal.Signals) -> int:
     return process.wait(timeout=120)
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_readable_parts_and_a_running_manifest(tmp_path):
     assert _run_and_signal(tmp_path, signal.SIGKILL) == -signal.SIGKILL
     parts = sorted(tmp_path.rglob("*.parquet"))
@@ -224,6 +226,7 @@ def test_sigkill_leaves_readable_parts_and_a_running_manifest(tmp_path):
     assert store.rent_churn(run="victim").height == 2 * len(steps)
 
 
+@pytest.mark.slow
 def test_sigterm_flushes_and_marks_killed(tmp_path):
     assert _run_and_signal(tmp_path, signal.SIGTERM) == -signal.SIGTERM
     store = Store(tmp_path)
@@ -295,6 +298,7 @@ def test_a_full_disk_is_one_error_line_and_exit_1(tmp_path, monkeypatch, capsys)
     assert Store(tmp_path).runs()["status"].to_list() == ["failed"]
 
 
+@pytest.mark.slow
 def test_cli_run_records_telemetry(tmp_path, capsys):
     args = ["run", "--episode-length", "2", "--envs", "2", "--workers", "2", "--telemetry", str(tmp_path), "--cohort", "cli"]
     assert main(args) == 0

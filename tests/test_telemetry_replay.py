@@ -9,12 +9,13 @@ import torch
 
 from esper_lab.config import RunConfig
 from esper_lab.contracts import Action, Op
-from esper_lab.env import MorphEnv, VecEnv
+from esper_lab.env import MorphEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.experiments.replay import ReplayError, action_from_row, branch, replay
 from esper_lab.policy import HeuristicPolicy, RandomPolicy
 from esper_lab.telemetry import Recorder
 from esper_lab.telemetry.store import Store
+from esper_lab.vecenv import VecEnv
 
 CONFIG = RunConfig(episode_length=5, batches_per_step=2, data_fraction=0.1, density="a1", seed=3)
 
@@ -27,6 +28,7 @@ def root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_replay_reproduces_the_run_exactly(root, tmp_path):
     result = replay(root, "parent", recorder_root=tmp_path)
     assert result.ok, result.mismatches
@@ -35,6 +37,7 @@ def test_replay_reproduces_the_run_exactly(root, tmp_path):
     assert (manifest["kind"], manifest["parent_run"], manifest["run_id"]) == ("replay", "parent", result.replay_run_id)
 
 
+@pytest.mark.slow
 def test_replay_uses_the_recorded_thread_count(root):
     """The parent was recorded with one torch thread; a caller with two still replays it exactly."""
     assert Store(root).runs(run="parent")["torch_threads"].to_list() == [1]

@@ -13,10 +13,11 @@ from legality import assert_legal
 
 from esper_lab.config import RunConfig
 from esper_lab.contracts import ActionMasks, Op, Stage, StepResult
-from esper_lab.env import MorphEnv, VecEnv
+from esper_lab.env import MorphEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.policy import GainTriggerPolicy
 from esper_lab.policy.trigger import GAIN_THRESHOLD, TRUST_DELTA, gain_scores
+from esper_lab.vecenv import VecEnv
 
 CONFIG = RunConfig(
     task="digits_cnn",

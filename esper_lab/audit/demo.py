@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Action, AlphaTarget, Blueprint, Op, Stage, StepResult, Tempo
-from esper_lab.env import VecEnv
+from esper_lab.contracts import Action, AlphaTarget, Blueprint, Op, RunKind, Stage, StepResult, Tempo
 from esper_lab.episodes import run_episodes
 from esper_lab.telemetry import Recorder
+from esper_lab.vecenv import VecEnv
 
 
 class ProbePrunePolicy:
@@ -84,6 +84,6 @@ def record_demo_run(root: str | Path, preset: str = "smoke", seed: int = 0, coho
     """Play one episode of the preset's scripted policy and record it; return the run id."""
     spec = demo_preset(preset)
     config = spec.config.replace(seed=seed)
-    with VecEnv(config, 1) as vec, Recorder(root, cohort, config, kind="probe_prune", preset=preset) as recorder:
+    with VecEnv(config, 1) as vec, Recorder(root, cohort, config, kind=RunKind.PROBE_PRUNE, preset=preset) as recorder:
         run_episodes(vec, ProbePrunePolicy(spec.plan), recorder=recorder)
     return recorder.run_id

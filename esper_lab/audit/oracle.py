@@ -30,7 +30,7 @@ from scipy import stats
 
 from esper_lab.audit.protocol import AUDIT_THREADS, DEFAULT_CANDIDATES, DEFAULT_REPLICATES, Protocol, Training, from_run, train
 from esper_lab.audit.shapley import coalitions, exact_shapley, leave_one_out, t_interval
-from esper_lab.contracts import Blueprint, Op
+from esper_lab.contracts import Blueprint, Op, RunKind
 from esper_lab.experiments.cluster import engine
 from esper_lab.telemetry import Recorder, Store
 
@@ -182,7 +182,7 @@ def write_audit(audit: Audit, root: str | Path, cohort: str | None = None, audit
     config and preset) holding its `audits` rows; return its run id."""
     p = audit.protocol
     audit_id = audit_id or f"{p.audited_run}-audit-s{p.step}-{secrets.token_hex(3)}"
-    with Recorder(root, cohort or p.cohort, p.config, run_id=audit_id, parent_run=p.audited_run, kind="audit", preset=p.preset) as recorder:
+    with Recorder(root, cohort or p.cohort, p.config, run_id=audit_id, parent_run=p.audited_run, kind=RunKind.AUDIT, preset=p.preset) as recorder:
         recorder.record_audit(audit.rows())
     return audit_id
 

@@ -4,15 +4,12 @@ saved as one self-contained HTML file.
 
 from __future__ import annotations
 
-import json
-import re
 import weakref
 from pathlib import Path
 
 import panel as pn
 import tornado.routing
 import tornado.web
-from bokeh.resources import INLINE
 
 from esper_lab.dashboards.pages import (
     audit_page,
@@ -25,13 +22,11 @@ from esper_lab.dashboards.pages import (
     swimlane_page,
 )
 from esper_lab.dashboards.selection import Selection
+from esper_lab.experiments.offline import save_offline
 from esper_lab.telemetry.store import Store
 
 TITLE = "esper_lab dashboards"
-# A Panel component stylesheet saved as a CDN link: `"id"` and the file's path under panel/dist.
-PANEL_CSS_LINK = re.compile(
-    r'"name":"ImportedStyleSheet","id":"(\w+)","attributes":\{"url":"https://cdn\.holoviz\.org/panel/[^/]+/dist/([^"?]+)[^"]*"\}'
-)
+
 # The names a browser on this machine uses for loopback; with the served address (and any
 # `allow_hosts`) they are the only Host headers answered (DNS rebinding, see `_HostGuard`).
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
@@ -125,30 +120,6 @@ def save_html(root: str | Path, path: str | Path, cohort: str | None = None, run
     cohort, run, env, episode = selection.view
     shown = f"## {TITLE}\n\ntelemetry: `{store.root}`\n\ncohort **{cohort}**, run **{run}**, env {env}, episode {episode}"
     return save_offline(pn.Row(pn.pane.Markdown(shown, width=280), _tabs(store, selection, dynamic=False)), path, TITLE)
-
-
-def save_offline(page: pn.viewable.Viewable, path: str | Path, title: str) -> Path:
-    """Save a Panel object as one HTML file that requests nothing from the network: Bokeh's and
-    Panel's JS inlined, Panel's component stylesheets too (see `_inline_panel_css`), and no
-    icons (Panel's page template links them from its CDN unless the variables are defined)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    page.save(path, resources=INLINE, title=title, template_variables={"app_favicon": "", "apple_icon": ""})
-    path.write_text(_inline_panel_css(path.read_text(encoding="utf-8")), encoding="utf-8")
-    return path
-
-
-def _inline_panel_css(html: str) -> str:
-    """Panel 1.9 saves its components' stylesheets as CDN links even with INLINE resources
-    (holoviz/panel#6759), so offline the tables and selectors lose their style: swap each link
-    for the same file's text from the installed package."""
-    dist = Path(pn.__file__).parent / "dist"
-
-    def inline(link: re.Match) -> str:
-        css = json.dumps((dist / link[2]).read_text(encoding="utf-8")).replace("</", "<\\/")  # stay inside <script>
-        return f'"name":"InlineStyleSheet","id":"{link[1]}","attributes":{{"css":{css}}}'
-
-    return PANEL_CSS_LINK.sub(inline, html)
 
 
 def _tabs(store: Store, selection: Selection, dynamic: bool) -> pn.Tabs:

@@ -20,8 +20,8 @@ from esper_lab.contracts import HEADS, Stage
 from esper_lab.dashboards.selection import Selection
 from esper_lab.experiments import views
 from esper_lab.experiments.frontier import COST_LABELS
-from esper_lab.experiments.gates import held_out
 from esper_lab.experiments.report import FRONTIER_NOTE, frontier_points, frontier_table
+from esper_lab.studies.evidence import held_out
 from esper_lab.telemetry.store import Store
 
 hv.renderer("bokeh")  # load the Bokeh backend so `.opts` validates outside a notebook too

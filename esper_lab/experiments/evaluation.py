@@ -16,11 +16,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Stream, eval_episode_seed, stream_seed
-from esper_lab.env import VecEnv
+from esper_lab.contracts import (
+    GAIN_TRIGGER,
+    GREEDY,
+    PLANTER,
+    REGROWER,
+    SAMPLED,
+    SCHEDULE_ARM,
+    STATIC_ARMS,
+    WIDTH_SCALES,
+    RunKind,
+    Stream,
+    eval_episode_seed,
+    stream_seed,
+)
 from esper_lab.episodes import run_episodes
 from esper_lab.experiments.search import search_schedules, training_env_steps
-from esper_lab.experiments.settings import Settings
+from esper_lab.experiments.settings import Settings, check_arm, played_arms
 from esper_lab.policy import (
     Agent,
     GainTriggerPolicy,
@@ -34,23 +46,7 @@ from esper_lab.policy import (
 )
 from esper_lab.policy.schedules import Schedule
 from esper_lab.telemetry import Recorder
-
-# oracle: when the settings name one; the planter arms (the decay studies' scripted Tamiyo, which
-# plants fossils for Emrakul; `planter_regrow` also regrows the scars) when they name `arms`
-# The static frontier's wider hosts: always WAIT on the host with every width (or d_model) times
-# the scale. With the task's own host (`static`) they span the smallest host to twice its width,
-# beyond any organism the param budget allows (1.5x the host's params in seeds: digits_cnn's
-# 5,050-param host grows to at most ~12.6k, its 2x host has 19,562).
-WIDTH_SCALES = {"static_w125": 1.25, "static_w150": 1.5, "static_w200": 2.0}
-STATIC_ARMS = ("static", *WIDTH_SCALES)  # the points of the static frontier, narrowest first
-# best_schedule: the schedule a random search found at the policy's training budget (`search`);
-# a search costs as much env stepping as PPO's training, so a pack names it in `arms` to play it.
-SCHEDULE_ARM = "best_schedule"
-# gain_trigger: germinate where a first-order score of gain per parameter passes a threshold
-# (`policy.GainTriggerPolicy`), the non-learned controller growing-network papers use.
-ARMS = ("ppo_greedy", "ppo_sampled", *STATIC_ARMS, "heuristic", "random", "gain_trigger", SCHEDULE_ARM, "oracle", "planter", "planter_regrow")
-DEFAULT_ARMS = ("ppo_greedy", "ppo_sampled", *STATIC_ARMS, "heuristic", "random", "gain_trigger", "oracle")
-CONTROL = "static"  # the arm every other is paired against
+from esper_lab.vecenv import VecEnv
 
 
 def eval_seeds(run_seed: int, episodes: int) -> list[int]:
@@ -58,45 +54,23 @@ def eval_seeds(run_seed: int, episodes: int) -> list[int]:
     return [eval_episode_seed(run_seed, k) for k in range(episodes)]
 
 
-def played_arms(settings: Settings) -> tuple[str, ...]:
-    """The arms these settings evaluate: the ones they name (`arms`), else the default arms, the
-    oracle only when they name its blueprint. Raises, naming the arm, when one cannot play."""
-    if settings.arms is None:
-        return tuple(a for a in DEFAULT_ARMS if a != "oracle" or settings.oracle is not None)
-    for arm in settings.arms:
-        _check_arm(arm, settings)
-    return settings.arms
-
-
-def _check_arm(arm: str, settings: Settings) -> None:
-    """Raise, naming the arm, when it is unknown or the settings lack the blueprint it plays."""
-    if arm not in ARMS:
-        raise ValueError(f"arms: {arm!r} is not one of: {', '.join(ARMS)}")
-    if arm == "oracle" and settings.oracle is None:
-        raise ValueError("arms: 'oracle' needs settings that name its blueprint (oracle = ...)")
-    if arm.startswith("planter") and settings.planter is None:
-        raise ValueError(f"arms: {arm!r} needs settings that name the blueprint to plant (planter = ...)")
-    if arm == SCHEDULE_ARM and settings.rounds < 1:
-        raise ValueError(f"arms: {SCHEDULE_ARM!r} searches at the policy's training budget in env steps: it needs rounds >= 1")
-
-
 def arm_policy(arm: str, agent: Agent | None, settings: Settings, schedule: Schedule | None = None):
     """The policy an arm plays with; sampling draws from the run seed's evaluation stream;
     `best_schedule` plays `schedule` (what `search.search_schedules` chose)."""
     run_seed = settings.run.seed
-    if arm in ("ppo_greedy", "ppo_sampled"):
+    if arm in (GREEDY, SAMPLED):
         if agent is None:
             raise ValueError(f"arm {arm!r} needs a trained agent")
-        return PPOPolicy(agent, seed=stream_seed(run_seed, 0, Stream.EVALUATION), greedy=arm == "ppo_greedy", partner=settings.partner())
-    _check_arm(arm, settings)
+        return PPOPolicy(agent, seed=stream_seed(run_seed, 0, Stream.EVALUATION), greedy=arm == GREEDY, partner=settings.partner())
+    check_arm(arm, settings)
     makers: dict[str, Callable] = {
         **dict.fromkeys(STATIC_ARMS, StaticPolicy),
         "heuristic": HeuristicPolicy,
-        "gain_trigger": GainTriggerPolicy,
+        GAIN_TRIGGER: GainTriggerPolicy,
         "random": lambda: RandomPolicy(seed=stream_seed(run_seed, 0, Stream.EVALUATION)),
         "oracle": lambda: OraclePolicy(settings.oracle),
-        "planter": lambda: PlanterPolicy(settings.planter),
-        "planter_regrow": lambda: PlanterPolicy(settings.planter, regrow=True),
+        PLANTER: lambda: PlanterPolicy(settings.planter),
+        REGROWER: lambda: PlanterPolicy(settings.planter, regrow=True),
         SCHEDULE_ARM: lambda: SchedulePolicy(schedule),
     }
     if arm == SCHEDULE_ARM and schedule is None:
@@ -119,7 +93,7 @@ def evaluate_arms(
     arms: tuple[str, ...] | None = None,
     on_episode: Callable[[str], None] | None = None,
     seeds: list[int] | None = None,
-    name: str = "eval",
+    name: str = RunKind.EVAL,
 ) -> list[str]:
     """Play the episodes `seeds` (default: the run's `settings.eval_episodes` held-out ones) with
     each arm, recorded as eval runs `<parent_run>-<name>-<arm>`; returns their run ids. A saved
@@ -143,8 +117,8 @@ def evaluate_arms(
                 envs[scale] = stack.enter_context(VecEnv(config, n, min(settings.workers, n)))
             policy = arm_policy(arm, agent, settings, None if search is None else search.best)
             run_id = eval_run_id(parent_run, name, arm)
-            learned = dataclasses.asdict(settings.policy) if arm.startswith("ppo") else search.to_dict() if arm == SCHEDULE_ARM else None
-            manifest = dict(run_id=run_id, parent_run=parent_run, kind="eval", arm=arm, preset=preset, policy_config=learned)
+            learned = dataclasses.asdict(settings.policy) if arm in (GREEDY, SAMPLED) else search.to_dict() if arm == SCHEDULE_ARM else None
+            manifest = dict(run_id=run_id, parent_run=parent_run, kind=RunKind.EVAL, arm=arm, preset=preset, policy_config=learned)
             with Recorder(root, cohort, config, **manifest) as recorder:
                 run_episodes(
                     envs[scale],

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from esper_lab.experiments.evaluation import STATIC_ARMS
+from esper_lab.contracts import STATIC_ARMS
 
 COSTS = {"params": "params_total", "flops": "train_flops"}  # cost name -> its outcome column
 COST_LABELS = {"params": "params in forward", "flops": "training FLOPs"}  # what plots call them

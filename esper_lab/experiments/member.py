@@ -12,9 +12,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from esper_lab.experiments.evaluation import ARMS, batch_size, eval_run_id, evaluate_arms, played_arms
+from esper_lab.contracts import ARMS, GREEDY, SAMPLED, RunKind
+from esper_lab.experiments.evaluation import batch_size, eval_run_id, evaluate_arms
 from esper_lab.experiments.packs import load_pack
 from esper_lab.experiments.saved import policy_path, save_policy
+from esper_lab.experiments.settings import played_arms
 from esper_lab.experiments.train import train_and_record
 from esper_lab.experiments.workers import held
 from esper_lab.telemetry.parts import run_folder
@@ -29,7 +31,7 @@ def member_run_id(cohort: str, seed: int, preset: str, encoder: str) -> str:
 def clear_attempt(telemetry_root: str | Path, cohort: str, run_id: str) -> None:
     """Delete a failed or killed earlier attempt of a member (the runner only retries those): its
     training run (with the saved policy) and its eval runs, exactly these folders, never a pattern."""
-    for run in (run_id, *(eval_run_id(run_id, "eval", arm) for arm in ARMS)):
+    for run in (run_id, *(eval_run_id(run_id, RunKind.EVAL, arm) for arm in ARMS)):
         folder = run_folder(telemetry_root, cohort, run)
         if folder.exists():
             shutil.rmtree(folder)
@@ -47,7 +49,7 @@ def run_member(pack: str | Path, cohort: str, seed: int, preset: str, telemetry_
     with held(Path(telemetry_root) / f"cohort={cohort}" / f".{run_id}.lock"):
         clear_attempt(telemetry_root, cohort, run_id)
         train_id, agent = run_id, None  # no ppo arm (or rounds = 0): scripted arms only, nothing to train
-        if settings.rounds and any(arm.startswith("ppo") for arm in played_arms(settings)):
+        if settings.rounds and any(arm in (GREEDY, SAMPLED) for arm in played_arms(settings)):
             with tqdm(total=settings.rounds, desc=f"{cohort} seed={seed}", unit="round") as bar:
                 train_id, agent = train_and_record(settings, telemetry_root, cohort, run_id=run_id, preset=preset, on_round=lambda _: bar.update(1))
             save_policy(policy_path(telemetry_root, cohort, train_id), agent, settings, train_id, cohort, preset)

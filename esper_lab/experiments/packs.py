@@ -13,7 +13,7 @@ Everything is validated on load, before any kernel starts, by building the setti
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,10 @@ from esper_lab import checks
 from esper_lab.config import RunConfig
 from esper_lab.experiments.settings import Settings, merge
 from esper_lab.experiments.stats import MIN_SEEDS
+from esper_lab.studies import pack_files, study_names, study_of
 
-PACKS_DIR = Path(__file__).parent / "packs"
-# The curated notebooks, shipped in the package (in a checkout, `esper_lab/notebooks` links to the
-# top-level `notebooks/`); a pack's `notebook` is a name in here, or a path of its own.
-NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+REQUIRED_KEYS = ("name", "title", "notebook", "seeds", "control", "presets", "cohorts")
+OPTIONAL_KEYS = ("description", "study")  # markdown the member notebook shows first; the study outside esper_lab/studies/
 
 
 @dataclass(frozen=True)
@@ -37,14 +36,16 @@ class Pack:
     control: str
     presets: dict[str, dict[str, Any]]
     cohorts: dict[str, dict[str, Any]]
-    path: Path = field(default=PACKS_DIR)  # the TOML it was loaded from: members load this file, not a shipped pack of the same name
-    gates: str = "seed002"  # which exit gates the report judges (`gates.GATE_SETS`)
+    path: Path  # the TOML it was loaded from: members load this file, not a shipped pack of the same name
+    study: str = "seed002"  # whose exit gates the report judges (`esper_lab.studies`)
+    description: str = ""  # markdown: the pack's question and cohorts, which its member notebook shows first
 
     @property
     def reference(self) -> str:
         """What a member loads this pack by: a shipped pack's name (found in the package wherever
         it is installed), else its file (which every worker must see at that path)."""
-        return self.name if self.path.resolve() == (PACKS_DIR / f"{self.name}.toml").resolve() else str(self.path)
+        shipped = pack_files().get(self.name)
+        return self.name if shipped is not None and self.path.resolve() == shipped.resolve() else str(self.path)
 
     def preset_seeds(self, preset: str) -> tuple[int, ...]:
         self._check(preset=preset)
@@ -79,15 +80,15 @@ def _seeds(key: str, value: Any) -> list[int]:
 
 
 def pack_names() -> list[str]:
-    return sorted(path.stem for path in PACKS_DIR.glob("*.toml"))
+    return sorted(pack_files())
 
 
 def load_pack(name_or_path: str | Path) -> Pack:
     """Load and validate a pack by name (`pack0`) or by path to a TOML file."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        path = PACKS_DIR / f"{name_or_path}.toml"
-        if not path.is_file():
+        path = pack_files().get(str(name_or_path))
+        if path is None:
             raise checks.ConfigError(f"pack {name_or_path!r} not found (packs: {', '.join(pack_names())})")
     elif not path.is_file():
         raise checks.ConfigError(f"pack file {path} does not exist")
@@ -98,11 +99,14 @@ def load_pack(name_or_path: str | Path) -> Pack:
     except tomllib.TOMLDecodeError as error:
         raise checks.ConfigError(f"{where}: not valid TOML: {error}") from None
     try:
-        for key in ("name", "title", "notebook", "seeds", "control", "presets", "cohorts"):
+        for key in REQUIRED_KEYS:
             if key not in data:
                 raise checks.ConfigError(f"missing key {key!r}")
-        for key in ("title", "notebook"):
-            if not isinstance(data[key], str):
+        unknown = set(data) - {*REQUIRED_KEYS, *OPTIONAL_KEYS}
+        if unknown:
+            raise checks.ConfigError(f"unknown key {sorted(unknown)[0]!r} (a pack file has: {', '.join((*REQUIRED_KEYS, *OPTIONAL_KEYS))})")
+        for key in ("title", "notebook", "description"):
+            if not isinstance(data.get(key, ""), str):
                 raise checks.ConfigError(f"{key}={data[key]!r} must be a string")
         cohorts = checks.table("cohorts", data["cohorts"])
         presets = checks.table("presets", data["presets"])
@@ -112,10 +116,7 @@ def load_pack(name_or_path: str | Path) -> Pack:
             checks.table(f"presets.{checks.name('preset', preset)}", values)
         if not isinstance(data["control"], str) or data["control"] not in cohorts:
             raise checks.ConfigError(f"control={data['control']!r} is not a cohort (cohorts: {', '.join(cohorts)})")
-        from esper_lab.experiments.gates import GATE_SETS  # gates read packs: imported here, not at the top
-
-        gates = data.get("gates", "seed002")
-        checks.choice("gates", gates, tuple(GATE_SETS))
+        study = study_of(path) or checks.choice("study", data.get("study", "seed002"), study_names())  # a shipped pack's: its folder
         pack = Pack(
             name=checks.name("name", data["name"]),
             title=data["title"],
@@ -125,7 +126,8 @@ def load_pack(name_or_path: str | Path) -> Pack:
             presets=dict(presets),
             cohorts=dict(cohorts),
             path=path.resolve(),
-            gates=gates,
+            study=study,
+            description=data.get("description", ""),
         )
         for preset in pack.presets:
             seeds = _seeds(f"presets.{preset}.seeds", pack.preset_seeds(preset))

@@ -21,7 +21,7 @@ import polars as pl
 import torch
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import HEADS, Action, StepResult
+from esper_lab.contracts import HEADS, Action, RunKind, StepResult
 from esper_lab.env import MorphEnv
 from esper_lab.telemetry import Recorder, Store
 from esper_lab.telemetry.recorder import FLUSH_EVERY
@@ -137,7 +137,7 @@ def replay(store_or_root: Store | str | Path, run_id: str, recorder_root: str | 
     replay_id = f"{run_id}-replay-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory() as scratch, recorded_threads(manifest["torch_threads"]):
         root = Path(recorder_root or scratch)
-        with Recorder(root, manifest["cohort"], config, run_id=replay_id, parent_run=run_id, kind="replay") as recorder:
+        with Recorder(root, manifest["cohort"], config, run_id=replay_id, parent_run=run_id, kind=RunKind.REPLAY) as recorder:
             for (env_index, episode), rows in decisions.group_by(["env", "episode"], maintain_order=True):
                 _play(config, env_index, episode, seeds[env_index, episode], rows, recorder)
         replayed = Store(root)
@@ -191,7 +191,14 @@ def branch(
     branch_id = f"{run_id}-b{step}-{secrets.token_hex(3)}"
     with recorded_threads(manifest["torch_threads"]):
         with Recorder(
-            root, cohort or manifest["cohort"], config, run_id=branch_id, parent_run=run_id, branch_step=step, flush_every=flush_every, kind="branch"
+            root,
+            cohort or manifest["cohort"],
+            config,
+            run_id=branch_id,
+            parent_run=run_id,
+            branch_step=step,
+            flush_every=flush_every,
+            kind=RunKind.BRANCH,
         ) as recorder:
             morph, result = _play(config, env, episode, seed, decisions, recorder)
             while not result.done:

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import polars as pl
 
-from esper_lab.experiments.evaluation import ARMS, CONTROL, STATIC_ARMS
+from esper_lab.contracts import ARMS, CONTROL, STATIC_ARMS, RunKind, RunStatus
 from esper_lab.experiments.frontier import COST_LABELS, COSTS
-from esper_lab.experiments.gates import GATE_SETS, Evidence, Gate, evidence
 from esper_lab.experiments.packs import Pack
 from esper_lab.experiments.stats import MIN_CI_EPISODES, Estimate, estimate, median, paired_estimate
+from esper_lab.studies import study_gates
+from esper_lab.studies.evidence import Evidence, Gate, evidence
 from esper_lab.telemetry import Store
 
 VERDICT_COLOURS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "INCONCLUSIVE": "#9a6700"}
@@ -62,7 +63,7 @@ def build_report(pack: Pack, root: str | Path, preset: str) -> Report:
     if runs.is_empty():
         raise ValueError(f"no runs of preset {preset!r} under {root}: run `esper-lab pack run {pack.name} --preset {preset}` first")
     ev = evidence(store)
-    gates = GATE_SETS[pack.gates](pack, ev) if not ev.outcomes.is_empty() else []
+    gates = study_gates(pack.study)(pack, ev) if not ev.outcomes.is_empty() else []
     outcomes = outcome_table(ev.outcomes) if not ev.outcomes.is_empty() else pl.DataFrame()
     frontier = frontier_table(ev.outcomes) if not ev.outcomes.is_empty() else pl.DataFrame()
     return Report(_header(pack, preset, root, store, runs), frontier, gates, outcomes, store.cohort_behaviour(), ev)
@@ -73,7 +74,7 @@ def write_report(pack: Pack, root: str | Path, preset: str, path: Path) -> Path:
     import holoviews as hv
     import panel as pn
 
-    from esper_lab.dashboards.app import save_offline
+    from esper_lab.experiments.offline import save_offline
 
     hv.extension("bokeh")
     report = build_report(pack, root, preset)
@@ -83,7 +84,7 @@ def write_report(pack: Pack, root: str | Path, preset: str, path: Path) -> Path:
         pn.pane.Markdown(f"## The static frontier: test score against cost\n\n{FRONTIER_NOTE}", width=PAGE_WIDTH),
         pn.pane.HoloViews(_frontier_plots(report.evidence.outcomes), width=PAGE_WIDTH),
         pn.pane.HTML(_table(report.frontier), width=PAGE_WIDTH),
-        pn.pane.Markdown(f"## Exit gates ({pack.gates}), on held-out episodes", width=PAGE_WIDTH),
+        pn.pane.Markdown(f"## Exit gates ({pack.study}), on held-out episodes", width=PAGE_WIDTH),
         pn.pane.HTML(_gate_table(report.gates) if report.gates else "<p>No held-out evaluation episodes yet: no verdicts.</p>", width=PAGE_WIDTH),
         pn.pane.Markdown("## Held-out outcomes: every arm against the static host on the same episodes", width=PAGE_WIDTH),
         pn.pane.HTML(_table(report.outcomes), width=PAGE_WIDTH),
@@ -250,7 +251,7 @@ def _plots(store: Store, outcomes: pl.DataFrame):
 
     from esper_lab.experiments import views
 
-    training = store.runs(kind="ppo").filter(pl.col("status") == "completed").select("run_id")
+    training = store.runs(kind=RunKind.PPO).filter(pl.col("status") == RunStatus.COMPLETED).select("run_id")
     curves = store.learning_curve().join(training, on="run_id")
     panels = [
         views.seed_bands(curves, "episode_return", title="training return per episode (median, q25-q75 across seeds)"),

@@ -26,9 +26,10 @@ from pathlib import Path
 from distributed import as_completed
 from tqdm import tqdm
 
+from esper_lab.contracts import MemberStatus
 from esper_lab.experiments.cluster import check_folders, check_scheduler, engine
-from esper_lab.experiments.packs import NOTEBOOKS_DIR, Pack
-from esper_lab.experiments.workers import cores, execute, kill_tagged, status, write_status
+from esper_lab.experiments.packs import Pack
+from esper_lab.experiments.workers import NOTEBOOKS_DIR, cores, execute, kill_tagged, status, write_status
 from esper_lab.telemetry.recorder import mark_stale_runs
 
 # What a pack run writes goes under the working folder (as `run` and `train` write theirs), not
@@ -179,7 +180,7 @@ def run_pack(
             for m in everyone
         }
         statuses = {m: m.status() for m in everyone}
-        todo = [m for m, s in statuses.items() if s["status"] != "completed" or s.get("parameters") != tasks[m]["parameters"]]
+        todo = [m for m, s in statuses.items() if s["status"] != MemberStatus.COMPLETED or s.get("parameters") != tasks[m]["parameters"]]
         if todo:
             _execute(pack, preset, todo, tasks, scheduler, jobs, token, len(everyone), [telemetry_root, reports_dir / pack.name])
     return {(m.cohort, m.seed): m.status() for m in everyone}
@@ -225,17 +226,17 @@ def _execute(
 def _interrupt(member: Member) -> bool:
     """Mark a member that was running `interrupted`; False if it was not running."""
     current = member.status()
-    if current["status"] != "running":
+    if current["status"] != MemberStatus.RUNNING:
         return False
-    write_status(member.status_file, {**current, "status": "interrupted"})
+    write_status(member.status_file, {**current, "status": MemberStatus.INTERRUPTED})
     return True
 
 
 def _failed(member: Member, task: dict, error: str) -> dict:
     """Record a member Dask gave up on, unless it completed meanwhile."""
     current = member.status()
-    if current["status"] == "completed":
+    if current["status"] == MemberStatus.COMPLETED:
         return current
-    failed = status(task, "failed", time.time(), error)
+    failed = status(task, MemberStatus.FAILED, time.time(), error)
     write_status(member.status_file, failed)
     return failed

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 import torch
 
 from esper_lab.contracts import EVAL_SEED_BASE, Stream, stream_seed, training_episode_seed
-from esper_lab.env import VecEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.experiments.settings import Settings
 from esper_lab.policy.schedules import Schedule, SchedulePolicy, random_schedule
+from esper_lab.vecenv import VecEnv
 
 ETA = 3  # a rung keeps the best third and triples their episodes (Hyperband's default, Li et al. 2018)
 DRAW_TRIES = 10  # draws per candidate wanted before a space too small for distinct candidates may repeat one

@@ -20,7 +20,7 @@ from typing import Any
 
 from esper_lab import checks
 from esper_lab.config import DecayConfig, EconomyConfig, RunConfig
-from esper_lab.contracts import Blueprint
+from esper_lab.contracts import ARMS, DEFAULT_ARMS, SCHEDULE_ARM, Blueprint
 from esper_lab.env import slot_count
 from esper_lab.experiments.workers import cores
 from esper_lab.policy import PlanterPolicy, PolicyConfig
@@ -78,7 +78,7 @@ class Settings:
         if loop["workers"] is None:
             loop["workers"] = auto_workers(loop["envs"]) if isinstance(loop["envs"], int) else 0
         trains = arms is None or any(a.startswith("ppo") for a in arms)
-        budget = trains or "best_schedule" in arms  # the rounds train the ppo arms; a schedule search spends their env steps
+        budget = trains or SCHEDULE_ARM in arms  # the rounds train the ppo arms; a schedule search spends their env steps
         for key, value in loop.items():
             checks.integer(key, value, low=1 if key == "envs" or (key == "rounds" and budget) else 0)
         if not budget and loop["rounds"] and "rounds" in given:
@@ -113,8 +113,6 @@ class Settings:
                     raise checks.ConfigError(f"{key}={value!r} must be one of the run's blueprints: {', '.join(allowed)}")
                 scripted[key] = allowed[value.lower()]
         settings = cls(run, ppo, _section("policy", PolicyConfig, policy_values), **loop, **scripted, arms=arms)
-        from esper_lab.experiments.evaluation import played_arms  # evaluation builds on settings: imported here
-
         played_arms(settings)  # an arm whose blueprint or agent is missing fails here, before compute
         return settings
 
@@ -134,6 +132,28 @@ class Settings:
         }
 
 
+def played_arms(settings: Settings) -> tuple[str, ...]:
+    """The arms these settings evaluate: the ones they name (`arms`), else the default arms, the
+    oracle only when they name its blueprint. Raises, naming the arm, when one cannot play."""
+    if settings.arms is None:
+        return tuple(a for a in DEFAULT_ARMS if a != "oracle" or settings.oracle is not None)
+    for arm in settings.arms:
+        check_arm(arm, settings)
+    return settings.arms
+
+
+def check_arm(arm: str, settings: Settings) -> None:
+    """Raise, naming the arm, when it is unknown or the settings lack the blueprint it plays."""
+    if arm not in ARMS:
+        raise ValueError(f"arms: {arm!r} is not one of: {', '.join(ARMS)}")
+    if arm == "oracle" and settings.oracle is None:
+        raise ValueError("arms: 'oracle' needs settings that name its blueprint (oracle = ...)")
+    if arm.startswith("planter") and settings.planter is None:
+        raise ValueError(f"arms: {arm!r} needs settings that name the blueprint to plant (planter = ...)")
+    if arm == SCHEDULE_ARM and settings.rounds < 1:
+        raise ValueError(f"arms: {SCHEDULE_ARM!r} searches at the policy's training budget in env steps: it needs rounds >= 1")
+
+
 def auto_workers(envs: int) -> int:
     """Env worker processes that put every core to work: one per core, at most one per env; none
     (the envs step in this process) when there is one core or one env. Workers compute exactly
@@ -147,8 +167,6 @@ def _arms(value: Any) -> tuple[str, ...] | None:
         return None
     if not checks.items(ARMS_KEY, value) or not all(isinstance(a, str) for a in value):
         raise checks.ConfigError(f"arms={value!r} must be a non-empty list of arm names")
-    from esper_lab.experiments.evaluation import ARMS  # evaluation builds on settings: imported here
-
     for arm in value:  # an unknown name first, before any rule about what the arms would train
         checks.choice("arms", arm, ARMS)
     return tuple(value)

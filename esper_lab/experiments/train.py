@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 
 from esper_lab.checks import ConfigError
-from esper_lab.env import VecEnv
+from esper_lab.contracts import RunKind
 from esper_lab.experiments.settings import SECTIONS, Settings
 from esper_lab.policy import Agent
 from esper_lab.ppo import CHECKPOINT_VERSION, PPOTrainer
 from esper_lab.telemetry import Recorder
+from esper_lab.vecenv import VecEnv
 
 # knobs a resume may change: how far to train (the total rounds) and how many processes step the
 # envs (speed, never results); anything else would record another run under the same id
@@ -58,7 +59,7 @@ def train_and_record(
                 cohort,
                 settings.run,
                 run_id=run_id,
-                kind="ppo",
+                kind=RunKind.PPO,
                 preset=preset,
                 ppo_config=dataclasses.asdict(settings.ppo),
                 policy_config=dataclasses.asdict(settings.policy),

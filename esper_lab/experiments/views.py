@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 WIDTH, HEIGHT = 460, 280  # one panel; two side by side fit a notebook column
 WIDE = 2 * WIDTH  # a panel on its own row (per-slot timelines, op bars of several cohorts)
-MULTI_LADDERS = (int(Blueprint.CONV_MULTI_LADDER), int(Blueprint.LORA_MULTI_LADDER))
+MULTI_LADDERS = [int(b) for b in Blueprint if b.is_multi_ladder]
 
 
 def _pandas(frame: pl.DataFrame) -> pd.DataFrame:

@@ -22,12 +22,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from esper_lab.contracts import MemberStatus
+
 RUN_TAG = "ESPER_LAB_PACK_RUN"  # environment variable: "<run token>/"
 # Cores one study may use when something above it shares the machine out (each of the runner's
 # --jobs members gets cores // jobs for its env workers); unset: every core this process may use.
 CORES_ENV_VAR = "ESPER_LAB_CORES"
 KERNEL_START_RETRIES = 2  # kernel launches can race for a port when several start at once
 _KERNEL_START_ERRORS = ("Kernel died before replying", "Address already in use", "Kernel didn't respond")
+
+# The curated notebooks, shipped in the package (in a checkout, `esper_lab/notebooks` links to the
+# top-level `notebooks/`); a pack's `notebook` is a name in here, or a path of its own.
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def cores() -> int:
@@ -102,16 +108,14 @@ def execute(task: dict) -> dict:
     return its status (a failed run is recorded, never raised)."""
     import papermill
 
-    from esper_lab.experiments.packs import NOTEBOOKS_DIR  # not at the top: packs imports this module (via settings)
-
     status_file = Path(task["status_file"])
     with held(status_file.with_suffix(".lock")):
         if status_file.is_file():
             previous = json.loads(status_file.read_text())
-            if previous["status"] == "completed" and previous["parameters"] == task["parameters"]:
+            if previous["status"] == MemberStatus.COMPLETED and previous["parameters"] == task["parameters"]:
                 return previous  # a duplicate: the first copy did the work
         started = time.time()
-        write_status(status_file, status(task, "running", started, worker_pid=os.getpid(), host=socket.gethostname()))
+        write_status(status_file, status(task, MemberStatus.RUNNING, started, worker_pid=os.getpid(), host=socket.gethostname()))
         if task["cores"] is not None:
             os.environ[CORES_ENV_VAR] = str(task["cores"])  # the kernel inherits it
         # Dask's nanny gives its workers MALLOC_TRIM_THRESHOLD_=65536 so they hand memory back; a
@@ -136,6 +140,8 @@ def execute(task: dict) -> dict:
                 error = f"{type(exc).__name__}: {exc}"
                 if not any(marker in str(exc) for marker in _KERNEL_START_ERRORS):
                     break
-        result = status(task, "failed" if error else "completed", started, error, worker_pid=os.getpid(), host=socket.gethostname())
+        result = status(
+            task, MemberStatus.FAILED if error else MemberStatus.COMPLETED, started, error, worker_pid=os.getpid(), host=socket.gethostname()
+        )
         write_status(status_file, result)
         return result

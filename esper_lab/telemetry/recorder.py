@@ -33,15 +33,16 @@ import pyarrow.parquet as pq
 import torch
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import GERMINATION_HEADS, HEADS, REWARD_PARTS, Action, AlphaTarget, Op, StepResult, Tempo, heads_used
+from esper_lab.contracts import GERMINATION_HEADS, HEADS, REWARD_PARTS, Action, AlphaTarget, Op, RunKind, RunStatus, StepResult, Tempo, heads_used
 from esper_lab.telemetry.parts import compact_run, latest_part, replace_single_part, run_folder, truncate_table, write_part
 from esper_lab.telemetry.schema import SCHEMA_VERSION, SCHEMAS, SLOT_TYPES, STEP_TYPES, TABLES, UPDATE_STATS
 
 FLUSH_EVERY = 100  # env steps per part: a SIGKILL loses at most this many, and parts stay few
-STATUSES = ("running", "completed", "failed", "killed")
 
 _HEAD_FLOATS = tuple(f"{h}_{p}" for h in HEADS for p in ("logp", "entropy"))
 _DECISION_INPUTS = {*HEADS, *(f"{h}_mask" for h in HEADS), *_HEAD_FLOATS, "value", "logp", "used"}
+
+ENDINGS = tuple(s for s in RunStatus if s is not RunStatus.RUNNING)  # what `close` may record
 
 
 def new_run_id(config: RunConfig) -> str:
@@ -75,7 +76,7 @@ class Recorder:
         parent_run: str | None = None,
         branch_step: int | None = None,
         flush_every: int = FLUSH_EVERY,
-        kind: str = "baseline",
+        kind: str = RunKind.BASELINE,  # a `RunKind`, or the CLI's policy name for its `run` episodes
         preset: str | None = None,
         arm: str | None = None,
         ppo_config: dict | None = None,
@@ -140,7 +141,7 @@ class Recorder:
         return self
 
     def _start(self) -> None:
-        self.status = "running"
+        self.status = RunStatus.RUNNING
         self._buffer: list[_Step] = []
         self._updates: list[dict] = []
         self._slot_index: list[int] | None = None
@@ -251,10 +252,10 @@ class Recorder:
         }
         replace_single_part(self.folder / "runs", pa.Table.from_pylist([row], schema=SCHEMAS["runs"]))
 
-    def close(self, status: str = "completed", error: str | None = None) -> None:
+    def close(self, status: RunStatus = RunStatus.COMPLETED, error: str | None = None) -> None:
         """Flush, stamp the end time and final status, and give SIGTERM back to its old handler."""
-        if status not in STATUSES[1:]:
-            raise ValueError(f"status={status!r} is not one of: {', '.join(STATUSES[1:])}")
+        if status not in ENDINGS:
+            raise ValueError(f"status={status!r} is not one of: {', '.join(ENDINGS)}")
         if self._closed:
             return
         with self._critical():
@@ -265,7 +266,7 @@ class Recorder:
                 self.flush()
                 compact_run(self.folder, tuple(self._parts))
             except OSError as caught:  # a full disk, say: what is on disk stays readable as it is
-                write_error, status = caught, "failed"
+                write_error, status = caught, RunStatus.FAILED
                 error = "; then ".join(e for e in (error, f"{type(caught).__name__}: {caught}") if e)
             self.status = status
             self._manifest.update(ended_at=datetime.now(UTC), error=error)
@@ -278,11 +279,11 @@ class Recorder:
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         if exc_type is None:
-            self.close("completed")
+            self.close(RunStatus.COMPLETED)
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.close("killed", error="KeyboardInterrupt")
+            self.close(RunStatus.KILLED, error="KeyboardInterrupt")
         else:
-            self.close("failed", error=f"{exc_type.__name__}: {exc}")
+            self.close(RunStatus.FAILED, error=f"{exc_type.__name__}: {exc}")
 
     # --- SIGTERM ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -303,7 +304,7 @@ class Recorder:
         self._terminate()
 
     def _terminate(self) -> None:
-        self.close("killed", error="SIGTERM")
+        self.close(RunStatus.KILLED, error="SIGTERM")
         self._restore_handler()  # handlers run in the main thread, so this always succeeds here
         signal.raise_signal(signal.SIGTERM)  # now handled as if this recorder had never been there
 
@@ -379,9 +380,9 @@ def mark_stale_runs(root: str | Path) -> list[str]:
             row = pq.read_table(latest_part(folder)).to_pylist()[0]
         except (pa.ArrowException, OSError, IndexError, TypeError):
             continue  # unreadable or gone: the store reports it
-        if row["status"] != "running" or row.get("host") != socket.gethostname() or row.get("pid") is None or _alive(row["pid"]):
+        if row["status"] != RunStatus.RUNNING or row.get("host") != socket.gethostname() or row.get("pid") is None or _alive(row["pid"]):
             continue
-        row.update(status="killed", error=f"stale: its writer (pid {row['pid']}) is gone", ended_at=datetime.now(UTC))
+        row.update(status=RunStatus.KILLED, error=f"stale: its writer (pid {row['pid']}) is gone", ended_at=datetime.now(UTC))
         replace_single_part(folder, pa.Table.from_pylist([row], schema=SCHEMAS["runs"]))
         stale.append(row["run_id"])
     return stale

@@ -33,10 +33,11 @@ import pyarrow.parquet as pq
 
 from esper_lab.telemetry.parts import latest_part
 from esper_lab.telemetry.queries import Queries
+from esper_lab.telemetry.query_base import FINISHED_EPISODES
 from esper_lab.telemetry.schema import ENUMS, SCHEMAS, TABLES
 
-READ_RETRIES = 10  # fresh listings after a part vanished under a query (a concurrent compaction)
-RETRY_PAUSE = 0.005  # seconds before the first new listing, doubling each time (~5 s in all): a
+READ_RETRIES = 12  # fresh listings after a part vanished under a query (a concurrent compaction)
+RETRY_PAUSE = 0.005  # seconds before the first new listing, doubling each time (~20 s in all): a
 # compaction's two renames finish in microseconds, or in far longer on a loaded machine
 _MISSING_FILE = re.compile(r"No such file|does not exist|Cannot open file|No files found", re.IGNORECASE)
 
@@ -137,6 +138,7 @@ class Store(Queries):
             self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             for table in TABLES:
                 self._retrying(lambda: self.con.execute(f"CREATE OR REPLACE VIEW {schema}.{table} AS SELECT * FROM {self._source(table, run)}"))
+            self.con.execute(f"CREATE OR REPLACE VIEW {schema}.finished_episodes AS {FINISHED_EPISODES.format(schema=schema)}")
             self._scopes[key] = schema
         return self._scopes[key]
 

@@ -92,6 +92,7 @@ def _stopped(results: tuple) -> str:
     return results[0][1]
 
 
+@pytest.mark.slow
 def test_a_host_weight_perturbed_on_one_rank_is_named_within_the_host_check_interval(played):
     message = _stopped(played["host"])
     caught_at = (PERTURBED_AT // HOST_CHECK_EVERY + 1) * HOST_CHECK_EVERY

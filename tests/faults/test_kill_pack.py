@@ -27,6 +27,8 @@ from processes import assert_every_row_once, wait_for
 from esper_lab.experiments.workers import tagged
 from esper_lab.telemetry import Store
 
+pytestmark = pytest.mark.slow  # every test here runs packs, clusters, wheels or ranks
+
 PACK_TOML = """
 name = "tiny"
 title = "Tiny pack"

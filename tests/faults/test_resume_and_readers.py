@@ -16,13 +16,14 @@ import pytest
 
 from esper_lab.config import RunConfig
 from esper_lab.contracts import Action, Blueprint, Op, Stage
-from esper_lab.env import MorphEnv, VecEnv
+from esper_lab.env import MorphEnv
 from esper_lab.episodes import run_episodes
 from esper_lab.experiments.replay import branch
 from esper_lab.policy import HeuristicPolicy, RandomPolicy
 from esper_lab.telemetry import Recorder, Store
 from esper_lab.telemetry.parts import compact_table, next_part, run_folder, write_part
 from esper_lab.telemetry.recorder import mark_stale_runs
+from esper_lab.vecenv import VecEnv
 
 TINY = RunConfig(episode_length=3, batches_per_step=1, data_fraction=0.1)
 TRAIN = """
@@ -45,6 +46,7 @@ def train(root, checkpoint, rounds: int) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_a_killed_training_resumes_into_the_same_run_with_every_episode_once(tmp_path):
     checkpoint = tmp_path / "ckpt.pt"
     rounds = 30  # a round takes a fraction of a second here: enough that the kill lands mid-way
@@ -104,6 +106,7 @@ def test_a_query_about_one_run_never_opens_another_runs_parts(tmp_path):
     assert list(store.bad_parts) == [part]
 
 
+@pytest.mark.slow
 def test_readers_racing_compaction_never_fail(tmp_path):
     """A writer keeps adding parts to one run and compacting them, as a recorder does, while
     readers open stores and query that run and the whole root."""
