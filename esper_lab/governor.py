@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from esper_lab.contracts import (
+    BLENDED_STAGES,
     BUD_DIRECTIONS,
     ROLLBACK_HOST,
     ROLLBACK_SEED,
@@ -40,7 +41,6 @@ from esper_lab.contracts import (
     Event,
     EventKind,
     Op,
-    Stage,
 )
 from esper_lab.plane import SeedPlane
 from esper_lab.seeds import make_seed
@@ -54,7 +54,7 @@ SPIKE_FLOOR = 0.05  # minimum sigma, so a perfectly flat loss history does not f
 
 # Seeds that can cause a finite loss spike: their output reaches the loss through alpha and they
 # still learn. A TRAINING seed leaves the forward exactly the host's; a fossil never changes.
-_SPIKE_SUSPECTS = (Stage.BLENDING, Stage.HOLDING)
+_SPIKE_SUSPECTS = BLENDED_STAGES
 _MEDIATED = frozenset({Op.GERMINATE, Op.GROW_INTERNAL, *BUD_DIRECTIONS, Op.CONSOLIDATE_WITH_NEXT})  # ops a veto can refuse
 
 

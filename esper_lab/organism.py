@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from esper_lab.contracts import Action, Blueprint, Op, Stage, Subtarget, SurfaceDensity
+from esper_lab.contracts import SEED_STAGES, Action, Blueprint, Op, Stage, Subtarget, SurfaceDensity
 from esper_lab.data import load_pydoc_corpus
 from esper_lab.hosts import CNNConfig, CNNHost, TransformerConfig, TransformerHost
 from esper_lab.plane import SeedPlane
@@ -24,7 +24,7 @@ HOST_DENSITIES: dict[str, tuple[SurfaceDensity, ...]] = {
     "transformer": (SurfaceDensity.A0, SurfaceDensity.A1, SurfaceDensity.A2),
 }
 # The lifecycle's main line, in order; `walk_lifecycle` stops at any of these stages.
-MAIN_LINE = (Stage.GERMINATED, Stage.TRAINING, Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED)
+MAIN_LINE = tuple(sorted(SEED_STAGES))
 SEED_LR = 1e-2  # Adam for host and seeds in the tour: a few batches must visibly train a seed
 
 

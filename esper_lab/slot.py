@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from esper_lab.contracts import (
+    BLENDED_STAGES,
     SEED_STAGES,
     SLOT_COLUMNS,
     AlphaCurve,
@@ -208,7 +209,7 @@ class SeedSlot(nn.Module):
         is incubating."""
         if self.stage is Stage.FOSSILIZED:
             return self.sedation > 0
-        return self.stage in (Stage.BLENDING, Stage.HOLDING) and self.alpha > 0
+        return self.stage in BLENDED_STAGES and self.alpha > 0
 
     @property
     def kind(self) -> SlotKind:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import Action, AlphaTarget, Blueprint, Op, RunKind, Stage, StepResult, Tempo
+from esper_lab.contracts import INCUBATING_STAGES, Action, AlphaTarget, Blueprint, Op, RunKind, Stage, StepResult, Tempo
 from esper_lab.episodes import run_episodes
 from esper_lab.telemetry import Recorder
 from esper_lab.vecenv import VecEnv
@@ -39,7 +39,7 @@ class ProbePrunePolicy:
             if stage[slot] is Stage.DORMANT and report.column("germinations")[slot] == 0 and legal(Op.GERMINATE, slot):
                 return Action(Op.GERMINATE, slot, blueprint, tempo=Tempo.FAST, target=AlphaTarget.FULL)
         for slot, _ in self.plan:
-            if stage[slot] in (Stage.GERMINATED, Stage.TRAINING) and legal(Op.ADVANCE, slot):
+            if stage[slot] in INCUBATING_STAGES and legal(Op.ADVANCE, slot):
                 return Action(Op.ADVANCE, slot)
         for slot, _ in self.plan:
             probed = report.column("contribution_measured")[slot] > 0 and report.column("in_forward")[slot] > 0

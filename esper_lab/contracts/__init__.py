@@ -31,8 +31,10 @@ from esper_lab.contracts.actions import (
 )
 from esper_lab.contracts.names import (
     ADJACENCY_OPS,
+    BLENDED_STAGES,
     BUD_DIRECTIONS,
     FOCUS_OPS,
+    INCUBATING_STAGES,
     LADDER_OPS,
     LEVEL_OPS,
     LIVE_STAGES,
@@ -105,6 +107,7 @@ __all__ = [
     "ActionMasks",
     "AlphaCurve",
     "AlphaTarget",
+    "BLENDED_STAGES",
     "BUD_DIRECTIONS",
     "BlendAlgorithm",
     "Blueprint",
@@ -122,6 +125,7 @@ __all__ = [
     "GREEDY",
     "HEADS",
     "HostKind",
+    "INCUBATING_STAGES",
     "InjectionSpec",
     "LADDER_OPS",
     "LEVEL_OPS",

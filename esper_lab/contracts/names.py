@@ -34,6 +34,8 @@ class SlotKind(enum.IntEnum):
 SEED_STAGES = frozenset({Stage.GERMINATED, Stage.TRAINING, Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED})  # a seed occupies the slot
 MODULE_STAGES = frozenset({Stage.TRAINING, Stage.BLENDING, Stage.HOLDING, Stage.FOSSILIZED})  # the seed module runs in forward
 LIVE_STAGES = frozenset({Stage.TRAINING, Stage.BLENDING, Stage.HOLDING})  # still learning; internal ops allowed (seed 002)
+INCUBATING_STAGES = frozenset({Stage.GERMINATED, Stage.TRAINING})  # allocated, its output not yet in the host's forward
+BLENDED_STAGES = frozenset({Stage.BLENDING, Stage.HOLDING})  # live, its output in the forward once alpha > 0
 
 
 class Op(enum.IntEnum):

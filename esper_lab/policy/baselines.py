@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 import torch
 
 from esper_lab.contracts import (
+    BLENDED_STAGES,
+    INCUBATING_STAGES,
+    LIVE_STAGES,
     SEED_STAGES,
     Action,
     AlphaCurve,
@@ -52,9 +55,9 @@ class OraclePolicy:
         stage = Stage(int(result.report.column("stage")[slot]))
         if stage is Stage.DORMANT and legal(Op.GERMINATE) and result.masks.blueprint[slot, self.blueprint]:
             return Action(Op.GERMINATE, slot, self.blueprint, tempo=Tempo.FAST, target=AlphaTarget.FULL)
-        if stage in (Stage.GERMINATED, Stage.TRAINING) or (stage is Stage.BLENDING and legal(Op.ADVANCE)):
+        if stage in INCUBATING_STAGES or (stage is Stage.BLENDING and legal(Op.ADVANCE)):
             return Action(Op.ADVANCE, slot)
-        if stage in (Stage.BLENDING, Stage.HOLDING) and legal(Op.GROW_INTERNAL):
+        if stage in BLENDED_STAGES and legal(Op.GROW_INTERNAL):
             return Action(Op.GROW_INTERNAL, slot)
         return Action(Op.WAIT)
 
@@ -78,7 +81,7 @@ class PlanterPolicy:
         stages = [Stage(int(s)) for s in report.column("stage").tolist()]
         kinds, germinations = report.column("slot_kind").tolist(), report.column("germinations").tolist()
         for slot in slots:  # bring planted seeds home first: advance, then fossilise
-            if stages[slot] in (Stage.GERMINATED, Stage.TRAINING) or (stages[slot] is Stage.BLENDING and masks.op[slot, Op.ADVANCE]):
+            if stages[slot] in INCUBATING_STAGES or (stages[slot] is Stage.BLENDING and masks.op[slot, Op.ADVANCE]):
                 return Action(Op.ADVANCE, slot)
             if stages[slot] is Stage.HOLDING:
                 return Action(Op.FOSSILIZE, slot)
@@ -189,7 +192,7 @@ class HeuristicPolicy:
         for slot, stage in enumerate(map(Stage, stages)):
             age = step - memory.entered[slot]
             since = metric - memory.metric_at_germination.get(slot, metric)
-            if stage in (Stage.BLENDING, Stage.HOLDING) and since < -HARM_TOLERANCE and legal(Op.PRUNE, slot):
+            if stage in BLENDED_STAGES and since < -HARM_TOLERANCE and legal(Op.PRUNE, slot):
                 return Action(Op.PRUNE, slot)
             if stage is Stage.GERMINATED or (stage is Stage.TRAINING and age >= TRAINING_STEPS):
                 return Action(Op.ADVANCE, slot)
@@ -197,7 +200,7 @@ class HeuristicPolicy:
                 return Action(Op.ADVANCE, slot)
             if stage is Stage.HOLDING and age >= HOLDING_STEPS:
                 return Action(Op.FOSSILIZE if since >= 0 else Op.PRUNE, slot)
-            if stage in (Stage.TRAINING, Stage.BLENDING, Stage.HOLDING):
+            if stage in LIVE_STAGES:
                 rising = deltas[slot] > memory.last_delta.get(slot, 0.0)
                 memory.last_delta[slot] = deltas[slot]
                 if rising and gain > 0 and legal(Op.GROW_INTERNAL, slot):

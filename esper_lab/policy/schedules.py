@@ -18,7 +18,19 @@ from dataclasses import dataclass, field
 import torch
 
 from esper_lab.config import RunConfig
-from esper_lab.contracts import LIVE_STAGES, Action, AlphaCurve, AlphaTarget, BlendAlgorithm, Blueprint, Op, Stage, StepResult, Tempo
+from esper_lab.contracts import (
+    INCUBATING_STAGES,
+    LIVE_STAGES,
+    Action,
+    AlphaCurve,
+    AlphaTarget,
+    BlendAlgorithm,
+    Blueprint,
+    Op,
+    Stage,
+    StepResult,
+    Tempo,
+)
 from esper_lab.env import build_host
 from esper_lab.seeds import BLUEPRINTS, MAX_INTERNAL_LEVEL, fits
 from esper_lab.seeds.ladders import START_LEVEL
@@ -151,7 +163,7 @@ class SchedulePolicy:
                 return g.action()
         for i in sorted(play.planted):
             slot = plan[i].slot
-            if Stage(stages[slot]) in (Stage.GERMINATED, Stage.TRAINING, Stage.BLENDING) and masks.op[slot, Op.ADVANCE]:
+            if Stage(stages[slot]) in (*INCUBATING_STAGES, Stage.BLENDING) and masks.op[slot, Op.ADVANCE]:
                 return Action(Op.ADVANCE, slot)
         levels = report.column("internal_level").long().tolist()
         for i in sorted(play.planted - play.capped):
