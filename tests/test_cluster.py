@@ -59,15 +59,21 @@ class Cluster:
         with Client(self.address, timeout="10s") as client:
             return len(client.scheduler_info(n_workers=-1)["workers"])
 
+    def stop(self, process: subprocess.Popen) -> None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        self.processes.remove(process)
+
     def close(self) -> None:
-        for process in self.processes:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        for process in list(self.processes):
+            self.stop(process)
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    cluster = Cluster(tmp_path)
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One scheduler and two workers for the module: a test that changes the cluster (a killed
+    worker's nanny starts another; a third worker) leaves it with two healthy workers again."""
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
     cluster.worker("w1")
     cluster.worker("w2")
     wait_for(lambda: cluster.workers() == 2, 60, "two workers")
@@ -155,7 +161,7 @@ def test_a_worker_that_cannot_see_the_telemetry_root_is_refused_before_anything_
         subprocess.run(["unshare", "-m", "--propagation", "private", "true"], check=True, capture_output=True)
     except subprocess.CalledProcessError as error:
         pytest.skip(f"unshare -m is not permitted here: {error.stderr.decode().strip()}")
-    cluster.start(
+    third = cluster.start(
         "w3",
         "unshare",
         "-m",
@@ -173,10 +179,14 @@ def test_a_worker_that_cannot_see_the_telemetry_root_is_refused_before_anything_
         "1",
         "--no-dashboard",
     )
-    wait_for(lambda: cluster.workers() == 3, 60, "the third worker")
-    command = pack_run(tmp_path, "--scheduler", cluster.address)
-    command[command.index("--telemetry") + 1] = str(hidden / "telemetry")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    try:
+        wait_for(lambda: cluster.workers() == 3, 60, "the third worker")
+        command = pack_run(tmp_path, "--scheduler", cluster.address)
+        command[command.index("--telemetry") + 1] = str(hidden / "telemetry")
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    finally:  # the module's other tests share the cluster: back to its two workers
+        cluster.stop(third)
+        wait_for(lambda: cluster.workers() == 2, 60, "the third worker to leave")
     assert result.returncode == 2
     assert "every Dask worker must see the telemetry root and the reports folder" in result.stderr
     assert f"does not see {hidden / 'telemetry'}" in result.stderr
