@@ -20,7 +20,7 @@ N_ENVS = 16  # 128 decisions a round: enough to find the paying seed within a fe
 SEEDS = range(5)  # a learning test holds on every seed, not on one that happens to work
 # Rounds to three good rounds in a row, seeds 0-4 (2026-12-08): flat 48, 40, 34, 39, 56; the slot
 # transformer 50, 53, 32, 50, 52. Emrakul's task: flat 20, 40, 33, 28, 31; slot transformer 18,
-# 14, 17, 19, 24. The budgets leave room above the slowest.
+# 14, 17, 19, 24 (the greedy policy may need a few rounds more). The budgets leave room above the slowest.
 MAX_ROUNDS = 70
 IMMUNE_MAX_ROUNDS = 50
 STREAK = 3  # one good round can be luck; three in a row is a policy
@@ -51,17 +51,19 @@ def test_gae_matches_the_recursion_written_out():
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("encoder", ["flat", "slot_transformer"])
 def test_ppo_reaches_90_percent_of_the_known_optimal_return(encoder, seed):
+    """Within the budget, both the sampled policy (three rounds in a row at >= 90% on average) and
+    the greedy one (every env of a fresh batch at >= 90%): sampling can average above the target a
+    few rounds before the argmax is right on every env."""
     trainer = trainer_for(encoder, seed=seed)
     target = 0.9 * OPTIMAL_RETURN
-    streak = 0
-    for _ in range(MAX_ROUNDS):  # stop after STREAK rounds in a row whose sampled episodes average >= 90%
+    streak, greedy_worst = 0, None
+    for _ in range(MAX_ROUNDS):
         streak = streak + 1 if trainer.train_round()["return_mean"] >= target else 0
-        if streak == STREAK:
-            break
-    else:
-        pytest.fail(f"{encoder}, seed {seed}: sampled return stayed below {target:.3f} for {MAX_ROUNDS} rounds")
-    greedy = run_episodes(KnownAnswerEnv(4), PPOPolicy(trainer.agent, greedy=True))
-    assert min(s.episode_return for s in greedy) >= target
+        if streak >= STREAK:
+            greedy_worst = min(s.episode_return for s in run_episodes(KnownAnswerEnv(4), PPOPolicy(trainer.agent, greedy=True)))
+            if greedy_worst >= target:
+                return
+    pytest.fail(f"{encoder}, seed {seed}: {MAX_ROUNDS} rounds; sampled streak {streak}, greedy worst env {greedy_worst} (target {target:.3f})")
 
 
 @pytest.mark.slow

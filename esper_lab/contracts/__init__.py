@@ -2,7 +2,8 @@
 once, by concept: `names` (the enums and their groups), `surfaces` (surface identity), `actions`
 (what a policy decides, its heads, events), `seeding` (random streams and episode seeds), `steps`
 (what one env step produces) and `runs` (run kinds and statuses, the evaluation's arms). Import
-from `esper_lab.contracts`; `tests/test_house.py` fails when one of these is spelt elsewhere.
+from `esper_lab.contracts`; `tests/test_house.py` fails when an arm, a run kind or a status is
+spelt as a literal anywhere else.
 """
 
 from esper_lab.contracts.actions import (

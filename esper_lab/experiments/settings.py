@@ -37,7 +37,7 @@ ORACLE_KEY = "oracle"
 # the decay studies' scripted Tamiyo); None: no planter arm. With a learned Emrakul
 # (`decay.learned`) the planter is also the Tamiyo she trains and plays beside.
 PLANTER_KEY = "planter"
-# Which arms play the held-out episodes (`evaluation.ARMS`); None: every arm the settings allow
+# Which arms play the held-out episodes (`contracts.ARMS`); None: every arm the settings allow
 # (`evaluation.played_arms`). Without a PPO arm, `rounds = 0` is allowed: nothing is trained.
 ARMS_KEY = "arms"
 BLUEPRINT_KEYS = (ORACLE_KEY, PLANTER_KEY)

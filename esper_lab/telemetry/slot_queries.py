@@ -1,5 +1,5 @@
 """The slot and lifecycle half of `Store`'s named queries: level changes, oscillation, seed
-contributions and audits, grow-then-improve lags, fossils, per-slot series and event logs, and
+contributions and audits, grow-then-improve lags, per-slot series and event logs, and
 Emrakul's decay (probes, lyses, the immune ledger). Same rules as `queries`."""
 
 from __future__ import annotations
