@@ -163,6 +163,7 @@ PACKS = [
     ('title = "Tiny"', 'title = "Tiny', "TOML"),  # a syntax error names the file
     ('control = "baseline"', 'control = "baseline"\nstudy = "x"', "study"),
     ('control = "baseline"', 'control = "baseline"\ngates = "seed002"', "gates"),  # an unknown key (a pack's study is `study`)
+    ('title = "Tiny"', 'title = "Tiny"\ndescription = 5', "description"),
 ]
 CASES += [pytest.param(["pack", "run", "{tmp}/tiny.toml"], key, (old, new), id=f"pack-file-{i}") for i, (old, new, key) in enumerate(PACKS)]
 
