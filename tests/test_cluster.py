@@ -8,7 +8,6 @@ twice runs once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,9 +29,6 @@ pytestmark = pytest.mark.slow  # every test here runs packs, clusters, wheels or
 
 DASK = str(Path(sys.executable).with_name("dask"))
 WORKER_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ESPER_LAB_CORES": "1"}
-# Columns that say when, how fast or by whom, not what: they differ between any two runs.
-TIMING = {"updates": ["rollout_seconds", "update_seconds"]}
-TABLES = ("steps", "slots", "decisions", "events", "updates")
 
 
 class Cluster:
@@ -101,15 +97,10 @@ def pack_run(folder: Path, *flags: str) -> list[str]:
 
 
 def telemetry_hashes(root: Path) -> dict[str, str]:
-    """One digest per table over every row of every run, whatever the order they were written in."""
     store = Store(root)
-    hashes = {}
-    for table in TABLES:
-        exclude = f" EXCLUDE ({', '.join(TIMING[table])})" if table in TIMING else ""
-        rows = store.sql(f"SELECT *{exclude} FROM {table}").rows()
-        hashes[table] = hashlib.sha256("\n".join(sorted(map(repr, rows))).encode()).hexdigest()
+    digests = store.digests()
     store.close()
-    return hashes
+    return digests
 
 
 def statuses(root: Path) -> dict[str, dict]:

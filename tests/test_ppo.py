@@ -15,6 +15,7 @@ from esper_lab.episodes import run_episodes
 from esper_lab.policy import Agent, PolicyConfig, PPOPolicy, RandomPolicy
 from esper_lab.policy.synthetic import OPTIMAL_RETURN, ImmuneAnswerEnv, KnownAnswerEnv
 from esper_lab.ppo import PPOConfig, PPOTrainer, gae
+from esper_lab.telemetry.schema import TIMING_COLUMNS
 
 N_ENVS = 16  # 128 decisions a round: enough to find the paying seed within a few rounds
 SEEDS = range(5)  # a learning test holds on every seed, not on one that happens to work
@@ -24,7 +25,7 @@ SEEDS = range(5)  # a learning test holds on every seed, not on one that happens
 MAX_ROUNDS = 70
 IMMUNE_MAX_ROUNDS = 50
 STREAK = 3  # one good round can be luck; three in a row is a policy
-TIMING_KEYS = {"rollout_seconds", "update_seconds"}
+TIMING_KEYS = set(TIMING_COLUMNS["updates"])
 
 
 def trainer_for(encoder: str, n_envs: int = N_ENVS, recurrent: bool = False, seed: int = 0, recorder=None, **ppo) -> PPOTrainer:

@@ -38,6 +38,8 @@ from esper_lab.contracts import (
 # columns; 6: the test split's metric and the training FLOPs per step)
 SCHEMA_VERSION = 6
 TABLES = ("runs", "steps", "slots", "decisions", "events", "updates", "audits")
+# Columns that say how fast a row was made, not what happened: they differ between any two runs.
+TIMING_COLUMNS = {"updates": ("rollout_seconds", "update_seconds")}
 METADATA_KEY = b"esper_lab.schema_version"  # written into every part's Parquet metadata
 
 # Enums the store turns into `<name>_names(value, name)` lookup tables.

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from esper_lab.telemetry.parts import latest_part
 from esper_lab.telemetry.queries import Queries
 from esper_lab.telemetry.query_base import FINISHED_EPISODES
-from esper_lab.telemetry.schema import ENUMS, SCHEMAS, TABLES
+from esper_lab.telemetry.schema import ENUMS, SCHEMAS, TABLES, TIMING_COLUMNS
 
 READ_RETRIES = 12  # fresh listings after a part vanished under a query (a concurrent compaction)
 RETRY_PAUSE = 0.005  # seconds before the first new listing, doubling each time (~20 s in all): a
@@ -192,6 +192,20 @@ class Store(Queries):
                 raise
 
         return self._retrying(run)
+
+    def digests(self) -> dict[str, str]:
+        """One SHA-256 per recorded table (every table but `runs`, whose rows say when and where)
+        over every row in scope, whatever order the rows were written in, without the columns that
+        say how fast (`TIMING_COLUMNS`). The same code and seeds give the same digests however the
+        work was spread over processes or machines, and a refactor that changes no number keeps them."""
+        digests = {}
+        for table in TABLES:
+            if table == "runs":
+                continue
+            exclude = f" EXCLUDE ({', '.join(TIMING_COLUMNS[table])})" if table in TIMING_COLUMNS else ""
+            rows = self.sql(f"SELECT *{exclude} FROM {table}").rows()
+            digests[table] = hashlib.sha256("\n".join(sorted(map(repr, rows))).encode()).hexdigest()
+        return digests
 
     def _query(self, query: str, cohort: str | None, run: str | None, **params) -> pl.DataFrame:
         """Fill `{where}` with the cohort/run filter (hive columns) and run it in the right scope."""
