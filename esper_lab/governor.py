@@ -29,6 +29,7 @@ from torch import nn
 from esper_lab.contracts import (
     BLENDED_STAGES,
     BUD_DIRECTIONS,
+    NO_SLOT,
     ROLLBACK_HOST,
     ROLLBACK_SEED,
     VETO_BUD,
@@ -150,7 +151,7 @@ class Governor:
             # phage lysed or sedated, say): judged against the old history, every later step would
             # be rolled back too (a Stage 2 run with a learned Emrakul did so 22 steps in a row)
             self.losses.clear()
-            return [Event(EventKind.ROLLBACK, -1, -1, ROLLBACK_HOST, loss)]
+            return [Event(EventKind.ROLLBACK, NO_SLOT, NO_SLOT, ROLLBACK_HOST, loss)]
         events = [Event(EventKind.ROLLBACK, culprit, plane.specs[culprit].surface_uid, ROLLBACK_SEED, loss)]
         events += plane.remove_culprit(culprit)
         plane.sync_optimizer(optimizer)

@@ -18,6 +18,7 @@ from torch import nn
 
 from esper_lab.contracts import (
     BLENDED_STAGES,
+    NO_BLUEPRINT,
     SEED_STAGES,
     SLOT_COLUMNS,
     AlphaCurve,
@@ -236,7 +237,7 @@ class SeedSlot(nn.Module):
             "site": int(spec.site),
             "role": int(spec.role),
             "stage": int(self.stage),
-            "blueprint": -1 if self.blueprint is None else int(self.blueprint),
+            "blueprint": NO_BLUEPRINT if self.blueprint is None else int(self.blueprint),
             "alpha": self.alpha,
             "alpha_target": self.alpha_target,
             "blend": int(self.blend_algorithm),
@@ -265,7 +266,7 @@ class SeedSlot(nn.Module):
             "antibodies": self.antibodies,
             "lock_remaining": self.lock_remaining,
             "scar_age": self.scar_age,
-            "scar_blueprint": -1 if self.scar_blueprint is None else int(self.scar_blueprint),
+            "scar_blueprint": NO_BLUEPRINT if self.scar_blueprint is None else int(self.scar_blueprint),
             "scar_contribution": self.scar_contribution,
             "roi_estimate_ema": self.roi_ema,
             "churn_ema": self.churn_ema,

@@ -99,7 +99,7 @@ _ACTION_ENUMS.update({name: cls for name, cls in get_type_hints(Action).items() 
 
 @dataclass(frozen=True)
 class Event:
-    """Something that happened to a slot (or the run, with slot = -1)."""
+    """Something that happened to a slot (or the run, with slot = `NO_SLOT`)."""
 
     kind: EventKind
     slot: int

@@ -61,8 +61,6 @@ class Op(enum.IntEnum):
 BUD_DIRECTIONS = {Op.BUD_NEXT_SURFACE: 1, Op.BUD_PREV_SURFACE: -1}  # a bud's step in surface order
 ADJACENCY_OPS = frozenset({*BUD_DIRECTIONS, Op.CONSOLIDATE_WITH_NEXT})  # seed 000 Phase 5: relative to the slot named
 LADDER_OPS = frozenset({Op.GROW_INTERNAL, Op.SHRINK_INTERNAL, Op.FOCUS_NEXT, Op.FOCUS_PREV, Op.CONSOLIDATE_WITH_NEXT})  # need a ladder seed
-LEVEL_OPS = (Op.GROW_INTERNAL, Op.SHRINK_INTERNAL)  # seed 002: a ladder's capacity dial
-FOCUS_OPS = (Op.FOCUS_NEXT, Op.FOCUS_PREV)  # seed 000 Phase 2: which subtarget the dial turns
 STRUCTURAL_OPS = frozenset({Op.GERMINATE, Op.PRUNE, Op.FOSSILIZE, *ADJACENCY_OPS})  # change what the optimizer holds
 
 
@@ -133,7 +131,7 @@ class Blueprint(enum.IntEnum):
 _MULTI_LADDERS = frozenset({Blueprint.CONV_MULTI_LADDER, Blueprint.LORA_MULTI_LADDER})
 _LADDERS = frozenset({Blueprint.CONV_CHANNEL_LADDER, Blueprint.LORA_RANK_LADDER, Blueprint.LORA_PROJ_LADDER, *_MULTI_LADDERS})
 NO_BLUEPRINT = -1  # the plane report's blueprint (and a scar's) where no seed is
-NO_SLOT = -1  # an event's slot when it concerns the run, not a slot
+NO_SLOT = -1  # an event's slot and surface_uid when it concerns the run, not a slot
 
 
 class Subtarget(enum.IntEnum):
