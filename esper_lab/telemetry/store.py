@@ -143,12 +143,15 @@ class Store(Queries):
         return self._scopes[key]
 
     def _retrying(self, action):
-        """Run `action`; when a listed part vanished under it (a compaction), list again and retry."""
+        """Run `action`; when a listed part vanished under it (a compaction), or a table folder
+        while it was being listed (a compaction swaps the folder with two renames), list again and
+        retry."""
         for attempt in range(READ_RETRIES + 1):
             try:
                 return action()
-            except duckdb.IOException as error:
-                if attempt == READ_RETRIES or not _MISSING_FILE.search(str(error)):
+            except (duckdb.IOException, FileNotFoundError) as error:
+                vanished = isinstance(error, FileNotFoundError) or _MISSING_FILE.search(str(error))
+                if attempt == READ_RETRIES or not vanished:
                     raise
                 time.sleep(RETRY_PAUSE * 2**attempt)
 
