@@ -44,6 +44,7 @@ WIDTH_SCALES = {"static_w125": 1.25, "static_w150": 1.5, "static_w200": 2.0}
 CONTROL = "static"  # the arm every other is paired against: the task's own host, always WAIT
 STATIC_ARMS = (CONTROL, *WIDTH_SCALES)  # the points of the static frontier, narrowest first
 GREEDY, SAMPLED = "ppo_greedy", "ppo_sampled"  # the trained policy, its most likely action or a draw
+LEARNED_ARMS = (GREEDY, SAMPLED)  # the arms that play a trained agent
 # best_schedule: the schedule a random search found at the policy's training budget (`search`);
 # a search costs as much env stepping as PPO's training, so a pack names it in `arms` to play it.
 SCHEDULE_ARM = "best_schedule"

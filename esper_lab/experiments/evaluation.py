@@ -19,9 +19,9 @@ from esper_lab.config import RunConfig
 from esper_lab.contracts import (
     GAIN_TRIGGER,
     GREEDY,
+    LEARNED_ARMS,
     PLANTER,
     REGROWER,
-    SAMPLED,
     SCHEDULE_ARM,
     STATIC_ARMS,
     WIDTH_SCALES,
@@ -58,7 +58,7 @@ def arm_policy(arm: str, agent: Agent | None, settings: Settings, schedule: Sche
     """The policy an arm plays with; sampling draws from the run seed's evaluation stream;
     `best_schedule` plays `schedule` (what `search.search_schedules` chose)."""
     run_seed = settings.run.seed
-    if arm in (GREEDY, SAMPLED):
+    if arm in LEARNED_ARMS:
         if agent is None:
             raise ValueError(f"arm {arm!r} needs a trained agent")
         return PPOPolicy(agent, seed=stream_seed(run_seed, 0, Stream.EVALUATION), greedy=arm == GREEDY, partner=settings.partner())
@@ -117,7 +117,7 @@ def evaluate_arms(
                 envs[scale] = stack.enter_context(VecEnv(config, n, min(settings.workers, n)))
             policy = arm_policy(arm, agent, settings, None if search is None else search.best)
             run_id = eval_run_id(parent_run, name, arm)
-            learned = dataclasses.asdict(settings.policy) if arm in (GREEDY, SAMPLED) else search.to_dict() if arm == SCHEDULE_ARM else None
+            learned = dataclasses.asdict(settings.policy) if arm in LEARNED_ARMS else search.to_dict() if arm == SCHEDULE_ARM else None
             manifest = dict(run_id=run_id, parent_run=parent_run, kind=RunKind.EVAL, arm=arm, preset=preset, policy_config=learned)
             with Recorder(root, cohort, config, **manifest) as recorder:
                 run_episodes(

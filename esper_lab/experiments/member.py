@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from esper_lab.contracts import ARMS, GREEDY, SAMPLED, RunKind
+from esper_lab.contracts import ARMS, LEARNED_ARMS, RunKind
 from esper_lab.experiments.evaluation import batch_size, eval_run_id, evaluate_arms
 from esper_lab.experiments.packs import load_pack
 from esper_lab.experiments.saved import policy_path, save_policy
@@ -49,7 +49,7 @@ def run_member(pack: str | Path, cohort: str, seed: int, preset: str, telemetry_
     with held(Path(telemetry_root) / f"cohort={cohort}" / f".{run_id}.lock"):
         clear_attempt(telemetry_root, cohort, run_id)
         train_id, agent = run_id, None  # no ppo arm (or rounds = 0): scripted arms only, nothing to train
-        if settings.rounds and any(arm in (GREEDY, SAMPLED) for arm in played_arms(settings)):
+        if settings.rounds and any(arm in LEARNED_ARMS for arm in played_arms(settings)):
             with tqdm(total=settings.rounds, desc=f"{cohort} seed={seed}", unit="round") as bar:
                 train_id, agent = train_and_record(settings, telemetry_root, cohort, run_id=run_id, preset=preset, on_round=lambda _: bar.update(1))
             save_policy(policy_path(telemetry_root, cohort, train_id), agent, settings, train_id, cohort, preset)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from esper_lab.contracts import GREEDY, PLANTER, SAMPLED, Blueprint
+from esper_lab.contracts import GREEDY, LEARNED_ARMS, PLANTER, SAMPLED, Blueprint
 from esper_lab.experiments.frontier import COSTS
 from esper_lab.experiments.packs import Pack
 from esper_lab.experiments.stats import (
@@ -45,7 +45,7 @@ def not_stuck(ev: Evidence, cohort: str) -> tuple[list[str], str]:
     one does not), and every head's entropy where it had a choice (sampled arm). Their verdicts,
     and what they saw."""
     usage = ev.usage.filter(pl.col("cohort") == cohort)
-    waits = {name: estimate(usage.filter(pl.col("arm") == name), "wait_share") for name in (GREEDY, SAMPLED)}
+    waits = {name: estimate(usage.filter(pl.col("arm") == name), "wait_share") for name in LEARNED_ARMS}
     heads = ev.heads.filter(pl.col("cohort") == cohort)
     floor = heads["open_entropy"].min() if not heads.is_empty() else None
     dead = heads.filter(pl.col("open_entropy") < MIN_OPEN_ENTROPY)["head"].to_list()

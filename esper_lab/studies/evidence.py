@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from esper_lab.config import TASKS
-from esper_lab.contracts import CONTROL, GREEDY, SAMPLED, Op, RunKind, RunStatus, roi
+from esper_lab.contracts import CONTROL, LEARNED_ARMS, SAMPLED, Op, RunKind, RunStatus, roi
 from esper_lab.experiments.frontier import frontier_gains
 from esper_lab.experiments.stats import Estimate
 from esper_lab.telemetry import Store
@@ -110,7 +110,7 @@ class Evidence:
 
 def evidence(store: Store) -> Evidence:
     runs = store.runs().filter(pl.col("status") == RunStatus.COMPLETED)
-    ppo = runs.filter((pl.col("kind") == RunKind.EVAL) & pl.col("arm").is_in([GREEDY, SAMPLED])).select("run_id", "arm", "seed")
+    ppo = runs.filter((pl.col("kind") == RunKind.EVAL) & pl.col("arm").is_in(LEARNED_ARMS)).select("run_id", "arm", "seed")
     sampled = ppo.filter(pl.col("arm") == SAMPLED).drop("arm")
     usage = store.grow_shrink_share().join(ppo, on="run_id").select("cohort", "arm", "seed", "grow_shrink_share", "wait_share")
     heads = (
